@@ -1,0 +1,1 @@
+"""Meshgate package."""

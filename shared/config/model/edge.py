@@ -1,0 +1,237 @@
+"""Gateway kinds: ``Route`` (what the edge serves), ``AuthProvider`` (who the caller is), ``RateLimit``."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from shared.config.model.access import HeaderMatch
+from shared.config.model.base import Document
+from shared.config.model.types import Duration, HeaderName, Method, Name, Size, Spec
+
+
+class PathMatch(Spec):
+    """Exactly one of ``exact``, ``prefix`` or ``template`` (``/orders/{id}``)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PathMatch:
+        given = [v for v in (self.exact, self.prefix, self.template) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of exact, prefix or template")
+        if not given[0].startswith("/"):
+            raise ValueError(f"path {given[0]!r} must start with '/'")
+        return self
+
+
+class RouteMatch(Spec):
+    """Which requests the route takes. Omitted parts match everything."""
+
+    path: PathMatch = Field(default_factory=lambda: PathMatch(prefix="/"))
+    methods: list[Method] = Field(default_factory=list)
+    headers: list[HeaderMatch] = Field(default_factory=list)
+
+
+class Backend(Spec):
+    """A mesh service the route sends to; ``weight`` splits traffic between backends (canaries)."""
+
+    service: Name
+    weight: int = Field(default=100, ge=0, le=10_000)
+
+
+class Rewrite(Spec):
+    """Replace the matched path prefix before forwarding."""
+
+    prefix: str = Field(pattern=r"^/")
+
+
+class HeaderOps(Spec):
+    """Headers to set (overwriting) and to remove."""
+
+    set: dict[HeaderName, str] = Field(default_factory=dict)
+    remove: list[HeaderName] = Field(default_factory=list)
+
+
+class Cors(Spec):
+    """CORS answers the gateway gives on this route's behalf."""
+
+    allow_origins: list[str] = Field(min_length=1)
+    allow_methods: list[Method] = Field(default_factory=lambda: ["GET", "POST"])
+    allow_headers: list[HeaderName] = Field(default_factory=list)
+    expose_headers: list[HeaderName] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: Duration = timedelta(minutes=10)
+
+
+class RouteRetries(Spec):
+    """Per-route retry override (through the mesh client)."""
+
+    attempts: int = Field(default=2, ge=0, le=10)
+    per_try_timeout: Duration | None = None
+
+
+class Route(Document):
+    """A gateway route: match -> backends, with auth, rate limit and translation."""
+
+    KIND: ClassVar[str] = "Route"
+    kind: Literal["Route"]
+    hosts: list[str] = Field(default_factory=lambda: ["*"])
+    match: RouteMatch = Field(default_factory=RouteMatch)
+    backends: list[Backend] = Field(min_length=1)
+    rewrite: Rewrite | None = None
+    auth: list[Name] = Field(default_factory=list)
+    rate_limit: Name | None = None
+    translate: Literal["none", "grpc", "grpc-web", "grpc-json", "websocket"] = "none"
+    timeout: Duration | None = None
+    retries: RouteRetries | None = None
+    request_headers: HeaderOps = Field(default_factory=HeaderOps)
+    response_headers: HeaderOps = Field(default_factory=HeaderOps)
+    cors: Cors | None = None
+    max_body_size: Size = 10 * 1024 * 1024
+
+
+class ClaimToHeader(Spec):
+    """Copy a verified JWT claim into an upstream request header."""
+
+    claim: str
+    header: HeaderName
+
+
+class JwtSettings(Spec):
+    """JWT validation: issuer, audiences, keys from a JWKS URL, explicit algorithms."""
+
+    issuer: str
+    audiences: list[str] = Field(default_factory=list)
+    jwks_uri: str = Field(pattern=r"^https?://")
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]] = (
+        Field(default_factory=lambda: ["RS256", "ES256"])
+    )
+    leeway: Duration = timedelta(seconds=30)
+    refresh_interval: Duration = timedelta(minutes=10)
+    principal_claim: str = "sub"
+    claims_to_headers: list[ClaimToHeader] = Field(default_factory=list)
+    header: HeaderName = "authorization"
+
+
+class ApiKeyEntry(Spec):
+    """One API key, stored as the hex SHA-256 of the key; ``name`` becomes the principal."""
+
+    name: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class ApiKeySettings(Spec):
+    """Where the key is read from and where hashed keys are stored (this file or Redis)."""
+
+    header: HeaderName = "x-api-key"
+    query_param: str | None = None
+    keys: list[ApiKeyEntry] = Field(default_factory=list)
+    redis_prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _some_store(self) -> ApiKeySettings:
+        if not self.keys and self.redis_prefix is None:
+            raise ValueError("give keys (hashed) or redisPrefix (keys stored in Redis)")
+        return self
+
+
+class DecisionCache(Spec):
+    """Cache ext_authz answers: ``ttl`` for allows, ``denyTtl`` for denials, keyed by ``keyHeaders``."""
+
+    ttl: Duration = timedelta(seconds=30)
+    deny_ttl: Duration = timedelta(seconds=5)
+    key_headers: list[HeaderName] = Field(default_factory=lambda: ["authorization"])
+    max_entries: int = Field(default=10_000, ge=1)
+
+
+class ExtAuthzSettings(Spec):
+    """Envoy's ext_authz HTTP contract, so existing auth services work unchanged."""
+
+    url: str = Field(pattern=r"^https?://")
+    path_prefix: str = ""
+    timeout: Duration = timedelta(milliseconds=200)
+    allowed_request_headers: list[HeaderName] = Field(default_factory=list)
+    allowed_upstream_headers: list[HeaderName] = Field(default_factory=list)
+    allowed_client_headers: list[HeaderName] = Field(default_factory=list)
+    include_body: bool = False
+    max_body_bytes: Size = 8192
+    failure_mode_allow: bool = False
+    cache: DecisionCache | None = None
+
+
+class IntrospectionSettings(Spec):
+    """OAuth2 token introspection (RFC 7662), cached."""
+
+    url: str = Field(pattern=r"^https?://")
+    client_id: str
+    client_secret_env: str | None = None
+    cache_ttl: Duration = timedelta(seconds=60)
+    timeout: Duration = timedelta(milliseconds=500)
+
+
+_PROVIDER_BLOCKS = {"jwt": "jwt", "apiKey": "api_key", "extAuthz": "ext_authz", "introspection": "introspection"}
+
+
+class AuthProvider(Document):
+    """One way to authenticate callers at the edge; ``type`` names the settings block that follows."""
+
+    KIND: ClassVar[str] = "AuthProvider"
+    kind: Literal["AuthProvider"]
+    type: Literal["jwt", "apiKey", "extAuthz", "introspection"]
+    jwt: JwtSettings | None = None
+    api_key: ApiKeySettings | None = None
+    ext_authz: ExtAuthzSettings | None = None
+    introspection: IntrospectionSettings | None = None
+
+    @model_validator(mode="after")
+    def _block_matches_type(self) -> AuthProvider:
+        for alias, attr in _PROVIDER_BLOCKS.items():
+            present = getattr(self, attr) is not None
+            if alias == self.type and not present:
+                raise ValueError(f"type {self.type} needs a {alias} block")
+            if alias != self.type and present:
+                raise ValueError(f"{alias} block given but type is {self.type}")
+        return self
+
+
+class KeyPart(Spec):
+    """One part of the rate-limit key. ``header`` needs ``name``; it is for trusted, gateway-set headers."""
+
+    type: Literal["apiKey", "subject", "clientAddress", "route", "header", "spiffeId"]
+    name: HeaderName | None = None
+
+    @model_validator(mode="after")
+    def _name_for_header(self) -> KeyPart:
+        if (self.type == "header") != (self.name is not None):
+            raise ValueError("name is required for type header and only allowed there")
+        return self
+
+
+class Limit(Spec):
+    """``requests`` per ``per`` (e.g. 100 per 1s); ``burst`` defaults to ``requests``."""
+
+    requests: int = Field(ge=1)
+    per: Duration
+    burst: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _positive_window(self) -> Limit:
+        if self.per.total_seconds() <= 0:
+            raise ValueError("per must be longer than 0s")
+        return self
+
+
+class RateLimit(Document):
+    """Limits per key, enforced atomically in Redis; ``failureMode`` when Redis is unreachable."""
+
+    KIND: ClassVar[str] = "RateLimit"
+    kind: Literal["RateLimit"]
+    key: list[KeyPart] = Field(min_length=1)
+    limits: list[Limit] = Field(min_length=1)
+    algorithm: Literal["gcra", "sliding-window"] = "gcra"
+    failure_mode: Literal["allow", "deny", "allow-local"] = "allow-local"

@@ -1,0 +1,175 @@
+"""Field types shared by every policy kind: names, durations, percentages, sizes, methods, CIDRs."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+
+from shared.config.durations import format_duration, parse_duration, parse_percent, parse_size
+
+
+def camel(name: str) -> str:
+    """``default_access`` -> ``defaultAccess``; digits stay as written (``consecutive_5xx``)."""
+    head, *rest = name.rstrip("_").split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+class Spec(BaseModel):
+    """Base of every policy structure: frozen, unknown fields rejected, camelCase in YAML."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=camel,
+        populate_by_name=True,
+        validate_default=False,
+    )
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 250ms or 2s")
+    if isinstance(value, int | float):
+        if value == 0:
+            return timedelta(0)
+        raise ValueError(f"a duration needs a unit: write {value}s or {value}ms")
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value.total_seconds() < 0:
+        raise ValueError("a duration cannot be negative")
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    AfterValidator(_positive),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$", "examples": ["250ms", "2s"]}),
+]
+
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    PlainSerializer(lambda v: f"{v * 100:g}%", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?%$", "examples": ["20%"]}),
+]
+
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?$"}]}
+    ),
+]
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _name(value: str) -> str:
+    if not _NAME.match(value) or len(value) > 63:
+        raise ValueError(
+            f"invalid name {value!r}: use 1-63 lower-case letters, digits and '-', starting and ending "
+            "with a letter or digit (as a DNS label)"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(_name), WithJsonSchema({"type": "string", "pattern": _NAME.pattern})]
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
+
+
+def _trust_domain(value: str) -> str:
+    if not _TRUST_DOMAIN.match(value):
+        raise ValueError(
+            f"invalid trust domain {value!r}: use lower-case letters, digits, '.', '_' and '-' "
+            "(at most 255), no scheme, port or path"
+        )
+    return value
+
+
+TrustDomain = Annotated[
+    str, AfterValidator(_trust_domain), WithJsonSchema({"type": "string", "pattern": _TRUST_DOMAIN.pattern})
+]
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+def _method(value: str) -> str:
+    upper = value.upper()
+    if upper != "*" and upper not in HTTP_METHODS:
+        raise ValueError(f"unknown HTTP method {value!r}; use one of {', '.join(sorted(HTTP_METHODS))} or *")
+    return upper
+
+
+Method = Annotated[str, AfterValidator(_method)]
+
+_HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER.match(value):
+        raise ValueError(f"invalid header name {value!r}")
+    return value.lower()
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+def _path_pattern(value: str) -> str:
+    if value == "*":
+        return value
+    if value.startswith("*"):
+        if "*" in value[1:]:
+            raise ValueError(f"path pattern {value!r}: '*' may stand only at the start or the end")
+        return value
+    if not value.startswith("/"):
+        raise ValueError(f"path pattern {value!r} must start with '/' (or be '*', '/prefix/*', '*suffix')")
+    if "*" in value[:-1]:
+        raise ValueError(f"path pattern {value!r}: '*' may stand only at the start or the end")
+    if "?" in value or "#" in value:
+        raise ValueError(f"path pattern {value!r} must not contain a query or fragment")
+    return value
+
+
+PathPattern = Annotated[str, AfterValidator(_path_pattern)]
+
+
+def validate_cidr(value: str) -> str:
+    """Normalise an address or CIDR block; ValueError names the bad text."""
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        raise ValueError(f"invalid IP address or CIDR block {value!r}") from None
+
+
+Cidr = Annotated[str, AfterValidator(validate_cidr)]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"port {value} is outside 1..65535")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
