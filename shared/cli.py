@@ -14,7 +14,6 @@ from importlib import import_module
 #: Modules that add a command group; each exposes ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "shared.config.cli",
-    "shared.identity.cli",
     "shared.demo",
 )
 

@@ -116,7 +116,9 @@ def _parse_document(raw: RawDocument) -> tuple[Document | None, list[PolicyError
     data = raw.data
     if not isinstance(data, dict):
         what = type(data).__name__ if data is not None else "null"
-        return None, [PolicyError(raw.file, raw.line, "", "", f"a policy document must be a mapping, got {what}")]
+        return None, [
+            PolicyError(raw.file, raw.line, "", "", f"a policy document must be a mapping, got {what}")
+        ]
     kind = data.get("kind")
     name = data.get("name")
     shown_name = name if isinstance(name, str) else "?"
@@ -208,7 +210,11 @@ def _assemble(
             first = origins[key]
             errors.append(
                 PolicyError(
-                    raw.file, raw.line, doc.ref, "name", f"duplicate {doc.ref} (first defined at {first.at(first.line)})"
+                    raw.file,
+                    raw.line,
+                    doc.ref,
+                    "name",
+                    f"duplicate {doc.ref} (first defined at {first.at(first.line)})",
                 )
             )
             continue
@@ -224,7 +230,9 @@ def _assemble(
         raw = raws[("Mesh", extra.name)]
         first = origins[("Mesh", meshes[0].name)]
         errors.append(
-            PolicyError(raw.file, raw.line, extra.ref, "", f"only one Mesh per set (first at {first.at(first.line)})")
+            PolicyError(
+                raw.file, raw.line, extra.ref, "", f"only one Mesh per set (first at {first.at(first.line)})"
+            )
         )
 
     services = cast(dict[str, Service], by_kind["Service"])

@@ -57,5 +57,7 @@ class PolicySet:
         """The set as JSON-ready data, in the YAML field names (for snapshots and ``/config``)."""
         return {
             "version": self.version,
-            "documents": [d.model_dump(mode="json", by_alias=True, exclude_none=True) for d in self.documents()],
+            "documents": [
+                d.model_dump(mode="json", by_alias=True, exclude_none=True) for d in self.documents()
+            ],
         }

@@ -84,15 +84,21 @@ class _Walker:
             return [self.walk(item, (*path, i), lines) for i, item in enumerate(node.value)]
         return self._scalars.construct_object(node)
 
-    def _mapping(self, node: yaml.MappingNode, path: FieldPath, lines: dict[FieldPath, int]) -> dict[Any, Any]:
+    def _mapping(
+        self, node: yaml.MappingNode, path: FieldPath, lines: dict[FieldPath, int]
+    ) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append((path, key_node.start_mark.line + 1, "YAML merge keys (<<) are not supported"))
+                self.problems.append(
+                    (path, key_node.start_mark.line + 1, "YAML merge keys (<<) are not supported")
+                )
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
-                self.problems.append((path, key_node.start_mark.line + 1, "mapping keys must be plain scalars"))
+                self.problems.append(
+                    (path, key_node.start_mark.line + 1, "mapping keys must be plain scalars")
+                )
                 continue
             key = self._scalars.construct_object(key_node)
             if not isinstance(key, str | int | float | bool) or key is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .spiffeid import InvalidSpiffeId, SpiffeId, validate_trust_domain
@@ -49,14 +49,21 @@ def _public_jwk(cert: x509.Certificate) -> dict[str, str]:
             raise BundleError(f"root {cert.subject.rfc4514_string()} uses unsupported curve {key.curve.name}")
         crv, size = _CURVES[key.curve.name]
         nums = key.public_numbers()
-        return {"kty": "EC", "crv": crv, "x": _b64url(_int_bytes(nums.x, size)), "y": _b64url(_int_bytes(nums.y, size))}
+        return {
+            "kty": "EC",
+            "crv": crv,
+            "x": _b64url(_int_bytes(nums.x, size)),
+            "y": _b64url(_int_bytes(nums.y, size)),
+        }
     if isinstance(key, rsa.RSAPublicKey):
         rnums = key.public_numbers()
         return {"kty": "RSA", "n": _b64url(_int_bytes(rnums.n)), "e": _b64url(_int_bytes(rnums.e))}
     if isinstance(key, ed25519.Ed25519PublicKey):
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
-    raise BundleError(f"root {cert.subject.rfc4514_string()} has an unsupported key type {type(key).__name__}")
+    raise BundleError(
+        f"root {cert.subject.rfc4514_string()} has an unsupported key type {type(key).__name__}"
+    )
 
 
 def _infer_trust_domain(roots: Iterable[x509.Certificate]) -> str:
@@ -102,13 +109,15 @@ class TrustBundle:
         object.__setattr__(self, "_pem", pem)
 
     def to_pem(self) -> str:
-        """All roots as concatenated PEM (the form ``ssl.SSLContext.load_verify_locations(cadata=)`` takes)."""
+        """All roots as concatenated PEM (what ``SSLContext.load_verify_locations(cadata=)`` takes)."""
         return self._pem
 
     def with_roots(self, roots: Iterable[x509.Certificate]) -> TrustBundle:
         """A copy holding ``roots``; the sequence grows when the set of roots changes."""
         new = tuple(roots)
-        if {r.fingerprint_sha256() for r in new} == {r.fingerprint_sha256() for r in self.roots}:
+        if {r.fingerprint(hashes.SHA256()) for r in new} == {
+            r.fingerprint(hashes.SHA256()) for r in self.roots
+        }:
             return self
         return TrustBundle(self.trust_domain, new, self.sequence + 1, self.refresh_hint)
 

@@ -7,6 +7,7 @@ what the certificate has instead, so an operator can tell which rule a peer brok
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -78,18 +79,22 @@ def _now(now: datetime | None) -> datetime:
     return now if now is not None else datetime.now(UTC)
 
 
+def _ts(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def check_validity(cert: x509.Certificate, now: datetime | None = None) -> None:
     """Raise SvidError(VALIDITY) when ``cert`` is expired or not yet valid at ``now`` (default: now)."""
     at = _now(now)
     if at < cert.not_valid_before_utc:
         raise SvidError(
             SvidRule.VALIDITY,
-            f"certificate {describe(cert)} is not yet valid (notBefore {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ})",
+            f"certificate {describe(cert)} is not yet valid (notBefore {_ts(cert.not_valid_before_utc)})",
         )
     if at > cert.not_valid_after_utc:
         raise SvidError(
             SvidRule.VALIDITY,
-            f"certificate {describe(cert)} has expired (notAfter {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})",
+            f"certificate {describe(cert)} has expired (notAfter {_ts(cert.not_valid_after_utc)})",
         )
 
 
@@ -153,7 +158,10 @@ def check_leaf(
         raise SvidError(SvidRule.EKU, f"leaf {spiffe_id} has no extendedKeyUsage extension") from None
     missing = [
         name
-        for name, oid in (("serverAuth", ExtendedKeyUsageOID.SERVER_AUTH), ("clientAuth", ExtendedKeyUsageOID.CLIENT_AUTH))
+        for name, oid in (
+            ("serverAuth", ExtendedKeyUsageOID.SERVER_AUTH),
+            ("clientAuth", ExtendedKeyUsageOID.CLIENT_AUTH),
+        )
         if oid not in ekus
     ]
     if missing:
@@ -209,9 +217,11 @@ def verify_chain(
     root_list = list(roots)
     for cert in chain:
         check_validity(cert, now)
-    for child, parent in zip(chain, chain[1:], strict=False):
+    for child, parent in itertools.pairwise(chain):
         if not _issued_by(child, parent):
-            raise SvidError(SvidRule.CHAIN, f"{describe(child)} is not signed by the next certificate {describe(parent)}")
+            raise SvidError(
+                SvidRule.CHAIN, f"{describe(child)} is not signed by the next certificate {describe(parent)}"
+            )
         check_ca(parent, now=now)
     top = chain[-1]
     for root in root_list:

@@ -1,6 +1,14 @@
 """Typed, frozen models of the policy documents (``apiVersion: meshgate/v1``)."""
 
-from shared.config.model.access import AccessPolicy, ClaimMatch, Condition, HeaderMatch, Operation, Rule, Source
+from shared.config.model.access import (
+    AccessPolicy,
+    ClaimMatch,
+    Condition,
+    HeaderMatch,
+    Operation,
+    Rule,
+    Source,
+)
 from shared.config.model.base import API_VERSION, Document
 from shared.config.model.edge import AuthProvider, RateLimit, Route
 from shared.config.model.mesh import Mesh, Service, TrafficPolicy

@@ -85,7 +85,8 @@ class Source(Spec):
         for principal in self.principals:
             if principal != "*" and not principal.startswith("spiffe://"):
                 raise ValueError(
-                    f"principals: {principal!r} is not a SPIFFE ID (spiffe://...); bare names go under services"
+                    f"principals: {principal!r} is not a SPIFFE ID (spiffe://...); "
+                    "bare names go under services"
                 )
         return self
 

@@ -45,6 +45,7 @@ class RetryBudget(Spec):
 
 
 RetryOn = Literal["connect-failure", "reset", "refused-stream", "gateway-error", "5xx"]
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("connect-failure", "reset", "refused-stream", "gateway-error")
 
 
 class Retries(Spec):
@@ -52,9 +53,7 @@ class Retries(Spec):
 
     attempts: int = Field(default=2, ge=0, le=10)
     per_try_timeout: Duration | None = None
-    retry_on: list[RetryOn] = Field(
-        default_factory=lambda: ["connect-failure", "reset", "refused-stream", "gateway-error"]
-    )
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     non_idempotent: bool = False
     budget: RetryBudget = Field(default_factory=RetryBudget)
     backoff: Backoff = Field(default_factory=Backoff)

@@ -53,7 +53,9 @@ Duration = Annotated[
     BeforeValidator(_duration),
     AfterValidator(_positive),
     PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$", "examples": ["250ms", "2s"]}),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$", "examples": ["250ms", "2s"]}
+    ),
 ]
 
 Percent = Annotated[
@@ -67,7 +69,12 @@ Size = Annotated[
     int,
     BeforeValidator(parse_size),
     WithJsonSchema(
-        {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?$"}]}
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\d+\s*(B|KB|KiB|MB|MiB|GB|GiB)?$"},
+            ]
+        }
     ),
 ]
 
