@@ -107,15 +107,17 @@ JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
 DEFAULT_JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("RS256", "ES256")
 
 
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+DEFAULT_JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("RS256", "ES256")
+
+
 class JwtSettings(Spec):
     """JWT validation: issuer, audiences, keys from a JWKS URL, explicit algorithms."""
 
     issuer: str
     audiences: list[str] = Field(default_factory=list)
     jwks_uri: str = Field(pattern=r"^https?://")
-    algorithms: list[
-        Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
-    ] = Field(default_factory=lambda: ["RS256", "ES256"])
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
     leeway: Duration = timedelta(seconds=30)
     refresh_interval: Duration = timedelta(minutes=10)
     principal_claim: str = "sub"

@@ -140,7 +140,7 @@ class MeshServer:
         try:
             await writer.start_tls(self.context(), ssl_handshake_timeout=5)
         except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            self.errors.append(explain_tls_error(exc))
+            self.errors.append(explain_tls_error(exc) + " REPR " + repr(exc))
             return
         conn = writer.get_extra_info("ssl_object")
         try:
