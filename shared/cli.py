@@ -14,6 +14,8 @@ from importlib import import_module
 #: Modules that add a command group; each exposes ``register(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = (
     "shared.config.cli",
+    "shared.identity.cli",
+    "mesh.controlplane.cli",
     "shared.demo",
 )
 

@@ -223,9 +223,9 @@ def _assemble(
         by_kind[doc.KIND][doc.name] = doc
 
     meshes = list(by_kind["Mesh"].values())
-    if not meshes:
-        where = files[0] if files else "(policies)"
-        errors.append(PolicyError(where, 1, "", "", "no Mesh document in the set; add one with trustDomain"))
+    if not meshes and files:  # with no files at all, "no *.yaml files found" already says it
+        message = "no Mesh document in the set; add one with trustDomain"
+        errors.append(PolicyError(files[0], 1, "", "", message))
     for extra in meshes[1:]:
         raw = raws[("Mesh", extra.name)]
         first = origins[("Mesh", meshes[0].name)]

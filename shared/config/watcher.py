@@ -1,12 +1,13 @@
 """Watch the policy folder: reload on change, swap the whole set atomically, keep the last good set.
 
-Polling (stat of every file, once a second by default) rather than inotify: it works on network and
-container volumes and on Kubernetes ConfigMap mounts, whose updates swap a symlink.
+Polling (stat and hash of every file, once a second by default) rather than inotify: it works on
+network and container volumes and on Kubernetes ConfigMap mounts, whose updates swap a symlink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -18,7 +19,7 @@ from typing import Any
 from shared.config.errors import PolicyError
 from shared.config.loader import load_policy_set
 from shared.config.policyset import PolicySet
-from shared.config.yamlsource import find_policy_files
+from shared.config.yamlsource import MAX_FILE_BYTES, find_policy_files
 
 log = logging.getLogger("meshgate.policy")
 
@@ -54,6 +55,10 @@ class PolicyStatus:
         }
 
 
+def _digest(file: Path) -> str:
+    return hashlib.blake2b(file.read_bytes(), digest_size=16).hexdigest()
+
+
 def _fingerprint(paths: Sequence[Path]) -> tuple[Any, ...]:
     items: list[Any] = []
     for root in paths:
@@ -62,7 +67,10 @@ def _fingerprint(paths: Sequence[Path]) -> tuple[Any, ...]:
         for file in files:
             try:
                 st = os.stat(file)
-                items.append((str(file), st.st_mtime_ns, st.st_size, st.st_ino))
+                # mtime alone misses a same-size rewrite within one (coarse) kernel timestamp tick,
+                # so small files are compared by content too; big ones fail the load anyway.
+                digest = _digest(file) if st.st_size <= MAX_FILE_BYTES else ""
+                items.append((str(file), st.st_mtime_ns, st.st_size, st.st_ino, digest))
             except OSError as exc:
                 items.append((str(file), str(exc)))
     return tuple(items)

@@ -156,8 +156,8 @@ def parse_yaml_text(raw: bytes, name: str) -> tuple[list[RawDocument], list[Sour
     docs: list[RawDocument] = []
     try:
         for node in _compose_all(text):
-            if node is None:
-                continue
+            if node is None or _is_empty_document(node):
+                continue  # an empty document between `---` markers (e.g. one commented out)
             lines: dict[FieldPath, int] = {}
             walker.problems = []
             data = walker.walk(node, (), lines)
@@ -179,6 +179,10 @@ def parse_yaml_text(raw: bytes, name: str) -> tuple[list[RawDocument], list[Sour
     if not docs:
         return [], [SourceError(name, 1, "file holds only comments; no policy documents")]
     return docs, []
+
+
+def _is_empty_document(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.value == ""
 
 
 def _compose_all(text: str) -> Iterator[yaml.Node | None]:

@@ -39,6 +39,9 @@ __all__ = [
     "CertificateAuthority",
     "CsrRejected",
     "SigningKey",
+    "chain_pem",
+    "load_chain_pem",
+    "load_signing_key",
     "make_csr",
 ]
 
@@ -74,7 +77,8 @@ def _random_serial() -> int:
     return secrets.randbits(128) or 1
 
 
-def _load_signing_key(data: bytes, where: str) -> SigningKey:
+def load_signing_key(data: bytes, where: str) -> SigningKey:
+    """Parse an unencrypted PEM private key usable for signing; raise CAError naming ``where``."""
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -235,7 +239,7 @@ class CertificateAuthority:
                 root = cls._read_cert(path / entry["root"])
                 key_path = path / entry["key"]
                 try:
-                    key = _load_signing_key(key_path.read_bytes(), str(key_path))
+                    key = load_signing_key(key_path.read_bytes(), str(key_path))
                 except OSError as exc:
                     raise CAError(f"{key_path}: cannot read key ({exc.strerror})") from None
                 authorities.append(_Authority(entry["name"], cert, key, root, entry["state"]))
@@ -410,13 +414,19 @@ class CertificateAuthority:
     # ----- signing --------------------------------------------------------------------------------------
 
     def sign_csr(
-        self, csr_pem: bytes, spiffe_id: SpiffeId, ttl: timedelta | None = None
+        self,
+        csr_pem: bytes,
+        spiffe_id: SpiffeId,
+        ttl: timedelta | None = None,
+        *,
+        now: datetime | None = None,
     ) -> list[x509.Certificate]:
         """Sign ``csr_pem`` as an X.509-SVID for ``spiffe_id``; return ``[leaf, *intermediates]``.
 
         ``spiffe_id`` is the identity the caller has authenticated: the CSR only contributes its public
         key, and its URI SAN, when present, must equal ``spiffe_id``. Raises CsrRejected for several URI
-        SANs, an ID outside the trust domain, a CA request, a weak key or a bad signature.
+        SANs, an ID outside the trust domain, a CA request, a weak key or a bad signature. ``now``
+        (default: the current time) is when the leaf starts, for tests with a fake clock.
         """
         authority = self._signing()
         if spiffe_id.trust_domain != self.trust_domain:
@@ -435,7 +445,7 @@ class CertificateAuthority:
         if not signature_ok:
             raise CsrRejected("CSR signature is invalid (the CSR was altered or not signed by its key)")
         self._check_csr_extensions(csr, spiffe_id)
-        now = datetime.now(UTC)
+        now = now if now is not None else datetime.now(UTC)
         lifetime = DEFAULT_LEAF_TTL if ttl is None else ttl
         if lifetime <= timedelta(0):
             raise CAError("certificate TTL must be positive")

@@ -228,44 +228,40 @@ def verify_peer(
     return spiffe_id
 
 
-_VERIFY_REASONS: tuple[tuple[str, str], ...] = (
-    ("certificate has expired", "peer certificate has expired (rule: " + SvidRule.VALIDITY.value + ")"),
-    (
-        "certificate is not yet valid",
-        "peer certificate is not yet valid (rule: " + SvidRule.VALIDITY.value + ")",
-    ),
-    (
-        "unable to get local issuer",
-        "peer chain does not lead to the trust bundle (rule: " + SvidRule.CHAIN.value + ")",
-    ),
-    (
-        "self-signed certificate",
-        "peer chain does not lead to the trust bundle (rule: " + SvidRule.CHAIN.value + ")",
-    ),
-    ("certificate signature failure", "peer chain signature is invalid (rule: " + SvidRule.CHAIN.value + ")"),
-    (
-        "unsupported certificate purpose",
-        "peer certificate EKU does not allow this use (rule: " + SvidRule.EKU.value + ")",
-    ),
-    (
-        "invalid ca certificate",
-        "an issuer in the peer chain is not a CA (rule: " + SvidRule.CA_IS_CA.value + ")",
-    ),
-    ("alert certificate expired", "our certificate was refused by the peer as expired"),
-    ("alert unknown ca", "the peer does not trust our certificate's CA (check the trust bundles)"),
-    ("alert bad certificate", "the peer refused our certificate"),
-    ("alert certificate required", "the peer requires a client certificate"),
-    ("protocol version", "TLS version refused: the mesh speaks TLS 1.3 only"),
-    ("wrong version number", "the peer does not speak TLS (plaintext?)"),
-    ("http request", "the peer sent plaintext HTTP to a TLS port"),
+_R = SvidRule
+#: OpenSSL message fragment -> (what it means, the SVID rule behind it or None).
+_TLS_REASONS: tuple[tuple[str, str, SvidRule | None], ...] = (
+    ("certificate has expired", "peer certificate has expired", _R.VALIDITY),
+    ("certificate is not yet valid", "peer certificate is not yet valid", _R.VALIDITY),
+    ("unable to get local issuer", "peer chain does not lead to the trust bundle", _R.CHAIN),
+    ("self-signed certificate", "peer chain does not lead to the trust bundle", _R.CHAIN),
+    ("certificate signature failure", "peer chain signature is invalid", _R.CHAIN),
+    ("keycertsign invalid for non-ca", "peer leaf has keyCertSign", _R.NO_SIGNING_USAGE),
+    ("unsupported certificate purpose", "peer certificate EKU does not allow this use", _R.EKU),
+    ("invalid ca certificate", "an issuer in the peer chain is not a CA", _R.CA_IS_CA),
+    ("alert certificate expired", "the peer refused our certificate as expired", None),
+    ("alert unknown ca", "the peer does not trust our certificate's CA (check the trust bundles)", None),
+    ("alert bad certificate", "the peer refused our certificate", None),
+    ("alert certificate required", "the peer requires a client certificate", None),
+    ("protocol version", "TLS version refused: the mesh speaks TLS 1.3 only", None),
+    ("unsupported protocol", "TLS version refused: the mesh speaks TLS 1.3 only", None),
+    ("no protocols available", "TLS version refused: the mesh speaks TLS 1.3 only", None),
+    ("wrong version number", "the peer does not speak TLS (plaintext?)", None),
+    ("http request", "the peer sent plaintext HTTP to a TLS port", None),
 )
 
 
 def explain_tls_error(exc: BaseException) -> str:
     """A one-line operator explanation of a TLS handshake failure, naming the SVID rule when known."""
     text = str(exc)
+    if not text:
+        if isinstance(exc, ConnectionError):
+            what = "the peer closed the connection during the handshake (did it refuse our certificate?)"
+            return f"{what} [{type(exc).__name__}]"
+        text = type(exc).__name__
     lowered = text.lower()
-    for needle, meaning in _VERIFY_REASONS:
+    for needle, meaning, rule in _TLS_REASONS:
         if needle in lowered:
-            return f"{meaning} [{text}]"
+            named = f" (rule: {rule.value})" if rule is not None else ""
+            return f"{meaning}{named} [{text}]"
     return f"TLS handshake failed: {text}"

@@ -2,8 +2,10 @@
 
 Deny wins over allow; a target with any enforce-mode policy denies what no rule allows; a target with
 none follows ``Mesh.defaultAccess``. Audit-mode policies are evaluated the same way on their own and
-reported in :attr:`Decision.audit`, never enforced. The set is compiled once into an index per target,
-so a decision is a dictionary lookup and a few predicate calls.
+reported in :attr:`Decision.audit`, never enforced.
+
+The set is compiled once: an index per target, and within a target an index by caller service, so a
+decision is two dictionary lookups and the predicates of the few rules that can apply to that caller.
 """
 
 from __future__ import annotations
@@ -13,40 +15,85 @@ from dataclasses import dataclass
 
 from shared.config.model import AccessPolicy
 from shared.config.policyset import PolicySet
-from shared.policy.matchers import Predicate, condition_predicate, operation_predicates, source_predicates
+from shared.policy.matchers import (
+    Predicate,
+    condition_predicate,
+    exact_services,
+    method_set,
+    operation_predicates,
+    path_parts,
+    source_predicates,
+)
 from shared.policy.paths import normalize_path
 from shared.policy.request import AuditVerdict, Caller, Decision, Request
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    """One rule: its predicates (all must hold) and the decision it yields."""
+    """One rule: methods and paths checked inline, then its other predicates (all must hold)."""
 
+    order: int
+    methods: frozenset[str] | None
+    any_path: bool
+    exact_paths: frozenset[str]
+    path_prefixes: tuple[str, ...]
+    path_suffixes: tuple[str, ...]
     predicates: tuple[Predicate, ...]
     decision: Decision
 
     def matches(self, caller: Caller, method: str, path: str, headers: Mapping[str, str]) -> bool:
-        """True when every predicate holds."""
-        return all(pred(caller, method, path, headers) for pred in self.predicates)
+        """True when the rule applies to this request."""
+        return _first((self,), caller, method, path, headers) is not None
+
+
+Rules = tuple[CompiledRule, ...]
+
+
+def _first(
+    rules: Rules, caller: Caller, method: str, path: str, headers: Mapping[str, str]
+) -> Decision | None:
+    """The decision of the first rule that matches (hot path: kept flat on purpose)."""
+    for rule in rules:
+        methods = rule.methods
+        if methods is not None and method not in methods:
+            continue
+        if not rule.any_path and not (
+            path in rule.exact_paths
+            or path.startswith(rule.path_prefixes)
+            or (rule.path_suffixes and path.endswith(rule.path_suffixes))
+        ):
+            continue
+        for pred in rule.predicates:
+            if not pred(caller, method, path, headers):
+                break
+        else:
+            return rule.decision
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class RuleBook:
-    """The rules of one mode for one target, denies first."""
+    """The rules of one mode for one target, denies before allows, indexed by caller service.
 
-    denies: tuple[CompiledRule, ...]
-    allows: tuple[CompiledRule, ...]
+    ``by_service[name]`` holds the rules that name that caller service plus every rule that does not
+    key on exact service names (``general``), in source order.
+    """
+
+    trust_domain: str
+    general: tuple[Rules, Rules]
+    by_service: Mapping[str, tuple[Rules, Rules]]
     no_match: Decision
 
     def evaluate(self, caller: Caller, method: str, path: str, headers: Mapping[str, str]) -> Decision:
         """Deny wins; then allow; else the implicit deny of a target with policies."""
-        for rule in self.denies:
-            if rule.matches(caller, method, path, headers):
-                return rule.decision
-        for rule in self.allows:
-            if rule.matches(caller, method, path, headers):
-                return rule.decision
-        return self.no_match
+        denies, allows = self.general
+        if caller.service is not None and caller.trust_domain == self.trust_domain:
+            denies, allows = self.by_service.get(caller.service, self.general)
+        return (
+            _first(denies, caller, method, path, headers)
+            or _first(allows, caller, method, path, headers)
+            or self.no_match
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +109,7 @@ class PolicyEngine:
 
     def __init__(self, policy_set: PolicySet) -> None:
         self.policy_set = policy_set
-        mesh = policy_set.mesh
-        allow = mesh.default_access == "allow"
+        allow = policy_set.mesh.default_access == "allow"
         self._default = Decision(
             allow,
             "default",
@@ -75,11 +121,8 @@ class PolicyEngine:
         )
         grouped: dict[tuple[str, str], dict[str, list[AccessPolicy]]] = {}
         for policy in policy_set.access_policies:
-            key = (
-                ("service", policy.target.service)
-                if policy.target.service
-                else ("route", policy.target.route or "")
-            )
+            target = policy.target
+            key = ("service", target.service) if target.service else ("route", target.route or "")
             grouped.setdefault(key, {}).setdefault(policy.mode, []).append(policy)
         self._index: dict[tuple[str, str], TargetIndex] = {
             key: TargetIndex(
@@ -88,17 +131,21 @@ class PolicyEngine:
             )
             for key, modes in grouped.items()
         }
+        self._services = {name: idx for (kind, name), idx in self._index.items() if kind == "service"}
+        self._routes = {name: idx for (kind, name), idx in self._index.items() if kind == "route"}
 
     def _book(self, policies: list[AccessPolicy]) -> RuleBook:
         td = self.policy_set.mesh.trust_domain
-        denies: list[CompiledRule] = []
-        allows: list[CompiledRule] = []
+        general: list[tuple[bool, CompiledRule]] = []
+        keyed: dict[str, list[tuple[bool, CompiledRule]]] = {}
+        order = 0
         for policy in policies:
             origin = self.policy_set.origin(policy)
             for i, rule in enumerate(policy.rules):
+                services = exact_services(rule.from_)
                 preds = [
-                    *source_predicates(rule.from_, td),
                     *operation_predicates(rule.to),
+                    *source_predicates(rule.from_, td, indexed=services is not None),
                     *(condition_predicate(c) for c in rule.when),
                 ]
                 label = rule.name or f"rules[{i}]"
@@ -108,7 +155,22 @@ class PolicyEngine:
                     policy.name,
                     f"{rule.action} by AccessPolicy/{policy.name} {label}",
                 )
-                (allows if rule.action == "allow" else denies).append(CompiledRule(tuple(preds), decision))
+                any_path, exact, prefixes, suffixes = path_parts(rule.to.paths)
+                compiled = CompiledRule(
+                    order, method_set(rule.to), any_path, exact, prefixes, suffixes, tuple(preds), decision
+                )
+                entry = (rule.action == "deny", compiled)
+                order += 1
+                if services is None:
+                    general.append(entry)
+                else:
+                    for name in services:
+                        keyed.setdefault(name, []).append(entry)
+
+        def split(entries: list[tuple[bool, CompiledRule]]) -> tuple[Rules, Rules]:
+            entries = sorted(entries, key=lambda e: e[1].order)
+            return tuple(r for deny, r in entries if deny), tuple(r for deny, r in entries if not deny)
+
         names = ", ".join(sorted({p.name for p in policies}))
         first = self.policy_set.origin(policies[0])
         no_match = Decision(
@@ -117,30 +179,35 @@ class PolicyEngine:
             policies[0].name,
             f"no rule allows it (policies: {names}; first at {first.at(first.line)})",
         )
-        return RuleBook(tuple(denies), tuple(allows), no_match)
+        return RuleBook(
+            trust_domain=td,
+            general=split(general),
+            by_service={name: split(entries + general) for name, entries in keyed.items()},
+            no_match=no_match,
+        )
 
     def decide(self, caller: Caller, service: str, request: Request) -> Decision:
         """Decide whether ``caller`` may make ``request`` to ``service``."""
-        return self._decide(("service", service), caller, request)
+        return self._decide(self._services.get(service), caller, request)
+
+    def targets(self) -> list[tuple[str, str]]:
+        """The (kind, name) of every target some policy protects."""
+        return sorted(self._index)
 
     def decide_route(self, caller: Caller, route: str, request: Request) -> Decision:
         """Decide whether ``caller`` may use the gateway route ``route``."""
-        return self._decide(("route", route), caller, request)
+        return self._decide(self._routes.get(route), caller, request)
 
-    def _decide(self, key: tuple[str, str], caller: Caller, request: Request) -> Decision:
+    def _decide(self, target: TargetIndex | None, caller: Caller, request: Request) -> Decision:
         path = normalize_path(request.path)
         if path is None:
             return self._bad_path
-        target = self._index.get(key)
         if target is None:
             return self._default
         method = request.method.upper()
         headers = request.headers
-        decision = (
-            target.enforce.evaluate(caller, method, path, headers)
-            if target.enforce is not None
-            else self._default
-        )
+        enforce = target.enforce
+        decision = enforce.evaluate(caller, method, path, headers) if enforce is not None else self._default
         if target.audit is None:
             return decision
         shadow = target.audit.evaluate(caller, method, path, headers)

@@ -74,10 +74,21 @@ def _same(value: Any, want: Any) -> bool:
     return bool(value == want)
 
 
-def source_predicates(source: Source, trust_domain: str) -> list[Predicate]:
-    """Predicates for a rule's ``from`` block; bare names match only the mesh's own trust domain."""
+def exact_services(source: Source) -> frozenset[str] | None:
+    """The caller services a ``from`` block names, when all are exact names (usable as an index key)."""
+    if not source.services or any("*" in s for s in source.services):
+        return None
+    return frozenset(source.services)
+
+
+def source_predicates(source: Source, trust_domain: str, *, indexed: bool = False) -> list[Predicate]:
+    """Predicates for a rule's ``from`` block; bare names match only the mesh's own trust domain.
+
+    ``indexed``: the caller was already looked up by its service name (see :func:`exact_services`),
+    so the services test is left out.
+    """
     preds: list[Predicate] = []
-    if source.services:
+    if source.services and not indexed:
         svc = glob(source.services)
         preds.append(
             lambda c, m, p, h: c.trust_domain == trust_domain and c.service is not None and svc(c.service)
@@ -120,15 +131,29 @@ def _header_test(match: HeaderMatch) -> Callable[[Mapping[str, str]], bool]:
     return lambda h: (v := h.get(name)) is not None and pattern.fullmatch(v) is not None
 
 
+PathParts = tuple[bool, frozenset[str], tuple[str, ...], tuple[str, ...]]
+
+
+def path_parts(patterns: Sequence[str]) -> PathParts:
+    """(matches any, exact paths, prefixes, suffixes) of path patterns, for inline matching."""
+    if not patterns or "*" in patterns:
+        return True, frozenset(), (), ()
+    exact = frozenset(p for p in patterns if "*" not in p)
+    prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+    suffixes = tuple(p[1:] for p in patterns if p.startswith("*") and not p.endswith("*"))
+    return False, exact, prefixes, suffixes
+
+
+def method_set(op: Operation) -> frozenset[str] | None:
+    """The methods an operation allows, or None for any."""
+    if not op.methods or "*" in op.methods:
+        return None
+    return frozenset(op.methods)
+
+
 def operation_predicates(op: Operation) -> list[Predicate]:
-    """Predicates for a rule's ``to`` block."""
+    """Predicates for a rule's ``to`` block, apart from methods and paths (see :func:`path_parts`)."""
     preds: list[Predicate] = []
-    if op.methods and "*" not in op.methods:
-        methods = frozenset(op.methods)
-        preds.append(lambda c, m, p, h: m in methods)
-    if op.paths:
-        paths = path_test(op.paths)
-        preds.append(lambda c, m, p, h: paths(p))
     if op.not_paths:
         not_paths = path_test(op.not_paths)
         preds.append(lambda c, m, p, h: not not_paths(p))
@@ -187,6 +212,10 @@ def condition_predicate(cond: Condition) -> Predicate:
         return ip_test
     yes = glob(cond.values) if cond.values else None
     no = glob(cond.not_values) if cond.not_values else None
+    if cond.key.startswith("request.headers[") and yes is not None and no is None:
+        name = cond.key[len("request.headers[") : -1].lower()
+        only = yes
+        return lambda c, m, p, h: (v := h.get(name)) is not None and only(v)
 
     def test(c: Caller, m: str, p: str, h: Mapping[str, str]) -> bool:
         values = extract(c, h)

@@ -11,29 +11,34 @@ import re
 from urllib.parse import unquote_to_bytes
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_NEEDS_WORK = re.compile(r"%|\\|//|/\.")
+_SUSPECT = re.compile(r"[%\\\x00-\x1f\x7f]|//|/\.")
+#: After one decoding pass these would be read differently by a second one (double encoding such as
+#: ``%2561`` -> ``%61`` -> ``a``, or an encoded ``?``/``#`` that becomes a query or fragment).
+_AMBIGUOUS = re.compile(r"%[0-9A-Fa-f]{2}|[?#]")
 
 
 def normalize_path(raw: str) -> str | None:
     """The canonical form of a request path, without query or fragment; None if it cannot be trusted.
 
-    None means: not origin-form, invalid UTF-8 after decoding, or control characters. Callers deny
-    such requests.
+    None means: not origin-form, invalid UTF-8 after decoding, control characters, or text that a
+    second decoding would change (double percent-encoding, encoded ``?`` or ``#``). Callers deny
+    such requests. The result is a fixed point: ``normalize_path(result) == result``.
     """
-    end = len(raw)
-    for sep in ("?", "#"):
-        i = raw.find(sep)
-        if i != -1 and i < end:
-            end = i
-    path = raw[:end]
+    path = raw
+    if "?" in path:
+        path = path[: path.index("?")]
+    if "#" in path:
+        path = path[: path.index("#")]
     if not path.startswith("/"):
         return None
-    if _NEEDS_WORK.search(path) is None:
-        return None if _CONTROL.search(path) else path
+    if _SUSPECT.search(path) is None:
+        return path
     if "%" in path:
         try:
             path = unquote_to_bytes(path).decode("utf-8")
         except UnicodeDecodeError:
+            return None
+        if _AMBIGUOUS.search(path):
             return None
     if _CONTROL.search(path):
         return None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from shared.config.model.base import Document
 from shared.config.model.types import (
@@ -64,31 +64,33 @@ class HeaderMatch(Spec):
         return self
 
 
+def _service_pattern(value: str) -> str:
+    if value != "*" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\*?|\*", value):
+        raise ValueError(f"{value!r} is not a service name (write full SPIFFE IDs under principals)")
+    return value
+
+
+def _principal_pattern(value: str) -> str:
+    if value != "*" and not value.startswith("spiffe://"):
+        raise ValueError(f"{value!r} is not a SPIFFE ID (spiffe://...); bare names go under services")
+    return value
+
+
+#: One entry of ``from.services`` / ``from.principals``; checked per item so errors name the item's line.
+ServicePattern = Annotated[str, AfterValidator(_service_pattern)]
+PrincipalPattern = Annotated[str, AfterValidator(_principal_pattern)]
+
+
 class Source(Spec):
     """Who the caller is. Fields are ANDed; the values of one field are ORed. Empty matches anyone."""
 
-    services: list[str] = Field(default_factory=list)
+    services: list[ServicePattern] = Field(default_factory=list)
     namespaces: list[str] = Field(default_factory=list)
-    principals: list[str] = Field(default_factory=list)
+    principals: list[PrincipalPattern] = Field(default_factory=list)
     request_principals: list[str] = Field(default_factory=list)
     ip_blocks: list[Cidr] = Field(default_factory=list)
     not_ip_blocks: list[Cidr] = Field(default_factory=list)
     claims: list[ClaimMatch] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _identities(self) -> Source:
-        for service in self.services:
-            if service != "*" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\*?|\*", service):
-                raise ValueError(
-                    f"services: {service!r} is not a service name (write full SPIFFE IDs under principals)"
-                )
-        for principal in self.principals:
-            if principal != "*" and not principal.startswith("spiffe://"):
-                raise ValueError(
-                    f"principals: {principal!r} is not a SPIFFE ID (spiffe://...); "
-                    "bare names go under services"
-                )
-        return self
 
 
 class Operation(Spec):

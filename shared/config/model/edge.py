@@ -106,7 +106,6 @@ JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES
 DEFAULT_JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("RS256", "ES256")
 
 
-
 class JwtSettings(Spec):
     """JWT validation: issuer, audiences, keys from a JWKS URL, explicit algorithms."""
 

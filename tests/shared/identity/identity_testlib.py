@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import spiffe
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shared.identity.ca import SigningKey
 from shared.identity.spiffeid import SpiffeId
+from shared.identity.svid import check_leaf
 from shared.identity.tls import Expected, MeshClientContext, PeerIdentityError, explain_tls_error, verify_peer
 
 TD = "example.org"
@@ -30,7 +35,9 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_root(name: str = "test root", ttl: timedelta = timedelta(days=30)) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_root(
+    name: str = "test root", ttl: timedelta = timedelta(days=30)
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """An independent self-signed CA (an operator's root, or a CA the mesh does not trust)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -92,10 +99,13 @@ def make_leaf(
         .not_valid_after(now + not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
-            _key_usage(cert_sign=key_cert_sign, digital_signature=digital_signature), critical=key_usage_critical
+            _key_usage(cert_sign=key_cert_sign, digital_signature=digital_signature),
+            critical=key_usage_critical,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
     )
     if eku:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), critical=False)
@@ -104,6 +114,28 @@ def make_leaf(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False
         )
     return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def assert_accepted_independently(
+    chain: Sequence[x509.Certificate], key: SigningKey, roots: Sequence[x509.Certificate], tmp: Path
+) -> None:
+    """The spiffe package parses the SVID (and its ID) and ``openssl verify`` accepts the chain."""
+    kp = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    svid = spiffe.X509Svid.parse(pem(chain), kp)
+    assert str(svid.spiffe_id) == check_leaf(chain[0]).uri
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "root.pem").write_bytes(pem(roots))
+    (tmp / "leaf.pem").write_bytes(pem(chain[:1]))
+    cmd = ["openssl", "verify", "-x509_strict", "-CAfile", str(tmp / "root.pem")]
+    if len(chain) > 1:
+        (tmp / "inter.pem").write_bytes(pem(chain[1:]))
+        cmd += ["-untrusted", str(tmp / "inter.pem")]
+    for purpose in ("sslclient", "sslserver"):
+        args = [*cmd, "-purpose", purpose, str(tmp / "leaf.pem")]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
 
 
 @dataclass
@@ -140,7 +172,7 @@ class MeshServer:
         try:
             await writer.start_tls(self.context(), ssl_handshake_timeout=5)
         except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            self.errors.append(explain_tls_error(exc) + " REPR " + repr(exc))
+            self.errors.append(explain_tls_error(exc))
             return
         conn = writer.get_extra_info("ssl_object")
         try:
