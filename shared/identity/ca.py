@@ -15,20 +15,29 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from .bundle import DEFAULT_REFRESH_HINT_S, TrustBundle
+from .certutil import (
+    SigningKey,
+    aki_for,
+    chain_pem,
+    load_chain_pem,
+    load_signing_key,
+    private_key_pem,
+    public_bytes,
+    write_atomic,
+    write_private,
+)
+from .csr import check_csr, make_csr
+from .errors import CAError, CsrRejected
+from .profiles import build_ca_cert, build_leaf
 from .spiffeid import InvalidSpiffeId, SpiffeId, validate_trust_domain
 from .svid import SvidError, check_ca
 
@@ -52,82 +61,6 @@ BACKDATE = timedelta(seconds=30)
 STATE_FILE = "ca.json"
 STATE_VERSION = 1
 
-SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-_ALLOWED_CURVES = ("secp256r1", "secp384r1")
-
-
-class CAError(Exception):
-    """A CA operation failed; the message is one line an operator can act on."""
-
-
-class CsrRejected(CAError):
-    """The CA refused to sign a CSR; the message says why."""
-
-
-def _signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384 | None:
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return None
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
-def _random_serial() -> int:
-    """A random positive 128-bit serial number."""
-    return secrets.randbits(128) or 1
-
-
-def load_signing_key(data: bytes, where: str) -> SigningKey:
-    """Parse an unencrypted PEM private key usable for signing; raise CAError naming ``where``."""
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CAError(f"{where}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
-        raise CAError(f"{where}: unsupported key type {type(key).__name__} (use ECDSA, RSA or Ed25519)")
-    return key
-
-
-def _public_bytes(key: Any) -> bytes:
-    return bytes(
-        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-
-
-def _aki_for(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    try:
-        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-
-
-def _check_csr_key(csr: x509.CertificateSigningRequest) -> None:
-    try:
-        key = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CsrRejected(f"CSR public key cannot be read: {exc}") from None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in _ALLOWED_CURVES:
-            raise CsrRejected(f"CSR key uses curve {key.curve.name}; allowed: P-256, P-384")
-    elif isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < 2048:
-            raise CsrRejected(f"CSR key is RSA-{key.key_size}; RSA keys must be at least 2048 bits")
-    elif not isinstance(key, ed25519.Ed25519PublicKey):
-        raise CsrRejected(
-            f"CSR key type {type(key).__name__} is not allowed (ECDSA P-256/P-384, RSA>=2048, Ed25519)"
-        )
-
-
-def make_csr(key: SigningKey, spiffe_id: SpiffeId | None = None) -> bytes:
-    """A PEM CSR for ``key``, naming ``spiffe_id`` as its URI SAN when given (the workload side)."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    if spiffe_id is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]), critical=False
-        )
-    return builder.sign(key, _signature_hash(key)).public_bytes(serialization.Encoding.PEM)
-
 
 @dataclass
 class _Authority:
@@ -142,26 +75,6 @@ class _Authority:
     @property
     def chain(self) -> list[x509.Certificate]:
         return [] if self.cert == self.root else [self.cert]
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Create ``path`` with mode 0600 (never readable by others, even briefly) and write ``data``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 class CertificateAuthority:
@@ -274,60 +187,14 @@ class CertificateAuthority:
     ) -> _Authority:
         now = datetime.now(UTC)
         key = ec.generate_private_key(ec.SECP256R1())
-        td_id = SpiffeId(self.trust_domain)
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshgate"),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"meshgate {name} {secrets.token_hex(4)}"),
-            ]
-        )
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .public_key(key.public_key())
-            .serial_number(_random_serial())
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(td_id))]), critical=False
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-        )
         if root_cert is None or root_key is None:
-            cert = (
-                builder.issuer_name(subject)
-                .not_valid_before(now - BACKDATE)
-                .not_valid_after(now + ttl)
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
-                )
-                .sign(key, hashes.SHA256())
-            )
+            cert = build_ca_cert(self.trust_domain, name, key, now - BACKDATE, now + ttl)
             self._write_authority_files(name, cert, key, None)
             return _Authority(name, cert, key, cert, "active")
         self._check_operator_root(root_cert, root_key, now)
+        not_before = max(now - BACKDATE, root_cert.not_valid_before_utc)
         not_after = min(now + ttl, root_cert.not_valid_after_utc)
-        cert = (
-            builder.issuer_name(root_cert.subject)
-            .not_valid_before(max(now - BACKDATE, root_cert.not_valid_before_utc))
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_aki_for(root_cert), critical=False)
-            .sign(root_key, _signature_hash(root_key))
-        )
+        cert = build_ca_cert(self.trust_domain, name, key, not_before, not_after, (root_cert, root_key))
         self._write_authority_files(name, cert, key, root_cert)
         return _Authority(name, cert, key, root_cert, "active")
 
@@ -337,7 +204,7 @@ class CertificateAuthority:
             check_ca(root_cert, now=now)
         except SvidError as exc:
             raise CAError(f"operator root unusable: {exc}") from None
-        if _public_bytes(root_cert.public_key()) != _public_bytes(root_key.public_key()):
+        if public_bytes(root_cert.public_key()) != public_bytes(root_key.public_key()):
             raise CAError("operator root key does not match the operator root certificate")
         bc = root_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.path_length == 0:
@@ -346,13 +213,10 @@ class CertificateAuthority:
     def _write_authority_files(
         self, name: str, cert: x509.Certificate, key: SigningKey, root: x509.Certificate | None
     ) -> None:
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        _write_private(self.directory / f"{name}.key", key_pem)
-        _write_atomic(self.directory / f"{name}.pem", _pem(cert))
+        write_private(self.directory / f"{name}.key", private_key_pem(key))
+        write_atomic(self.directory / f"{name}.pem", chain_pem([cert]))
         if root is not None:
-            _write_atomic(self.directory / f"{name}-root.pem", _pem(root))
+            write_atomic(self.directory / f"{name}-root.pem", chain_pem([root]))
 
     def _save(self) -> None:
         state = {
@@ -373,15 +237,14 @@ class CertificateAuthority:
                 for a in self._authorities
             ],
         }
-        _write_atomic(self.directory / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
+        write_atomic(self.directory / STATE_FILE, (json.dumps(state, indent=2) + "\n").encode())
         self._refresh_cache()
 
     def _refresh_cache(self) -> None:
         active = [a for a in self._authorities if a.state == "active"]
         self._active = active[-1] if active else None
         if self._active is not None:
-            self._aki = _aki_for(self._active.cert)
-            self._hash = _signature_hash(self._active.key)
+            self._aki = aki_for(self._active.cert)
 
     # ----- queries --------------------------------------------------------------------------------------
 
@@ -433,18 +296,7 @@ class CertificateAuthority:
             raise CsrRejected(f"identity {spiffe_id} is outside trust domain {self.trust_domain!r}")
         if spiffe_id.is_trust_domain_id:
             raise CsrRejected(f"identity {spiffe_id} has no path; workload SVIDs need one")
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise CsrRejected(f"not a PEM certificate signing request ({exc})") from None
-        _check_csr_key(csr)
-        try:
-            signature_ok = csr.is_signature_valid
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise CsrRejected(f"CSR signature cannot be checked: {exc}") from None
-        if not signature_ok:
-            raise CsrRejected("CSR signature is invalid (the CSR was altered or not signed by its key)")
-        self._check_csr_extensions(csr, spiffe_id)
+        public_key = check_csr(csr_pem, spiffe_id)
         now = now if now is not None else datetime.now(UTC)
         lifetime = DEFAULT_LEAF_TTL if ttl is None else ttl
         if lifetime <= timedelta(0):
@@ -456,71 +308,12 @@ class CertificateAuthority:
             raise CAError(
                 f"CA certificate {authority.name} expired at {ca_expiry:%Y-%m-%dT%H:%M:%SZ}; rotate it"
             )
-        public_key = csr.public_key()
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshgate")]))
-            .issuer_name(authority.cert.subject)
-            .public_key(public_key)
-            .serial_number(_random_serial())
-            .not_valid_before(max(now - BACKDATE, authority.cert.not_valid_before_utc))
-            .not_valid_after(min(now + lifetime, ca_expiry))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))]), critical=False
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(self._aki, critical=False)
-            .sign(authority.key, self._hash)
+        not_before = max(now - BACKDATE, authority.cert.not_valid_before_utc)
+        not_after = min(now + lifetime, ca_expiry)
+        leaf = build_leaf(
+            spiffe_id, public_key, authority.cert, authority.key, not_before, not_after, self._aki
         )
         return [leaf, *authority.chain]
-
-    def _check_csr_extensions(self, csr: x509.CertificateSigningRequest, spiffe_id: SpiffeId) -> None:
-        try:
-            extensions = list(csr.extensions)
-        except ValueError as exc:
-            raise CsrRejected(f"CSR extensions cannot be parsed: {exc}") from None
-        for ext in extensions:
-            value = ext.value
-            if isinstance(value, x509.BasicConstraints) and value.ca:
-                raise CsrRejected(
-                    "CSR asks for a CA certificate (basicConstraints cA=true); SVIDs are leaves"
-                )
-            if isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign):
-                raise CsrRejected("CSR asks for keyCertSign/cRLSign; SVIDs are leaves")
-            if isinstance(value, x509.SubjectAlternativeName):
-                uris = value.get_values_for_type(x509.UniformResourceIdentifier)
-                if len(uris) > 1:
-                    raise CsrRejected(f"CSR has {len(uris)} URI SANs; an X.509-SVID has exactly one")
-                if uris:
-                    try:
-                        asked = SpiffeId.parse(uris[0])
-                    except InvalidSpiffeId as exc:
-                        raise CsrRejected(f"CSR URI SAN is not a valid SPIFFE ID: {exc}") from None
-                    if asked.trust_domain != self.trust_domain:
-                        raise CsrRejected(f"CSR asks for {asked}, outside trust domain {self.trust_domain!r}")
-                    if asked != spiffe_id:
-                        raise CsrRejected(
-                            f"CSR asks for {asked} but the caller was authenticated as {spiffe_id}"
-                        )
 
     def issue(
         self, spiffe_id: SpiffeId, ttl: timedelta | None = None
@@ -584,17 +377,3 @@ class CertificateAuthority:
         if self.rotated_at is None:
             return None
         return self.rotated_at + DEFAULT_LEAF_TTL
-
-
-def load_chain_pem(data: bytes) -> list[x509.Certificate]:
-    """Parse concatenated PEM certificates (leaf first); raise CAError when there are none."""
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise CAError(f"not PEM certificates ({exc})") from None
-    return certs
-
-
-def chain_pem(chain: Sequence[x509.Certificate]) -> bytes:
-    """Concatenated PEM of ``chain``."""
-    return b"".join(_pem(c) for c in chain)

@@ -27,7 +27,6 @@ ORDERS = workload_id(TD, "orders")
 WEB = workload_id(TD, "web")
 
 
-
 def _signer(ca: CertificateAuthority, identity: SpiffeId):  # type: ignore[no-untyped-def]
     async def sign(csr: bytes) -> Sequence[x509.Certificate]:
         return ca.sign_csr(csr, identity)

@@ -29,7 +29,6 @@ ORDERS = workload_id(TD, "orders")
 WEB = workload_id(TD, "web")
 
 
-
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 20))
 
