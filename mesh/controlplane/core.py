@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mesh.controlplane.casync import BLOB_NAME, pack_ca_dir, unpack_ca_dir
 from mesh.controlplane.records import InstanceRecord, JoinToken, new_token
 from mesh.controlplane.registry import Registry
 from mesh.controlplane.stores.base import Store, StoreError
@@ -117,12 +118,18 @@ class ControlPlane:
         self.started_at = time.time()
         self.ca: CertificateAuthority
         self._ca_mtime = 0.0
+        self._ca_blob = b""
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._snapshot_cache: tuple[int, bytes] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._server_ctx: ssl.SSLContext | None = None
         self._policy_json: dict[str, Any] | None = None
+
+    @property
+    def shares_ca(self) -> bool:
+        """True when the CA is shared with other replicas through the store."""
+        return self.store.kind == "redis"
 
     @property
     def trust_domain(self) -> str:
@@ -142,7 +149,17 @@ class ControlPlane:
             raise ControlPlaneError(str(exc)) from exc
         self.watcher.reload()
         current = self.watcher.current
-        self.ca = load_or_init_ca(self.data_dir / "ca", current.mesh.trust_domain if current else None)
+        ca_dir = self.data_dir / "ca"
+        shared_blob = await self.store.get_blob(BLOB_NAME) if self.shares_ca else None
+        if shared_blob is not None:
+            unpack_ca_dir(shared_blob, ca_dir)
+        self.ca = load_or_init_ca(ca_dir, current.mesh.trust_domain if current else None)
+        if self.shares_ca and shared_blob is None:
+            if not await self.store.put_blob(BLOB_NAME, pack_ca_dir(ca_dir), only_if_absent=True):
+                # another replica published its CA first: use that one
+                unpack_ca_dir(await self.store.get_blob(BLOB_NAME) or b"{}", ca_dir)
+                self.ca = load_or_init_ca(ca_dir, current.mesh.trust_domain if current else None)
+        self._ca_blob = pack_ca_dir(ca_dir) if self.shares_ca else b""
         self._ca_mtime = self._ca_state_mtime()
         self._issue_server_identity()
         if current is not None:
@@ -188,6 +205,17 @@ class ControlPlane:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self.policy_interval)
+            ca_dir = self.data_dir / "ca"
+            if self.shares_ca:
+                try:
+                    blob = await self.store.get_blob(BLOB_NAME)
+                except Exception as exc:  # the store being away must not stop the watch
+                    log.warning("cannot read the shared CA from the store: %s", exc)
+                    blob = None
+                if blob is not None and blob != self._ca_blob:
+                    log.info("the shared CA changed in the store; adopting it")
+                    unpack_ca_dir(blob, ca_dir)
+                    self._ca_blob = blob
             mtime = self._ca_state_mtime()
             if mtime == self._ca_mtime:
                 continue
@@ -199,6 +227,11 @@ class ControlPlane:
                 log.error("CA changed on disk but cannot be loaded (%s); keeping the loaded one", exc)
                 continue
             self._issue_server_identity()
+            if self.shares_ca:
+                packed = pack_ca_dir(ca_dir)
+                if packed != self._ca_blob:
+                    await self.store.put_blob(BLOB_NAME, packed)
+                    self._ca_blob = packed
             if self.ca.bundle().sequence != before:
                 log.info("trust bundle is now sequence %d", self.ca.bundle().sequence)
                 await self.registry.bump("trust bundle changed")

@@ -174,6 +174,9 @@ def load_policy_set(paths: Sequence[str | Path]) -> LoadResult:
     parsed: list[tuple[Document, RawDocument]] = []
     digest = hashlib.sha256()
     files: list[str] = []
+    # "no Mesh" is reported only when it is certain: every file parsed and none declares kind Mesh
+    # (an invalid Mesh gets its own errors; an unparseable file may hold the Mesh).
+    mesh_may_exist = False
     for root in paths:
         found, problems = find_policy_files(Path(root))
         errors.extend(PolicyError(p.file, p.line, "", "", p.message) for p in problems)
@@ -182,7 +185,11 @@ def load_policy_set(paths: Sequence[str | Path]) -> LoadResult:
             files.append(display)
             docs, read_errors = read_yaml_file(file, display)
             errors.extend(PolicyError(e.file, e.line, "", "", e.message) for e in read_errors)
+            mesh_may_exist = mesh_may_exist or bool(read_errors)
             for raw in docs:
+                mesh_may_exist = mesh_may_exist or (
+                    isinstance(raw.data, dict) and raw.data.get("kind") == "Mesh"
+                )
                 digest.update(display.encode() + b"\0" + repr(raw.data).encode() + b"\0")
                 doc, doc_errors = _parse_document(raw)
                 errors.extend(doc_errors)
@@ -191,14 +198,14 @@ def load_policy_set(paths: Sequence[str | Path]) -> LoadResult:
     if not files and not errors:
         shown = ", ".join(str(p) for p in paths) or "(none)"
         errors.append(PolicyError(shown, 1, "", "", "no *.yaml or *.yml files found"))
-    set_errors, policy_set = _assemble(parsed, files, digest.hexdigest()[:16])
+    set_errors, policy_set = _assemble(parsed, files, digest.hexdigest()[:16], mesh_may_exist)
     errors.extend(set_errors)
     ordered = tuple(sorted(set(errors)))
     return LoadResult(policy_set if not ordered else None, ordered, tuple(files))
 
 
 def _assemble(
-    parsed: list[tuple[Document, RawDocument]], files: list[str], version: str
+    parsed: list[tuple[Document, RawDocument]], files: list[str], version: str, mesh_may_exist: bool = False
 ) -> tuple[list[PolicyError], PolicySet | None]:
     errors: list[PolicyError] = []
     origins: dict[tuple[str, str], Origin] = {}
@@ -223,7 +230,7 @@ def _assemble(
         by_kind[doc.KIND][doc.name] = doc
 
     meshes = list(by_kind["Mesh"].values())
-    if not meshes and files:  # with no files at all, "no *.yaml files found" already says it
+    if not meshes and files and not mesh_may_exist:  # no files: "no *.yaml files found" says it
         message = "no Mesh document in the set; add one with trustDomain"
         errors.append(PolicyError(files[0], 1, "", "", message))
     for extra in meshes[1:]:

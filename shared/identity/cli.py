@@ -8,7 +8,6 @@ certificate. Exit codes: 0 done, 1 the operation failed (one line on stderr), 2 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,19 +15,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 
 from shared.config.durations import parse_duration
 
 from .bundle import BundleError, TrustBundle
-from .ca import (
-    DEFAULT_LEAF_TTL,
-    CAError,
-    CertificateAuthority,
-    SigningKey,
-    chain_pem,
-    load_signing_key,
-)
+from .ca import DEFAULT_LEAF_TTL, CertificateAuthority
+from .certutil import SigningKey, chain_pem, load_signing_key, private_key_pem, write_private
+from .errors import CAError
 from .spiffeid import InvalidSpiffeId, SpiffeId, validate_trust_domain
 from .svid import SvidError, check_ca, check_leaf, describe, verify_chain
 
@@ -120,23 +113,11 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_key(path: Path, key: SigningKey) -> None:
-    data = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
 def _issue(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(args.dir)
     chain, key = ca.issue(args.id, args.ttl)
     try:
-        _write_key(Path(args.key), key)
+        write_private(Path(args.key), private_key_pem(key))
         Path(args.cert).write_bytes(chain_pem(chain))
     except OSError as exc:
         raise _Failed(f"cannot write {exc.filename}: {exc.strerror}") from None

@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .bundle import TrustBundle
-from .ca import SigningKey, make_csr
+from .certutil import SigningKey
+from .csr import make_csr
 from .spiffeid import SpiffeId
 from .svid import SvidError, check_leaf, verify_chain
 from .tls import MeshClientContext, client_context, server_context

@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .bundle import TrustBundle
-from .ca import SigningKey
+from .certutil import SigningKey
 from .spiffeid import SpiffeId
 from .svid import SvidError, SvidRule, check_leaf, describe
 

@@ -102,5 +102,13 @@ class Store(abc.ABC):
         """Check a token and, if single-use, consume it atomically (two racing callers: one wins)."""
 
     @abc.abstractmethod
+    async def get_blob(self, name: str) -> bytes | None:
+        """A named blob (shared files such as the CA), or None."""
+
+    @abc.abstractmethod
+    async def put_blob(self, name: str, data: bytes, *, only_if_absent: bool = False) -> bool:
+        """Store a blob; with ``only_if_absent`` do nothing (and return False) if it exists."""
+
+    @abc.abstractmethod
     async def describe(self) -> dict[str, Any]:
         """State for ``/v1/status``: kind, location, reachable."""

@@ -150,6 +150,16 @@ class RedisStore(Store):
             return None, problems.get(status, "unknown")
         return TokenRecord.from_json(raw), None
 
+    async def get_blob(self, name: str) -> bytes | None:
+        value = await self.redis.get(self._key(f"blob:{name}"))
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    async def put_blob(self, name: str, data: bytes, *, only_if_absent: bool = False) -> bool:
+        done = await self.redis.set(self._key(f"blob:{name}"), data, nx=only_if_absent)
+        return bool(done)
+
     async def describe(self) -> dict[str, Any]:
         try:
             await self.redis.ping()

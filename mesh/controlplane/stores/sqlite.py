@@ -18,6 +18,7 @@ from mesh.controlplane.stores.base import Store, StoreError, TokenProblem
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('index', 0);
 """
@@ -108,6 +109,15 @@ class SqliteStore(Store):
                 used = TokenRecord(**{**record.__dict__, "used_at": now})
                 self.db.execute("UPDATE tokens SET data = ? WHERE id = ?", (used.to_json(), token_id))
             return record, None
+
+    async def get_blob(self, name: str) -> bytes | None:
+        row = self.db.execute("SELECT data FROM blobs WHERE name = ?", (name,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    async def put_blob(self, name: str, data: bytes, *, only_if_absent: bool = False) -> bool:
+        verb = "INSERT OR IGNORE" if only_if_absent else "INSERT OR REPLACE"
+        cur = self.db.execute(f"{verb} INTO blobs (name, data) VALUES (?, ?)", (name, data))
+        return cur.rowcount > 0
 
     async def describe(self) -> dict[str, Any]:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config_testlib import MESH, SERVICES, assert_error, errors_of, line_of, only_error, write
+from config_testlib import MESH, SERVICES, assert_error, errors_of, line_of, load, only_error, write
 
 
 def test_unknown_field_names_the_field_and_suggests_the_right_one(tmp_path: Path) -> None:
@@ -72,10 +72,8 @@ def test_missing_required_field_points_at_the_document(tmp_path: Path) -> None:
 
 def test_missing_trust_domain_in_mesh(tmp_path: Path) -> None:
     f = write(tmp_path, "p.yaml", "apiVersion: meshgate/v1\nkind: Mesh\nname: demo\n")
-    errors = errors_of(tmp_path)
-    match = [e for e in errors if e.field == "trustDomain"]
-    assert len(match) == 1
-    assert_error(match[0], f, 1, "Mesh/demo", "trustDomain", "required field is missing")
+    err = only_error(tmp_path)  # and not also "no Mesh document": there is one, it is invalid
+    assert_error(err, f, 1, "Mesh/demo", "trustDomain", "required field is missing")
 
 
 def test_bad_enum_value_lists_the_choices_and_the_value(tmp_path: Path) -> None:
@@ -154,15 +152,8 @@ def test_same_name_in_different_kinds_is_fine(tmp_path: Path) -> None:
         + "---\napiVersion: meshgate/v1\nkind: AccessPolicy\nname: web\ntarget: {service: web}\n"
         + "rules: [{action: allow}]\n",
     )
-    assert errors_of_ok(tmp_path)
-
-
-def errors_of_ok(folder: Path) -> bool:
-    from config_testlib import load
-
-    result = load(folder)
+    result = load(tmp_path)
     assert result.ok, "\n".join(str(e) for e in result.errors)
-    return True
 
 
 def test_access_policy_naming_an_undeclared_service(tmp_path: Path) -> None:
@@ -246,6 +237,13 @@ def test_no_mesh_document(tmp_path: Path) -> None:
     f = write(tmp_path, "p.yaml", SERVICES)
     err = only_error(tmp_path)
     assert_error(err, f, 1, "", "", "no Mesh document")
+
+
+def test_no_mesh_is_not_claimed_while_a_file_cannot_be_parsed(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", SERVICES)
+    f = write(tmp_path, "mesh.yaml", "apiVersion: meshgate/v1\nkind: Mesh\ntrustDomain: [example.org\n")
+    err = only_error(tmp_path)
+    assert err.file == str(f) and "invalid YAML" in err.message
 
 
 def test_bad_duration_without_unit(tmp_path: Path) -> None:
