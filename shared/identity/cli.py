@@ -207,7 +207,11 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"kind:       {'CA certificate' if _is_ca(leaf) else 'leaf'} BREAKING a rule: {exc}")
     bundle: TrustBundle | None = None
     if args.dir:
-        bundle = CertificateAuthority.load(args.dir).bundle()
+        ca = CertificateAuthority.load(args.dir)
+        bundle = ca.bundle()
+        supply = ca.signing_cert not in bundle.roots and ca.signing_cert not in chain
+        if supply and chain[-1].issuer == ca.signing_cert.subject:
+            chain.append(ca.signing_cert)  # a bare leaf from an intermediate CA: supply the intermediate
     elif args.bundle:
         bundle = _load_bundle(args.bundle, args.trust_domain)
     if bundle is None:

@@ -47,6 +47,7 @@ class SvidRule(enum.Enum):
     CA_KEY_CERT_SIGN = "a CA certificate keyUsage includes keyCertSign"
     CA_ID_NO_PATH = "a CA certificate SPIFFE ID has no path"
     CHAIN = "the chain leads to a root in the trust bundle"
+    WELL_FORMED = "the certificate's extensions can be parsed"
 
 
 class SvidError(ValueError):
@@ -69,7 +70,10 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
 
 def describe(cert: x509.Certificate) -> str:
     """A short name for ``cert`` in messages: its URI SAN(s), else its subject."""
-    uris = uri_sans(cert)
+    try:
+        uris = uri_sans(cert)
+    except ValueError:
+        uris = []
     if uris:
         return ", ".join(uris)
     return cert.subject.rfc4514_string() or "<empty subject>"
@@ -129,6 +133,13 @@ def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
         return None
 
 
+def _parsed(cert: x509.Certificate) -> None:
+    try:
+        cert.extensions  # noqa: B018 - parsing is the check
+    except ValueError as exc:
+        raise SvidError(SvidRule.WELL_FORMED, f"certificate extensions are malformed ({exc})") from None
+
+
 def check_leaf(
     cert: x509.Certificate, trust_domain: str | None = None, *, now: datetime | None = None
 ) -> SpiffeId:
@@ -137,6 +148,7 @@ def check_leaf(
     When ``trust_domain`` is given the ID must belong to it. Validity is checked at ``now`` (default: the
     current time). Raises SvidError naming the first rule broken.
     """
+    _parsed(cert)
     spiffe_id = _spiffe_id_of(cert, leaf=True)
     assert spiffe_id is not None
     if spiffe_id.is_trust_domain_id:
@@ -180,6 +192,7 @@ def check_ca(cert: x509.Certificate, *, now: datetime | None = None) -> SpiffeId
 
     Returns its trust-domain SPIFFE ID when it carries one. Raises SvidError naming the rule broken.
     """
+    _parsed(cert)
     who = describe(cert)
     bc = _basic_constraints(cert)
     if bc is None or not bc.ca:
@@ -217,6 +230,8 @@ def verify_chain(
     root_list = list(roots)
     for cert in chain:
         check_validity(cert, now)
+    for cert in chain:
+        _parsed(cert)
     for child, parent in itertools.pairwise(chain):
         if not _issued_by(child, parent):
             raise SvidError(

@@ -214,7 +214,10 @@ def verify_peer(
     der = conn.getpeercert(binary_form=True)
     if not der:
         raise fail("no certificate", None, None)
-    cert = x509.load_der_x509_certificate(der)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise fail(f"certificate cannot be parsed ({exc})", None, SvidRule.WELL_FORMED) from None
     presented = describe(cert)
     try:
         spiffe_id = check_leaf(cert, bundle_td, now=now)

@@ -125,8 +125,8 @@ def test_duplicate_yaml_key_in_a_nested_mapping(tmp_path: Path) -> None:
     f = write(
         tmp_path,
         "p.yaml",
-        MESH
-        + "---\napiVersion: meshgate/v1\nkind: Service\nname: web\ntrafficPolicy:\n  timeout: 1s\n  timeout: 2s\n",
+        MESH + "---\napiVersion: meshgate/v1\nkind: Service\nname: web\n"
+        "trafficPolicy:\n  timeout: 1s\n  timeout: 2s\n",
     )
     err = only_error(tmp_path)
     assert_error(err, f, line_of(f, "timeout: 2s"), "Service/web", "trafficPolicy.timeout", "duplicate key")
@@ -262,8 +262,8 @@ def test_bad_duration_word(tmp_path: Path) -> None:
     f = write(
         tmp_path,
         "p.yaml",
-        MESH
-        + "---\napiVersion: meshgate/v1\nkind: Service\nname: web\ntrafficPolicy:\n  retries:\n    perTryTimeout: fast\n",
+        MESH + "---\napiVersion: meshgate/v1\nkind: Service\nname: web\n"
+        "trafficPolicy:\n  retries:\n    perTryTimeout: fast\n",
     )
     err = only_error(tmp_path)
     assert_error(

@@ -201,3 +201,23 @@ def test_installed_script(tmp_path: Path) -> None:
     )
     assert done.returncode == 1 and done.stderr.strip().endswith("(run 'meshgate ca rotate' first)")
     assert "Traceback" not in done.stderr
+
+
+def test_inspect_bare_leaf_of_intermediate_ca_with_dir(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root, root_key = make_root("operator")
+    (tmp_path / "root.pem").write_bytes(pem([root]))
+    (tmp_path / "root.key").write_bytes(key_pem(root_key))
+    d = str(tmp_path / "ica")
+    args = ["--root-cert", str(tmp_path / "root.pem"), "--root-key", str(tmp_path / "root.key")]
+    assert cli("ca", "init", "--dir", d, "--trust-domain", TD, *args)[0] == 0
+    cert = tmp_path / "w.pem"
+    assert (
+        cli("ca", "issue", "--dir", d, "--id", WEB, "--cert", str(cert), "--key", str(tmp_path / "w.key"))[0]
+        == 0
+    )
+    leaf_only = tmp_path / "leaf.pem"
+    leaf_only.write_bytes(pem(x509.load_pem_x509_certificates(cert.read_bytes())[:1]))
+    code, out, _ = cli("ca", "inspect", str(leaf_only), "--dir", d)
+    assert code == 0 and "chains to:  yes, root CN=operator" in out
+    code, out, _ = cli("ca", "inspect", str(leaf_only), "--bundle", str(tmp_path / "root.pem"))
+    assert code == 1 and "chains to:  NO" in out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from identity_testlib import TD, make_leaf, make_root
 
 from shared.identity.ca import CertificateAuthority
@@ -95,3 +97,26 @@ def test_expired_chain_member_is_refused(
     with pytest.raises(SvidError) as info:
         verify_chain([leaf], ca.roots())
     assert info.value.rule is SvidRule.VALIDITY
+
+
+def test_malformed_extensions_are_a_named_rule_not_a_crash(
+    ca: CertificateAuthority, ca_key: ec.EllipticCurvePrivateKey
+) -> None:
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca.signing_cert.subject)
+        .issuer_name(ca.signing_cert.subject)
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(5)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03bad"), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    for check in (check_leaf, check_ca, lambda c: verify_chain([c], ca.roots())):
+        with pytest.raises(SvidError) as info:
+            check(cert)
+        assert info.value.rule is SvidRule.WELL_FORMED

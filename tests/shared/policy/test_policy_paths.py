@@ -70,7 +70,7 @@ def test_normalize_path_table(raw: str, expected: str | None) -> None:
 # --- Hypothesis -----------------------------------------------------------------------------------
 
 _SEGMENT_CHARS = st.sampled_from(
-    list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~") + ["é", "ü"]
+    [*"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~", "é", "ü"]
 )
 segments = st.text(_SEGMENT_CHARS, min_size=1, max_size=8).filter(lambda s: s not in (".", ".."))
 safe_paths = st.builds(

@@ -1,0 +1,72 @@
+"""The app check a sidecar runs locally (HTTP GET of a path, or a TCP connect) and the loop that
+reports it with every heartbeat, as Consul's agent does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from shared.registry.client import ControlPlaneUnavailable, RegistryClient
+
+log = logging.getLogger("meshgate.registry.health")
+
+Status = Literal["passing", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class AppCheck:
+    """``http``: GET ``http://host:port{path}`` (2xx passing, 429 warning, else critical);
+    ``tcp``: connect; ``ttl``: nothing to check (passing while the sidecar runs)."""
+
+    type: Literal["http", "tcp", "ttl"] = "ttl"
+    host: str = "127.0.0.1"
+    port: int = 0
+    path: str = "/"
+    timeout: float = 2.0
+
+    async def run(self) -> tuple[Status, str]:
+        """Check once; returns the status and a short output line."""
+        if self.type == "ttl":
+            return "passing", ""
+        if self.type == "tcp":
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                return "critical", f"tcp {self.host}:{self.port}: {exc or type(exc).__name__}"
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return "passing", f"tcp {self.host}:{self.port} connected"
+        url = f"http://{self.host}:{self.port}{self.path}"
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                response = await http.get(url)
+        except httpx.HTTPError as exc:
+            return "critical", f"GET {url}: {type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return "passing", f"GET {url}: {response.status_code}"
+        if response.status_code == 429:
+            return "warning", f"GET {url}: 429"
+        return "critical", f"GET {url}: {response.status_code}"
+
+
+async def heartbeat_loop(
+    client: RegistryClient, check: AppCheck, interval: float, stop: asyncio.Event | None = None
+) -> None:
+    """Every ``interval`` seconds: run the check, heartbeat with its result. Never raises on outages."""
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
+        status, output = await check.run()
+        try:
+            await client.heartbeat(status, output)
+        except ControlPlaneUnavailable as exc:
+            log.warning("heartbeat failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
