@@ -221,7 +221,8 @@ def main() -> int:
 
     print(f"python {platform.python_version()} on {platform.machine()}, one core, {os.cpu_count()} online")
     print(
-        f"policy set: {args.services} services, {total_rules} rules; load {load_s:.2f}s, compile {compile_s:.2f}s"
+        f"policy set: {args.services} services, {total_rules} rules; "
+        f"load {load_s:.2f}s, compile {compile_s:.2f}s"
     )
     print(f"engine:    {per_s:,.0f} decisions/s; p50 {p50:.2f} us, p99 {p99:.2f} us, p99.9 {p999:.2f} us")
     print(f"           {allowed / len(requests):.1%} of {len(requests):,} requests allowed")

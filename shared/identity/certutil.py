@@ -108,8 +108,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (write a sibling, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Replace ``path`` with ``data`` atomically (write a hidden sibling, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 

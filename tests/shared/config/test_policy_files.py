@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from config_testlib import MESH, assert_error, errors_of, line_of, load, only_error, write
 
 from shared.config.yamlsource import MAX_FILE_BYTES
@@ -79,13 +80,18 @@ def test_file_of_exactly_one_mib_is_read(tmp_path: Path) -> None:
     assert load(tmp_path).ok
 
 
-def test_directory_symlink_to_its_parent_is_a_loop_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("link", "target"), [("sub/back", ".."), ("sub/here", "."), ("sub/deeper/up", "../..")]
+)
+def test_directory_symlink_to_an_enclosing_folder_is_a_loop_error(
+    tmp_path: Path, link: str, target: str
+) -> None:
     root = tmp_path / "policies"
     write(root, "mesh.yaml", MESH)
-    (root / "sub").mkdir()
-    os.symlink("..", root / "sub" / "back")
+    (root / link).parent.mkdir(parents=True)
+    os.symlink(target, root / link)
     err = only_error(root)
-    assert_error(err, root / "sub" / "back", 1, "", "", "symlink loop")
+    assert_error(err, root / link, 1, "", "", "symlink loop")
 
 
 def test_directory_symlink_to_itself_is_a_loop_error(tmp_path: Path) -> None:

@@ -1,0 +1,309 @@
+"""HTTP/1.1 on asyncio streams with h11: the server apps talk to (outbound listener) and the pooled
+keep-alive client the inbound side uses to reach the local app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import h11
+
+from mesh.transport.messages import Headers, Request, Response, error_response, strip_hop_by_hop
+
+log = logging.getLogger("meshgate.transport.h1")
+
+READ_CHUNK = 65536
+
+
+class UpstreamError(Exception):
+    """The app could not be reached or broke the exchange; ``code`` is an ``x-meshgate-error`` value."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Who is on the other end of a plaintext connection."""
+
+    address: str
+    port: int
+
+
+H1Handler = Callable[[Request, ClientInfo], Awaitable[Response]]
+
+
+def _decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
+
+
+def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float | None) -> object:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        data = (
+            await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            if timeout
+            else await reader.read(READ_CHUNK)
+        )
+        conn.receive_data(data)
+
+
+class H1Server:
+    """Serves HTTP/1.1 keep-alive connections, one request at a time each, by calling ``handler``."""
+
+    def __init__(
+        self,
+        handler: H1Handler,
+        *,
+        max_header_bytes: int = 65536,
+        header_timeout: float = 10.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.handler = handler
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.connections: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection until either side closes it."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
+        peer = writer.get_extra_info("peername") or ("", 0)
+        info = ClientInfo(str(peer[0]), int(peer[1]))
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        try:
+            while True:
+                try:
+                    event = await _next_event(conn, reader, self.idle_timeout)
+                except (h11.RemoteProtocolError, TimeoutError) as exc:
+                    await self._refuse(conn, writer, exc)
+                    return
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+                if not isinstance(event, h11.Request):
+                    return
+                if not await self._exchange(conn, reader, writer, event, info):
+                    return
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            if task is not None:
+                self.connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter, exc: Exception) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = 408 if isinstance(exc, TimeoutError) else getattr(exc, "error_status_hint", 400)
+        if isinstance(exc, TimeoutError) and conn.their_state is h11.IDLE:
+            return  # idle keep-alive connection: just close
+        body = f"{'request timeout' if status == 408 else 'bad request'}\n".encode()
+        with contextlib.suppress(Exception):
+            writer.write(
+                conn.send(
+                    h11.Response(
+                        status_code=status,
+                        headers=[("content-length", str(len(body))), ("connection", "close")],
+                    )
+                )
+                + conn.send(h11.Data(data=body))
+                + conn.send(h11.EndOfMessage())
+            )
+            await writer.drain()
+
+    async def _exchange(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        event: h11.Request,
+        info: ClientInfo,
+    ) -> bool:
+        headers = _decode(event.headers)
+        authority = next((v for k, v in headers if k == "host"), "")
+        target = event.target.decode("latin-1")
+        done = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    item = await _next_event(conn, reader, self.idle_timeout)
+                    if isinstance(item, h11.Data):
+                        yield bytes(item.data)
+                    elif isinstance(item, h11.EndOfMessage):
+                        return
+                    else:
+                        raise ConnectionError("client closed the connection mid-body")
+            finally:
+                done.set()
+
+        request = Request(
+            method=event.method.decode("ascii"),
+            path=target,
+            authority=authority,
+            headers=[(k, v) for k, v in strip_hop_by_hop(headers) if k != "host"],
+            body=body(),
+        )
+        try:
+            response = await self.handler(request, info)
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, target)
+            response = error_response(500, "internal_error", "internal error in the sidecar")
+        out_headers = strip_hop_by_hop(response.headers)
+        try:
+            writer.write(conn.send(h11.Response(status_code=response.status, headers=_encode(out_headers))))
+            async for chunk in response.body:
+                if chunk:
+                    writer.write(conn.send(h11.Data(data=chunk)))
+                    await writer.drain()
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        except (h11.LocalProtocolError, ConnectionError) as exc:
+            log.debug("response to %s aborted: %s", info, exc)
+            return False
+        finally:
+            if response.on_close is not None:
+                response.on_close()
+        # a handler that did not read the whole request body leaves the connection unusable
+        return conn.their_state is not h11.SEND_BODY
+
+
+@dataclass
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    h11: h11.Connection
+
+
+class H1Pool:
+    """Keep-alive HTTP/1.1 connections to one app (host, port), reused one request at a time."""
+
+    def __init__(self, host: str, port: int, *, max_idle: int = 64, connect_timeout: float = 2.0) -> None:
+        self.host = host
+        self.port = port
+        self.max_idle = max_idle
+        self.connect_timeout = connect_timeout
+        self._idle: list[_Conn] = []
+        self.opened = 0
+
+    async def _connect(self) -> _Conn:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, limit=READ_CHUNK * 4), self.connect_timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(
+                "connect_failure",
+                f"cannot connect to the app at {self.host}:{self.port}: {exc}",
+                retryable=True,
+            ) from exc
+        self.opened += 1
+        return _Conn(reader, writer, h11.Connection(h11.CLIENT))
+
+    def _release(self, conn: _Conn) -> None:
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            try:
+                conn.h11.start_next_cycle()
+            except h11.LocalProtocolError:
+                conn.writer.close()
+                return
+            if len(self._idle) < self.max_idle and not conn.writer.is_closing():
+                self._idle.append(conn)
+                return
+        conn.writer.close()
+
+    async def request(self, request: Request) -> Response:
+        """Send ``request`` (body streamed) and return the response with its body still streaming.
+
+        The connection goes back to the pool when the body has been read to the end; a response
+        abandoned half-read closes it. Raises UpstreamError (``connect_failure`` is retryable;
+        ``upstream_reset`` after a reused connection died before answering is retryable too).
+        """
+        reused = bool(self._idle)
+        conn = self._idle.pop() if self._idle else await self._connect()
+        headers = [
+            ("host", request.authority or f"{self.host}:{self.port}"),
+            *strip_hop_by_hop(request.headers),
+        ]
+        body = request.body.__aiter__()
+        first = b""
+        if not any(k == "content-length" for k, _ in headers):
+            first = await anext(body, b"")  # peek: an empty body needs no framing at all
+            if first:
+                headers.append(("transfer-encoding", "chunked"))
+        try:
+            head = h11.Request(method=request.method, target=request.path, headers=_encode(headers))
+            conn.writer.write(conn.h11.send(head))
+            if first:
+                conn.writer.write(conn.h11.send(h11.Data(data=first)))
+            async for chunk in body:
+                if chunk:
+                    conn.writer.write(conn.h11.send(h11.Data(data=chunk)))
+                    await conn.writer.drain()
+            conn.writer.write(conn.h11.send(h11.EndOfMessage()))
+            await conn.writer.drain()
+            event = await _next_event(conn.h11, conn.reader, None)
+            while isinstance(event, h11.InformationalResponse):
+                event = await _next_event(conn.h11, conn.reader, None)
+        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError) as exc:
+            conn.writer.close()
+            raise UpstreamError(
+                "upstream_reset",
+                f"the app closed the connection: {exc or type(exc).__name__}",
+                retryable=reused,
+            ) from exc
+        if not isinstance(event, h11.Response):
+            conn.writer.close()
+            raise UpstreamError(
+                "upstream_reset", "the app closed the connection before answering", retryable=reused
+            )
+        finished = False
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal finished
+            try:
+                while True:
+                    item = await _next_event(conn.h11, conn.reader, None)
+                    if isinstance(item, h11.Data):
+                        yield bytes(item.data)
+                    elif isinstance(item, h11.EndOfMessage):
+                        finished = True
+                        return
+                    else:
+                        raise UpstreamError("upstream_reset", "the app closed the connection mid-body")
+            except (ConnectionError, h11.ProtocolError) as exc:
+                raise UpstreamError("upstream_reset", f"the app broke the response: {exc}") from exc
+            finally:
+                if finished:
+                    self._release(conn)
+                else:
+                    conn.writer.close()
+
+        return Response(event.status_code, strip_hop_by_hop(_decode(event.headers)), body())
+
+    async def close(self) -> None:
+        """Close idle connections."""
+        for conn in self._idle:
+            conn.writer.close()
+        self._idle.clear()

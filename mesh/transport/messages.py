@@ -1,0 +1,110 @@
+"""The request and response the data path passes between layers, whatever the wire protocol.
+
+Header names are lower-case ``str``; pseudo-headers and hop-by-hop headers are not in ``headers``
+(each protocol adapter strips and adds its own). Bodies are async iterators of bytes, pulled by the
+consumer, so a slow reader slows the writer (back-pressure) instead of growing a buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+Headers = list[tuple[str, str]]
+
+#: RFC 9110 section 7.6.1 plus the usual suspects: never forwarded hop to hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "trailer",
+        "http2-settings",
+    }
+)
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+def empty_body() -> AsyncIterator[bytes]:
+    """A body with no bytes."""
+    return _no_body()
+
+
+async def body_of(data: bytes) -> AsyncIterator[bytes]:
+    """A body made of ``data`` in one chunk."""
+    if data:
+        yield data
+
+
+@dataclass
+class Request:
+    """An HTTP request in flight."""
+
+    method: str
+    path: str
+    authority: str
+    scheme: str = "http"
+    headers: Headers = field(default_factory=list)
+    body: AsyncIterator[bytes] = field(default_factory=empty_body)
+    trailers: asyncio.Future[Headers] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first value of ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass
+class Response:
+    """An HTTP response in flight; ``trailers`` resolves after the body, if the peer sent any."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: AsyncIterator[bytes] = field(default_factory=empty_body)
+    trailers: asyncio.Future[Headers] | None = None
+    on_close: Callable[[], None] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first value of ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+def strip_hop_by_hop(headers: Headers) -> Headers:
+    """Remove hop-by-hop headers and every header named in ``Connection``."""
+    named = {
+        token.strip().lower()
+        for key, value in headers
+        if key == "connection"
+        for token in value.split(",")
+        if token.strip()
+    }
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """A locally generated error: ``x-meshgate-error: code`` and a short text body."""
+    body = f"{message}\n".encode()
+    return Response(
+        status,
+        [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(body))),
+            ("x-meshgate-error", code),
+        ],
+        body_of(body),
+    )

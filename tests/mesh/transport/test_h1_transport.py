@@ -1,0 +1,128 @@
+"""HTTP/1.1 server and pooled client (h11 on asyncio streams), over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Awaitable, Callable
+
+from mesh.transport.h1 import ClientInfo, H1Pool, H1Server, UpstreamError
+from mesh.transport.messages import Request, Response, body_of
+
+
+async def _echo(request: Request, info: ClientInfo) -> Response:
+    data = b"".join([chunk async for chunk in request.body])
+    text = f"{request.method} {request.path} {len(data)} {request.header('x-test')}".encode()
+    return Response(200, [("content-type", "text/plain")], body_of(text + b"\n" + data))
+
+
+async def _serve(handler: Callable[[Request, ClientInfo], Awaitable[Response]]) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(H1Server(handler), "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def run(coro: Awaitable[object]) -> object:
+    return asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+
+
+def test_pool_reuses_one_connection_for_sequential_requests() -> None:
+    async def go() -> tuple[list[bytes], int]:
+        server, port = await _serve(_echo)
+        pool = H1Pool("127.0.0.1", port)
+        bodies = []
+        for i in range(5):
+            response = await pool.request(
+                Request(
+                    "POST", f"/x/{i}", f"127.0.0.1:{port}", headers=[("x-test", "y")], body=body_of(b"a" * i)
+                )
+            )
+            bodies.append(b"".join([c async for c in response.body]))
+        opened = pool.opened
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+        return bodies, opened
+
+    bodies, opened = run(go())  # type: ignore[misc]
+    assert bodies[3] == b"POST /x/3 3 y\naaa"
+    assert opened == 1
+
+
+def test_connect_failure_is_retryable_upstream_error() -> None:
+    async def go() -> UpstreamError:
+        server, port = await _serve(_echo)
+        server.close()
+        await server.wait_closed()
+        try:
+            await H1Pool("127.0.0.1", port, connect_timeout=1).request(Request("GET", "/", "x"))
+        except UpstreamError as exc:
+            return exc
+        raise AssertionError("no error")
+
+    exc = run(go())
+    assert isinstance(exc, UpstreamError)
+    assert exc.code == "connect_failure" and exc.retryable
+
+
+def test_hop_by_hop_headers_are_not_forwarded() -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    async def record(request: Request, info: ClientInfo) -> Response:
+        seen.append(request.headers)
+        return Response(204)
+
+    async def go() -> None:
+        server, port = await _serve(record)
+        pool = H1Pool("127.0.0.1", port)
+        response = await pool.request(
+            Request(
+                "GET",
+                "/",
+                "h",
+                headers=[("connection", "x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-kept", "2")],
+            )
+        )
+        assert [c async for c in response.body] == []
+        await pool.close()
+        server.close()
+        await server.wait_closed()
+
+    run(go())
+    assert seen == [[("x-kept", "2")]]
+
+
+def test_real_curl_through_h1_server() -> None:
+    async def go() -> str:
+        server, port = await _serve(_echo)
+        proc = await asyncio.create_subprocess_exec(
+            "curl",
+            "-s",
+            "-H",
+            "x-test: curl",
+            "--data-binary",
+            "hello",
+            f"http://127.0.0.1:{port}/curl",
+            stdout=subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        server.close()
+        await server.wait_closed()
+        return out.decode()
+
+    assert run(go()) == "POST /curl 5 curl\nhello"
+
+
+def test_malformed_request_gets_400_and_close() -> None:
+    async def go() -> bytes:
+        server, port = await _serve(_echo)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data
+
+    data = run(go())
+    assert isinstance(data, bytes) and data.startswith(b"HTTP/1.1 400")
