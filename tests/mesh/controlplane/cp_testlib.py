@@ -389,7 +389,9 @@ class ControlPlaneProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-            raise AssertionError(f"control plane ignored SIGTERM for {timeout}s:\n{self.log_text()}") from None
+            raise AssertionError(
+                f"control plane ignored SIGTERM for {timeout}s:\n{self.log_text()}"
+            ) from None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -430,7 +432,17 @@ class RedisServer:
                 pytest.skip("no redis-server and no REDIS_URL")
             port = free_port()
             self.proc = subprocess.Popen(
-                [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                [
+                    redis_server,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
                 cwd=self.workdir,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -125,9 +125,9 @@ def test_a_certificate_from_another_ca_fails_the_handshake(ep: Endpoint, tmp_pat
     foreign = CertificateAuthority.init(tmp_path / "other-ca", TD)  # same trust domain, other root
     chain, key = foreign.issue(ORDERS)
     bundle = join(ep, "web").bundle
-    with httpx.Client(base_url=ep.url, verify=client_context(chain, key, bundle), timeout=5) as http:
-        with pytest.raises(httpx.HTTPError):
-            http.post("/v1/register", json=register_body("orders"))
+    ctx = client_context(chain, key, bundle)
+    with httpx.Client(base_url=ep.url, verify=ctx, timeout=5) as http, pytest.raises(httpx.HTTPError):
+        http.post("/v1/register", json=register_body("orders"))
 
 
 # ----- registration rights --------------------------------------------------------------------------------
@@ -172,7 +172,9 @@ def test_admin_registers_any_service(ep: Endpoint) -> None:
             r = http.post("/v1/register", json=register_body(service, 21, id=f"{service}-by-admin"))
             assert r.status_code == 201, r.text
         views = http.get("/v1/services/catalog").json()
-    assert [v["identity"] for v in views if v["id"] == "catalog-by-admin"] == [str(workload_id(TD, "catalog"))]
+    assert [v["identity"] for v in views if v["id"] == "catalog-by-admin"] == [
+        str(workload_id(TD, "catalog"))
+    ]
 
 
 def test_workload_cannot_touch_another_services_instance(ep: Endpoint) -> None:
@@ -186,4 +188,6 @@ def test_workload_cannot_touch_another_services_instance(ep: Endpoint) -> None:
         takeover = http.post("/v1/register", json=register_body("orders", 31, id="web-theirs"))
         assert takeover.status_code == 403
     with ep.admin() as http:
-        assert [v["service"] for v in http.get("/v1/services/web").json() if v["id"] == "web-theirs"] == ["web"]
+        assert [v["service"] for v in http.get("/v1/services/web").json() if v["id"] == "web-theirs"] == [
+            "web"
+        ]

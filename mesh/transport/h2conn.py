@@ -1,0 +1,410 @@
+"""HTTP/2 connections on asyncio: the glue between sockets and the sans-IO :class:`mesh.h2.H2Endpoint`.
+
+One :class:`H2Protocol` per connection, server or client side. Request and response bodies are
+pulled by their consumer: the receive window of a stream is given back (``ack``) only after the
+consumer took the bytes, so a slow reader slows its peer instead of growing a buffer. Sending
+waits for the peer's flow-control window and for the socket (``pause_writing``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.h2 import (
+    ConnectionEnded,
+    DataReceived,
+    ErrorCode,
+    H2Endpoint,
+    InformationalReceived,
+    Limits,
+    RequestReceived,
+    ResponseReceived,
+    StreamRejected,
+    StreamReset,
+    TrailersReceived,
+    WindowOpened,
+)
+from mesh.transport.messages import Headers, Request, Response, strip_hop_by_hop
+
+log = logging.getLogger("meshgate.transport.h2")
+
+_END = object()
+
+
+class StreamError(Exception):
+    """A stream ended abnormally; ``error_code`` is the HTTP/2 code, ``code`` an x-meshgate-error."""
+
+    def __init__(
+        self, message: str, error_code: int, code: str = "upstream_reset", retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.code = code
+        self.retryable = retryable
+
+
+@dataclass
+class _Stream:
+    stream_id: int
+    chunks: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    response: asyncio.Future[tuple[int, Headers]] | None = None
+    trailers: asyncio.Future[Headers] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    window: asyncio.Event = field(default_factory=asyncio.Event)
+    error: StreamError | None = None
+    task: asyncio.Task[None] | None = None
+
+
+def _text(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
+    pseudo: dict[str, str] = {}
+    regular: Headers = []
+    for k, v in headers:
+        key = k.decode("latin-1")
+        if key.startswith(":"):
+            pseudo[key] = v.decode("latin-1")
+        else:
+            regular.append((key, v.decode("latin-1")))
+    return pseudo, regular
+
+
+def _raw(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+
+
+RequestHandler = Callable[[Request, "H2Protocol"], Awaitable[Response]]
+
+
+class H2Protocol(asyncio.Protocol):
+    """An HTTP/2 connection. Server side: calls ``handler`` per request. Client side: :meth:`request`."""
+
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        handler: RequestHandler | None = None,
+        limits: Limits | None = None,
+        on_open: Callable[[H2Protocol], None] | None = None,
+        on_close: Callable[[H2Protocol], None] | None = None,
+    ) -> None:
+        self.client_side = client_side
+        self.handler = handler
+        self.endpoint = H2Endpoint(client_side=client_side, limits=limits or Limits())
+        self.on_open = on_open
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.ready = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()
+        self.draining = False
+        self.peer: Any = None  # set by on_open (e.g. the verified SPIFFE ID)
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.last_active = asyncio.get_running_loop().time()
+
+    # ----- asyncio.Protocol -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Verify the peer (``on_open`` may raise to refuse it), then send our preface."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            if self.on_open is not None:
+                self.on_open(self)
+        except Exception as exc:
+            log.warning("refusing connection: %s", exc)
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            transport.abort()
+            return
+        self.endpoint.initiate()
+        self._flush()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the core and act on its events."""
+        self.last_active = asyncio.get_running_loop().time()
+        for event in self.endpoint.receive(data):
+            self._dispatch(event)
+        self._flush()
+
+    def pause_writing(self) -> None:
+        """The socket buffer is full: senders wait."""
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        """The socket drained: senders go on."""
+        self._writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail every open stream; tell the owner."""
+        error = StreamError(f"connection lost: {exc or 'closed'}", ErrorCode.CANCEL, "upstream_reset")
+        for stream in list(self.streams.values()):
+            self._fail(stream, error)
+        self.streams.clear()
+        self._writable.set()
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(str(exc or "closed during handshake")))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.on_close is not None:
+            self.on_close(self)
+
+    # ----- plumbing -------------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.endpoint.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        if self.endpoint.is_closed and self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _fail(self, stream: _Stream, error: StreamError) -> None:
+        stream.error = error
+        if stream.response is not None and not stream.response.done():
+            stream.response.set_exception(error)
+        if not stream.trailers.done():
+            stream.trailers.set_result([])
+        stream.chunks.put_nowait(error)
+        stream.window.set()
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.endpoint.ack(event.stream_id, event.flow_controlled_length)
+                return
+            if event.data or event.flow_controlled_length:
+                stream.chunks.put_nowait((event.data, event.flow_controlled_length))
+            if event.end_stream:
+                stream.chunks.put_nowait(_END)
+        elif isinstance(event, RequestReceived):
+            self._start_request(event)
+        elif isinstance(event, ResponseReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.response is not None and not stream.response.done():
+                pseudo, headers = _text(event.headers)
+                stream.response.set_result((int(pseudo.get(":status", "502")), headers))
+                if event.end_stream:
+                    stream.chunks.put_nowait(_END)
+        elif isinstance(event, TrailersReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                if not stream.trailers.done():
+                    stream.trailers.set_result(_text(event.headers)[1])
+                stream.chunks.put_nowait(_END)
+        elif isinstance(event, WindowOpened):
+            if event.stream_id is None:
+                for stream in self.streams.values():
+                    stream.window.set()
+            elif (stream := self.streams.get(event.stream_id)) is not None:
+                stream.window.set()
+        elif isinstance(event, StreamReset | StreamRejected):
+            stream = self.streams.pop(event.stream_id, None)
+            if stream is not None:
+                refused = event.error_code == ErrorCode.REFUSED_STREAM
+                code = "upstream_reset"
+                self._fail(
+                    stream, StreamError(f"stream reset ({event.error_code})", event.error_code, code, refused)
+                )
+                if stream.task is not None and not self.client_side:
+                    stream.task.cancel()
+        elif isinstance(event, ConnectionEnded):
+            self.draining = True
+            last = event.last_stream_id
+            for sid, stream in list(self.streams.items()):
+                if self.client_side and last is not None and sid > last:
+                    self.streams.pop(sid)
+                    self._fail(
+                        stream, StreamError("connection going away", event.error_code, "upstream_reset", True)
+                    )
+        elif isinstance(event, InformationalReceived):
+            pass
+
+    def _body(self, stream: _Stream) -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                item = await stream.chunks.get()
+                if item is _END:
+                    return
+                if isinstance(item, StreamError):
+                    raise item
+                data, flow = item
+                if flow:
+                    self.endpoint.ack(stream.stream_id, flow)
+                    self._flush()
+                if data:
+                    yield data
+
+        return body()
+
+    async def _send_body(self, stream: _Stream, body: AsyncIterator[bytes], trailers: Headers | None) -> None:
+        sid = stream.stream_id
+        async for chunk in body:
+            view = memoryview(chunk)
+            while view:
+                if stream.error is not None:
+                    raise stream.error
+                await self._writable.wait()
+                stream.window.clear()
+                sent = self.endpoint.send_data(sid, bytes(view))
+                self._flush()
+                view = view[sent:]
+                if view:
+                    await stream.window.wait()
+        if stream.error is not None:
+            raise stream.error
+        if trailers:
+            self.endpoint.send_headers(sid, _raw(trailers), end_stream=True)
+        else:
+            self.endpoint.end_stream(sid)
+        self._flush()
+
+    # ----- server side ----------------------------------------------------------------------------------
+
+    def _start_request(self, event: RequestReceived) -> None:
+        pseudo, headers = _text(event.headers)
+        stream = _Stream(event.stream_id)
+        self.streams[event.stream_id] = stream
+        if event.end_stream:
+            stream.chunks.put_nowait(_END)
+        request = Request(
+            method=pseudo.get(":method", "GET"),
+            path=pseudo.get(":path", "/"),
+            authority=pseudo.get(":authority", ""),
+            scheme=pseudo.get(":scheme", "https"),
+            headers=headers,
+            body=self._body(stream),
+            trailers=stream.trailers,
+        )
+        if pseudo.get(":protocol"):
+            request.headers.append((":protocol", pseudo[":protocol"]))
+        stream.task = asyncio.get_running_loop().create_task(self._serve(stream, request))
+
+    async def _serve(self, stream: _Stream, request: Request) -> None:
+        assert self.handler is not None
+        sid = stream.stream_id
+        try:
+            response = await self.handler(request, self)
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("handler failed for stream %d", sid)
+            self._reset(sid, ErrorCode.INTERNAL_ERROR)
+            return
+        try:
+            head = [(":status", str(response.status)), *strip_hop_by_hop(response.headers)]
+            self.endpoint.send_headers(sid, _raw(head))
+            self._flush()
+            await self._send_body(stream, response.body, None)
+            if response.trailers is not None:
+                trailers = await response.trailers
+                if trailers:
+                    # the body already ended the stream when trailers were not known in time
+                    log.debug("late trailers on stream %d dropped", sid)
+        except asyncio.CancelledError:
+            self._reset(sid, ErrorCode.CANCEL)
+        except StreamError:
+            pass
+        except Exception as exc:
+            log.warning("response on stream %d aborted: %s", sid, exc)
+            self._reset(sid, ErrorCode.INTERNAL_ERROR)
+        finally:
+            if response.on_close is not None:
+                response.on_close()
+            self.streams.pop(sid, None)
+
+    def _reset(self, sid: int, code: int) -> None:
+        with contextlib.suppress(Exception):
+            self.endpoint.reset(sid, code)
+            self._flush()
+        self.streams.pop(sid, None)
+
+    # ----- client side ----------------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """True when a new stream may be opened on this connection now."""
+        return (
+            not self.draining
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.endpoint.available_streams > 0
+        )
+
+    async def request(self, request: Request, *, trailers: Headers | None = None) -> Response:
+        """Send ``request`` and return the response once its headers arrive (body still streaming).
+
+        Raises StreamError (``retryable`` for REFUSED_STREAM and GOAWAY before processing).
+        """
+        head = [
+            (":method", request.method),
+            (":scheme", request.scheme or "https"),
+            (":authority", request.authority),
+            (":path", request.path),
+        ]
+        head += [(k, v) for k, v in strip_hop_by_hop(request.headers) if not k.startswith(":")]
+        if request.header("te") == "trailers" or any(k == "te" for k, _ in request.headers):
+            head.append(("te", "trailers"))
+        body = request.body.__aiter__()
+        first = await anext(body, b"")
+        sid = self.endpoint.send_request(_raw(head), end_stream=not first and request.trailers is None)
+        loop = asyncio.get_running_loop()
+        stream = _Stream(sid, response=loop.create_future())
+        self.streams[sid] = stream
+        self._flush()
+        self.last_active = loop.time()
+        if first or request.trailers is not None:
+
+            async def rest() -> AsyncIterator[bytes]:
+                if first:
+                    yield first
+                async for chunk in body:
+                    yield chunk
+
+            async def pump() -> None:
+                try:
+                    req_trailers = await request.trailers if request.trailers is not None else trailers
+                    await self._send_body(stream, rest(), req_trailers)
+                except StreamError:
+                    pass
+                except Exception as exc:  # the caller's body failed: cancel the stream
+                    log.debug("request body on stream %d failed: %s", sid, exc)
+                    self._reset(sid, ErrorCode.CANCEL)
+
+            stream.task = loop.create_task(pump())
+        assert stream.response is not None
+        status, headers = await stream.response
+
+        def done() -> None:
+            self.streams.pop(sid, None)
+
+        return Response(status, headers, self._client_body(stream, done), stream.trailers)
+
+    def _client_body(self, stream: _Stream, done: Callable[[], None]) -> AsyncIterator[bytes]:
+        async def body() -> AsyncIterator[bytes]:
+            finished = False
+            try:
+                async for chunk in self._body(stream):
+                    yield chunk
+                finished = True
+            finally:
+                if not finished and stream.stream_id in self.streams:
+                    self._reset(stream.stream_id, ErrorCode.CANCEL)
+                done()
+
+        return body()
+
+    def close(self, error_code: int = 0) -> None:
+        """GOAWAY and close once flushed."""
+        with contextlib.suppress(Exception):
+            self.endpoint.goaway(error_code)
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
