@@ -125,6 +125,9 @@ class ControlPlane:
         self._snapshot_lock = asyncio.Lock()
         self._server_ctx: ssl.SSLContext | None = None
         self._policy_json: dict[str, Any] | None = None
+        self._policy_version: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bumps: set[asyncio.Task[int]] = set()
 
     @property
     def shares_ca(self) -> bool:
@@ -140,6 +143,7 @@ class ControlPlane:
 
     async def start(self) -> None:
         """Open the store, load the CA and policies, start watching. Raises ControlPlaneError."""
+        self._loop = asyncio.get_running_loop()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.admin_token is None:
             self.admin_token = read_or_create_admin_token(self.data_dir / "admin-token")
@@ -164,6 +168,7 @@ class ControlPlane:
         self._issue_server_identity()
         if current is not None:
             self._policy_json = current.to_json()
+            self._policy_version = current.version
         await self.registry.start(self.sweep_interval)
         self.watcher.subscribe(self._on_policy)
         await self.registry.bump("control plane started")
@@ -183,6 +188,21 @@ class ControlPlane:
         await self.store.close()
 
     def _on_policy(self, policy_set: PolicySet) -> None:
+        """Watcher listener. The watcher polls on a worker thread (``asyncio.to_thread``), so the new
+        set is handed to the event loop rather than applied here."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._apply_policy(policy_set)
+        else:
+            loop.call_soon_threadsafe(self._apply_policy, policy_set)
+
+    def _apply_policy(self, policy_set: PolicySet) -> None:
         if policy_set.mesh.trust_domain != self.ca.trust_domain:
             log.error(
                 "policy version %s names trust domain %s, the CA serves %s: ignored",
@@ -192,7 +212,12 @@ class ControlPlane:
             )
             return
         self._policy_json = policy_set.to_json()
-        asyncio.get_running_loop().create_task(self.registry.bump(f"policy version {policy_set.version}"))
+        self._policy_version = policy_set.version
+        task = asyncio.get_running_loop().create_task(
+            self.registry.bump(f"policy version {policy_set.version}")
+        )
+        self._bumps.add(task)
+        task.add_done_callback(self._bumps.discard)
 
     def _ca_state_mtime(self) -> float:
         try:
@@ -306,7 +331,7 @@ class ControlPlane:
                 {
                     "index": index,
                     "trustDomain": self.ca.trust_domain,
-                    "policyVersion": self.watcher.status.version,
+                    "policyVersion": self._policy_version,
                     "policies": self._policy_json,
                     "endpoints": self.registry.healthy_endpoints(),
                     "bundle": self.ca.bundle().to_jwks(),

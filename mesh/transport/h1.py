@@ -280,7 +280,7 @@ class H1Pool:
             )
         finished = False
 
-        async def body() -> AsyncIterator[bytes]:
+        async def response_body() -> AsyncIterator[bytes]:
             nonlocal finished
             try:
                 while True:
@@ -300,7 +300,7 @@ class H1Pool:
                 else:
                     conn.writer.close()
 
-        return Response(event.status_code, strip_hop_by_hop(_decode(event.headers)), body())
+        return Response(event.status_code, strip_hop_by_hop(_decode(event.headers)), response_body())
 
     async def close(self) -> None:
         """Close idle connections."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, cast
 
 from shared.config.model import AccessPolicy, AuthProvider, Document, Mesh, RateLimit, Route, Service
 
@@ -53,11 +55,54 @@ class PolicySet:
         docs.extend(self.rate_limits.values())
         return docs
 
-    def to_json(self) -> dict[str, object]:
-        """The set as JSON-ready data, in the YAML field names (for snapshots and ``/config``)."""
-        return {
-            "version": self.version,
-            "documents": [
-                d.model_dump(mode="json", by_alias=True, exclude_none=True) for d in self.documents()
-            ],
-        }
+    def to_json(self) -> dict[str, Any]:
+        """The set as JSON-ready data, in the YAML field names, with where each document was written
+        (for snapshots and ``/config``); :meth:`from_json` reads it back."""
+        documents = []
+        for doc in self.documents():
+            data = doc.model_dump(mode="json", by_alias=True, exclude_none=True)
+            origin = self.origin(doc)
+            data["x-origin"] = {
+                "file": origin.file,
+                "line": origin.line,
+                "ruleLines": list(origin.rule_lines),
+            }
+            documents.append(data)
+        return {"version": self.version, "documents": documents}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PolicySet:
+        """Rebuild a set from :meth:`to_json` output (as a snapshot carries it).
+
+        Raises ValueError when the data is not such a set (the control plane only sends valid ones).
+        """
+        from pydantic import ValidationError
+
+        from shared.config.model import KINDS
+
+        by_kind: dict[str, dict[str, Document]] = {kind: {} for kind in KINDS}
+        origins: dict[tuple[str, str], Origin] = {}
+        try:
+            for raw in data["documents"]:
+                item = dict(raw)
+                where = item.pop("x-origin", None) or {}
+                doc = KINDS[item["kind"]].model_validate(item)
+                by_kind[doc.KIND][doc.name] = doc
+                origins[(doc.KIND, doc.name)] = Origin(
+                    str(where.get("file", "<snapshot>")),
+                    int(where.get("line", 0)),
+                    tuple(int(n) for n in where.get("ruleLines", ())),
+                )
+            (mesh,) = by_kind["Mesh"].values()
+        except (KeyError, TypeError, ValueError, ValidationError) as exc:
+            raise ValueError(f"not a policy set: {exc}") from exc
+        return cls(
+            mesh=cast(Mesh, mesh),
+            services=MappingProxyType(cast(dict[str, Service], by_kind["Service"])),
+            access_policies=tuple(cast(dict[str, AccessPolicy], by_kind["AccessPolicy"]).values()),
+            routes=MappingProxyType(cast(dict[str, Route], by_kind["Route"])),
+            auth_providers=MappingProxyType(cast(dict[str, AuthProvider], by_kind["AuthProvider"])),
+            rate_limits=MappingProxyType(cast(dict[str, RateLimit], by_kind["RateLimit"])),
+            origins=MappingProxyType(origins),
+            version=str(data.get("version", "")),
+        )

@@ -30,7 +30,7 @@ from shared.identity.ca import load_chain_pem, make_csr
 from shared.identity.rotation import CertificateManager
 from shared.identity.spiffeid import SpiffeId, workload_id
 from shared.identity.svid import SvidError, check_leaf, verify_chain
-from shared.identity.tls import PeerIdentityError, verify_peer
+from shared.identity.tls import PeerIdentityError, client_context, verify_peer
 from shared.registry.backoff import Backoff
 from shared.registry.cache import DiskCache
 from shared.registry.jointoken import JoinToken
@@ -205,7 +205,10 @@ class RegistryClient:
         ctx = self.certs.client_context()
         if self._http is None or ctx is not self._http_ctx:
             old = self._http
-            self._http = httpx.AsyncClient(verify=ctx, timeout=self.timeout)
+            # A context of our own with the same SVID: httpcore sets ALPN http/1.1 on the context it is
+            # given, and the manager's context is the one the data path dials peers with (ALPN h2).
+            own = client_context(self.certs.chain, self._key(), self.certs.bundle)
+            self._http = httpx.AsyncClient(verify=own, timeout=self.timeout)
             self._http_ctx = ctx
             if old is not None:
                 asyncio.get_running_loop().create_task(old.aclose())

@@ -315,9 +315,11 @@ class ControlPlaneProcess:
         store: str | None = None,
         admin_token_file: Path | None = None,
         log_path: Path | None = None,
+        port: int = 0,
         extra: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.listen_port = port
         self.policies = policies
         self.store = store
         self.admin_token_file = admin_token_file
@@ -329,7 +331,7 @@ class ControlPlaneProcess:
 
     def argv(self) -> list[str]:
         argv = [MESHGATE, "control-plane", "--policies", str(self.policies), "--data-dir", str(self.data_dir)]
-        argv += ["--listen", "127.0.0.1:0", *self.extra]
+        argv += ["--listen", f"127.0.0.1:{self.listen_port}", *self.extra]
         if self.store:
             argv += ["--store", self.store]
         if self.admin_token_file:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cp_testlib import Endpoint, InProcessControlPlane, copy_policies, wait_until
+from cp_testlib import Endpoint, InProcessControlPlane, copy_policies, register_body, wait_until
 
 NEW_SERVICE = "---\napiVersion: meshgate/v1\nkind: Service\nname: {name}\nport: 9090\n"
 BROKEN_SERVICE = "---\napiVersion: meshgate/v1\nkind: Service\nname: broken\nport: lots\n"
@@ -70,7 +70,9 @@ def test_a_broken_edit_changes_nothing_and_status_says_why(plane: InProcessContr
     status = wait_until(lambda: not ep.status()["policy"]["ok"], 5, "the broken reload")
     policy = ep.status()["policy"]
     assert status and policy["version"] == before["policyVersion"] and policy["reloadsFailed"] >= 1
-    assert any(f"services.yaml:{broken_line}" in e and "port" in e for e in policy["errors"]), policy["errors"]
+    assert any(f"services.yaml:{broken_line}" in e and "port" in e for e in policy["errors"]), policy[
+        "errors"
+    ]
 
     # no new version reaches a watcher: the blocking query runs out its wait with the same index
     snap = asyncio.run(_watch(ep, before["index"], "1s"))
@@ -95,6 +97,11 @@ def test_a_policy_set_for_another_trust_domain_is_not_served(plane: InProcessCon
     mesh = plane.policies / "mesh.yaml"
     mesh.write_text(mesh.read_text().replace("demo.meshgate.local", "other.example"))
     # the set itself is valid, but the CA serves demo.meshgate.local: watchers must not get it
-    snap = asyncio.run(_watch(ep, before["index"], "1500ms"))
-    assert snap["trustDomain"] == "demo.meshgate.local"
-    assert snap["policyVersion"] == before["policyVersion"] and snap["policies"] == before["policies"]
+    wait_until(lambda: ep.status()["policy"]["version"] != before["policyVersion"], 5, "the reload")
+    snap = asyncio.run(_watch(ep, before["index"], "500ms"))
+    assert snap["index"] == before["index"]
+    with ep.admin() as http:  # nor any later snapshot (built for another change)
+        assert http.post("/v1/register", json=register_body("web", 5)).status_code == 201
+        later = http.get("/v1/snapshot").json()
+    assert later["index"] > before["index"] and later["trustDomain"] == "demo.meshgate.local"
+    assert later["policyVersion"] == before["policyVersion"] and later["policies"] == before["policies"]

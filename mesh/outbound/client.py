@@ -1,0 +1,249 @@
+"""The outbound mesh client: discover -> balance -> retry/timeout/breaker -> connect (mTLS HTTP/2).
+
+Sidecars use it for their app's outbound calls and the gateway calls it in-process. Every locally
+generated error carries ``x-meshgate-error`` (``no_healthy_upstream``, ``connect_failure``,
+``upstream_timeout``, ``circuit_open``, ``upstream_reset``, ``tls_identity_mismatch``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.outbound.balancer import Balancer, make_balancer
+from mesh.outbound.endpoints import Endpoint, EndpointTable, now
+from mesh.outbound.resilience import (
+    IDEMPOTENT,
+    Breaker,
+    OutlierDetector,
+    RetryBudgetTracker,
+    backoff_delay,
+    retry_after_seconds,
+)
+from mesh.transport.h1 import UpstreamError
+from mesh.transport.h2conn import StreamError
+from mesh.transport.messages import Request, Response, body_of, error_response
+from mesh.transport.pool import H2Pool
+from shared.config.model.mesh import TrafficPolicy
+
+log = logging.getLogger("meshgate.outbound")
+
+#: Request bodies up to this size are kept so that a failed attempt can be retried.
+REPLAY_LIMIT = 64 * 1024
+RETRY_STATUSES = {"gateway-error": {502, 503, 504}, "5xx": set(range(500, 600))}
+
+
+@dataclass
+class Upstream:
+    """Per-service state: its traffic policy, balancer, breaker, budget and outlier detector."""
+
+    policy: TrafficPolicy
+    balancer: Balancer
+    breaker: Breaker
+    budget: RetryBudgetTracker
+    outliers: OutlierDetector
+    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "retries": 0, "ejections": 0})
+
+    @classmethod
+    def of(cls, policy: TrafficPolicy) -> Upstream:
+        """Fresh state for ``policy``."""
+        return cls(
+            policy,
+            make_balancer(policy.load_balancer.policy),
+            Breaker(policy.circuit_breaker),
+            RetryBudgetTracker(policy.retries.budget),
+            OutlierDetector(policy.outlier_detection),
+        )
+
+
+class MeshClient:
+    """Calls services of the mesh by name."""
+
+    def __init__(self, pool: H2Pool) -> None:
+        self.pool = pool
+        self.endpoints = EndpointTable()
+        self._upstreams: dict[str, Upstream] = {}
+        self._policies: Mapping[str, TrafficPolicy] = {}
+
+    def update(
+        self, endpoints: Mapping[str, list[Mapping[str, Any]]], policies: Mapping[str, TrafficPolicy]
+    ) -> None:
+        """Adopt a new snapshot: endpoints and each service's traffic policy."""
+        self.endpoints.update(endpoints)
+        self._policies = policies
+        for name, upstream in list(self._upstreams.items()):
+            if policies.get(name, TrafficPolicy()) != upstream.policy:
+                del self._upstreams[name]  # rebuilt with the new policy on next use
+
+    def upstream(self, service: str) -> Upstream:
+        """The state for ``service``."""
+        upstream = self._upstreams.get(service)
+        if upstream is None:
+            upstream = Upstream.of(self._policies.get(service, TrafficPolicy()))
+            self._upstreams[service] = upstream
+        return upstream
+
+    async def request(self, service: str, request: Request) -> Response:
+        """Send ``request`` to some healthy instance of ``service``; never raises for upstream trouble."""
+        upstream = self.upstream(service)
+        endpoints = self.endpoints.get(service)
+        if not endpoints:
+            return error_response(503, "no_healthy_upstream", f"no healthy endpoint for service {service!r}")
+        if not upstream.breaker.admit():
+            return error_response(503, "circuit_open", f"too many requests in flight to {service!r}")
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                upstream.breaker.done()
+
+        try:
+            response = await self._attempts(service, upstream, endpoints, request)
+        except BaseException:
+            release()
+            raise
+        response.body = _on_end(response.body, release)
+        return response
+
+    async def _replayable(self, request: Request) -> tuple[Request, bool]:
+        length = request.header("content-length")
+        if length is not None and length.isdigit() and int(length) <= REPLAY_LIMIT:
+            data = b"".join([chunk async for chunk in request.body])
+            request.body = body_of(data)
+            return request, True
+        if length is None and request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            data = b"".join([chunk async for chunk in request.body])
+            if len(data) <= REPLAY_LIMIT:
+                request.body = body_of(data)
+                if data:
+                    request.headers.append(("content-length", str(len(data))))
+                return request, True
+            request.body = body_of(data)
+        return request, False
+
+    async def _attempts(
+        self, service: str, upstream: Upstream, endpoints: list[Endpoint], request: Request
+    ) -> Response:
+        policy = upstream.policy
+        retries = policy.retries
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.timeout.total_seconds()
+        request, replayable = await self._replayable(request)
+        body: bytes | None = None
+        if replayable:
+            body = b"".join([chunk async for chunk in request.body])
+        may_retry = replayable and (request.method in IDEMPOTENT or retries.non_idempotent)
+        retry_statuses: set[int] = set()
+        for kind in retries.retry_on:
+            retry_statuses |= RETRY_STATUSES.get(kind, set())
+        upstream.stats["requests"] += 1
+        upstream.budget.record_request()
+        key = None
+        if policy.load_balancer.hash_header:
+            key = request.header(policy.load_balancer.hash_header.lower())
+        attempt = 0
+        while True:
+            attempt += 1
+            t = now()
+            candidates = [e for e in endpoints if e.available(t)] or endpoints
+            endpoint = upstream.balancer.pick(candidates, key)
+            assert endpoint is not None
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return error_response(504, "upstream_timeout", f"{service}: timed out")
+            per_try = retries.per_try_timeout.total_seconds() if retries.per_try_timeout else remaining
+            if body is not None:
+                request.body = body_of(body)
+            outcome = await self._try(endpoint, request, min(per_try, remaining), attempt)
+            error, response = outcome
+            status = response.status if response is not None else None
+            connect_failure = error is not None and error[0] == "connect_failure"
+            if upstream.outliers.record(
+                endpoint,
+                status=status if error is None else 503,
+                connect_failure=connect_failure,
+                all_eps=endpoints,
+                now=now(),
+            ):
+                upstream.stats["ejections"] += 1
+                log.warning("ejected %s of %s after consecutive failures", endpoint.id, service)
+            retryable_error = error is not None and error[2]
+            retryable_status = response is not None and response.status in retry_statuses
+            can_retry = attempt <= retries.attempts and (
+                (retryable_error and (may_retry or (error is not None and error[0] == "connect_failure")))
+                or (retryable_status and may_retry)
+            )
+            if response is not None and not (retryable_status and can_retry):
+                return response
+            if error is not None and not can_retry:
+                code, message, _ = error
+                return error_response(
+                    504 if code == "upstream_timeout" else 503, code, f"{service}: {message}"
+                )
+            if not upstream.budget.try_retry():
+                if response is not None:
+                    return response
+                assert error is not None
+                return error_response(503, error[0], f"{service}: {error[1]} (retry budget spent)")
+            upstream.stats["retries"] += 1
+            delay = backoff_delay(
+                attempt, retries.backoff.base.total_seconds(), retries.backoff.max.total_seconds()
+            )
+            if response is not None:
+                hinted = retry_after_seconds(
+                    response.header("retry-after"), retries.backoff.max.total_seconds()
+                )
+                if hinted is not None:
+                    delay = hinted
+                async for _ in response.body:  # drain and drop the failed attempt
+                    pass
+            if loop.time() + delay >= deadline:
+                return error_response(
+                    504, "upstream_timeout", f"{service}: timed out after {attempt} attempts"
+                )
+            await asyncio.sleep(delay)
+
+    async def _try(
+        self, endpoint: Endpoint, request: Request, timeout: float, attempt: int
+    ) -> tuple[tuple[str, str, bool] | None, Response | None]:
+        endpoint.active += 1
+        done = False
+
+        def finished() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                endpoint.active -= 1
+
+        try:
+            conn = await asyncio.wait_for(self.pool.connection(endpoint), timeout)
+            if attempt > 1:
+                request.headers = [(k, v) for k, v in request.headers if k != "x-meshgate-attempt"]
+                request.headers.append(("x-meshgate-attempt", str(attempt)))
+            response = await asyncio.wait_for(conn.request(request), timeout)
+        except UpstreamError as exc:
+            finished()
+            return (exc.code, str(exc), exc.retryable), None
+        except StreamError as exc:
+            finished()
+            return (exc.code, str(exc), True), None
+        except TimeoutError:
+            finished()
+            return ("upstream_timeout", f"no response from {endpoint.id} within {timeout:.3g}s", True), None
+        if conn.endpoint.open_streams <= 1:
+            self.pool.remember_session(conn)
+        response.body = _on_end(response.body, finished)
+        return None, response
+
+
+async def _on_end(body: AsyncIterator[bytes], callback: Any) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        callback()

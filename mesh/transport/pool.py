@@ -1,0 +1,150 @@
+"""Outbound HTTP/2 connections to peer sidecars over mutual TLS: a few per endpoint, reused.
+
+A connection is opened with the workload's current client context (so a renewed certificate is used
+for new connections only), the peer is checked against the endpoint's SPIFFE ID right after the
+handshake, and a connection that received GOAWAY takes no new streams while it finishes the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from mesh.h2 import Limits
+from mesh.outbound.endpoints import Endpoint
+from mesh.transport.h1 import UpstreamError
+from mesh.transport.h2conn import H2Protocol
+from shared.identity.spiffeid import InvalidSpiffeId, SpiffeId
+from shared.identity.tls import PeerIdentityError, explain_tls_error, verify_peer
+
+log = logging.getLogger("meshgate.transport.pool")
+
+
+class H2Pool:
+    """Connections to peer sidecars, keyed by endpoint id."""
+
+    def __init__(
+        self,
+        context: Callable[[], ssl.SSLContext],
+        trust_domain: str,
+        *,
+        limits: Limits | None = None,
+        max_per_endpoint: int = 4,
+        connect_timeout: float = 1.0,
+    ) -> None:
+        self.context = context
+        self.trust_domain = trust_domain
+        self.limits = limits or Limits()
+        self.max_per_endpoint = max_per_endpoint
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, list[H2Protocol]] = {}
+        self._connecting: dict[str, asyncio.Future[H2Protocol]] = {}
+        self.opened = 0
+
+    def _usable(self, endpoint: Endpoint) -> H2Protocol | None:
+        conns = self._conns.get(endpoint.id)
+        if not conns:
+            return None
+        best = None
+        for conn in conns:
+            if conn.available and (best is None or conn.endpoint.open_streams < best.endpoint.open_streams):
+                best = conn
+        return best
+
+    async def connection(self, endpoint: Endpoint) -> H2Protocol:
+        """A connection with room for one more stream; opens one when none has room.
+
+        Raises UpstreamError: ``connect_failure`` (retryable) or ``tls_identity_mismatch``.
+        """
+        conn = self._usable(endpoint)
+        if conn is not None and conn.endpoint.open_streams == 0:
+            return conn
+        count = len(self._conns.get(endpoint.id, []))
+        if conn is not None and count >= self.max_per_endpoint:
+            return conn
+        pending = self._connecting.get(endpoint.id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        if conn is not None:
+            return conn
+        future: asyncio.Future[H2Protocol] = asyncio.get_running_loop().create_future()
+        self._connecting[endpoint.id] = future
+        try:
+            conn = await self._open(endpoint)
+            future.set_result(conn)
+            return conn
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            self._connecting.pop(endpoint.id, None)
+
+    async def _open(self, endpoint: Endpoint) -> H2Protocol:
+        try:
+            expected = SpiffeId.parse(endpoint.identity)
+        except InvalidSpiffeId as exc:
+            raise UpstreamError(
+                "tls_identity_mismatch", f"endpoint {endpoint.id} has no valid identity: {exc}"
+            ) from exc
+        failure: list[Exception] = []
+
+        def verify(proto: H2Protocol) -> None:
+            assert proto.transport is not None
+            try:
+                proto.peer = verify_peer(
+                    proto.transport.get_extra_info("ssl_object"), self.trust_domain, expected, alpn="h2"
+                )
+            except PeerIdentityError as exc:
+                failure.append(exc)
+                raise
+
+        def closed(proto: H2Protocol) -> None:
+            conns = self._conns.get(endpoint.id)
+            if conns and proto in conns:
+                conns.remove(proto)
+
+        loop = asyncio.get_running_loop()
+        ctx = self.context()
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: H2Protocol(client_side=True, limits=self.limits, on_open=verify, on_close=closed),
+                    endpoint.address,
+                    endpoint.port,
+                    ssl=ctx,
+                    server_hostname=expected.service or "mesh",
+                ),
+                self.connect_timeout,
+            )
+            await proto.ready
+        except PeerIdentityError as exc:
+            raise UpstreamError("tls_identity_mismatch", str(exc)) from exc
+        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:
+            if failure:
+                raise UpstreamError("tls_identity_mismatch", str(failure[0])) from exc
+            why = explain_tls_error(exc) if isinstance(exc, ssl.SSLError) else str(exc) or type(exc).__name__
+            raise UpstreamError(
+                "connect_failure",
+                f"cannot connect to {endpoint.id} ({endpoint.address}:{endpoint.port}): {why}",
+                retryable=True,
+            ) from exc
+        self.opened += 1
+        self._conns.setdefault(endpoint.id, []).append(proto)
+        return proto
+
+    def remember_session(self, conn: H2Protocol) -> None:
+        """Keep the TLS session of ``conn`` for cheap reconnects (after its first response)."""
+        ctx = self.context()
+        remember = getattr(ctx, "remember_session", None)
+        if remember is not None and conn.transport is not None:
+            remember(conn.transport.get_extra_info("ssl_object"))
+
+    def close(self) -> None:
+        """GOAWAY and close every connection."""
+        for conns in self._conns.values():
+            for conn in list(conns):
+                conn.close()
+        self._conns.clear()
