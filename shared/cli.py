@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shared.config.cli",
     "shared.identity.cli",
     "mesh.controlplane.cli",
+    "mesh.cli",
     "shared.demo",
 )
 

@@ -1,0 +1,140 @@
+"""``meshgate sidecar`` and ``meshgate wait-ready``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.config.durations import parse_duration
+from shared.telemetry.logs import setup_logging
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _app(text: str) -> tuple[str, int]:
+    parts = urlsplit(text if "://" in text else f"http://{text}")
+    if parts.scheme != "http" or not parts.hostname or not parts.port:
+        raise argparse.ArgumentTypeError(f"expected http://HOST:PORT, got {text!r}")
+    return parts.hostname, parts.port
+
+
+def _upstream(text: str) -> tuple[int, str]:
+    port, sep, service = text.partition("=")
+    if not sep or not port.isdigit() or not service:
+        raise argparse.ArgumentTypeError(f"expected LOCALPORT=SERVICE, got {text!r}")
+    return int(port), service
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def register(sub: Any) -> None:
+    """Add ``sidecar`` and ``wait-ready``."""
+    p = sub.add_parser("sidecar", help="run the sidecar of one service instance")
+    p.add_argument("--service", required=True)
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--app", required=True, type=_app, metavar="http://127.0.0.1:PORT")
+    p.add_argument("--control-plane", required=True, metavar="URL")
+    p.add_argument("--token", type=Path, metavar="FILE", help="join token file (first start)")
+    p.add_argument(
+        "--cache-dir", type=Path, metavar="DIR", help="SVID and last snapshot (default .meshgate/SERVICE)"
+    )
+    p.add_argument("--inbound", type=_hostport, default=("127.0.0.1", 15006), metavar="HOST:PORT")
+    p.add_argument(
+        "--advertise", default=None, metavar="ADDRESS", help="address peers reach (default: inbound host)"
+    )
+    p.add_argument("--outbound", type=_hostport, default=("127.0.0.1", 15001), metavar="HOST:PORT")
+    p.add_argument("--admin", type=_hostport, default=("127.0.0.1", 15000), metavar="HOST:PORT")
+    p.add_argument("--upstream", type=_upstream, action="append", default=[], metavar="LOCALPORT=SERVICE")
+    p.add_argument("--check", choices=["http", "tcp", "ttl"], default="ttl", help="how to check the app")
+    p.add_argument("--check-path", default="/healthz")
+    p.add_argument("--drain-timeout", type=_seconds, default=10.0, metavar="DURATION")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=cmd_sidecar)
+
+    w = sub.add_parser("wait-ready", help="wait until a sidecar's /readyz answers 200 (for app start-up)")
+    w.add_argument("--admin", default="http://127.0.0.1:15000", metavar="URL")
+    w.add_argument("--timeout", type=_seconds, default=60.0, metavar="DURATION")
+    w.set_defaults(handler=cmd_wait_ready)
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    """Run until SIGTERM (or POST /quitquitquit), then drain."""
+    from mesh.sidecar import Sidecar, SidecarConfig
+    from shared.registry.client import ControlPlaneUnavailable
+    from shared.registry.health import AppCheck
+
+    setup_logging(args.log_level)
+    token = None
+    if args.token is not None:
+        try:
+            token = args.token.read_text().strip()
+        except OSError as exc:
+            print(f"meshgate sidecar: cannot read token file {args.token}: {exc.strerror}", file=sys.stderr)
+            return 1
+    check = AppCheck(args.check, args.app[0], args.app[1], args.check_path)
+    config = SidecarConfig(
+        service=args.service,
+        namespace=args.namespace,
+        app=args.app,
+        control_plane=args.control_plane,
+        token=token,
+        cache_dir=args.cache_dir or Path(".meshgate") / args.service,
+        inbound=args.inbound,
+        advertise=args.advertise or args.inbound[0],
+        outbound=args.outbound,
+        admin=args.admin,
+        upstreams=dict(args.upstream),
+        check=check,
+        drain_timeout=args.drain_timeout,
+    )
+
+    async def main() -> int:
+        sidecar = Sidecar(config)
+        try:
+            await sidecar.start()
+        except ControlPlaneUnavailable as exc:
+            print(f"meshgate sidecar: {exc}", file=sys.stderr)
+            await sidecar.registry.close()
+            return 1
+        except OSError as exc:
+            print(f"meshgate sidecar: cannot listen: {exc}", file=sys.stderr)
+            await sidecar.stop()
+            return 1
+        await sidecar.wait()
+        await sidecar.stop()
+        return 0
+
+    return asyncio.run(main())
+
+
+def cmd_wait_ready(args: argparse.Namespace) -> int:
+    """Exit 0 once ``ADMIN/readyz`` answers 200; 1 after the timeout."""
+    deadline = time.monotonic() + args.timeout
+    url = args.admin.rstrip("/") + "/readyz"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return 0
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    print(f"meshgate wait-ready: {url} not ready after {args.timeout:g}s", file=sys.stderr)
+    return 1

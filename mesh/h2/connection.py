@@ -1,0 +1,78 @@
+"""The ``h2.connection.H2Connection`` subclass the endpoint drives, with four narrow hooks.
+
+h2 (pinned >= 4.4.1) keeps these internals stable; ``tests/mesh/h2`` pins each hook's behaviour:
+- ``_receive_frame``: collect events frame by frame, so events decoded before a connection error
+  are not lost, and map HPACK decoding failures to COMPRESSION_ERROR (RFC 9113 section 4.3).
+- ``_receive_goaway_frame``: a GOAWAY does not close the h2 state machine (h2 issue #1181), so
+  streams at or below its last stream id can finish; no new streams are opened by the endpoint.
+- ``_begin_new_stream``: streams skip h2's content-length tracking, which raises a connection
+  error; the endpoint checks content-length itself and answers with a stream error.
+- ``send_goaway_frame``: a graceful GOAWAY that leaves the state machine open.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated, Event
+from h2.exceptions import DenialOfServiceError, ProtocolError
+from h2.stream import H2Stream
+from hpack.exceptions import HPACKError
+from hyperframe.frame import Frame, GoAwayFrame
+
+from .errors import ErrorCode
+
+__all__ = ["HookedConnection"]
+
+
+class _UncountedStream(H2Stream):
+    """An h2 stream whose content-length the endpoint checks instead (as a stream error)."""
+
+    def _initialize_content_length(self, headers: Any) -> None:
+        return None
+
+    def _track_content_length(self, length: int, end_stream: bool) -> None:
+        return None
+
+
+class HookedConnection(H2Connection):
+    """``H2Connection`` plus the hooks listed in the module docstring."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        self.collected: list[Event] = []
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued for the socket."""
+        return len(self._data_to_send)
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        try:
+            events = super()._receive_frame(frame)
+        except ProtocolError as exc:
+            if isinstance(exc.__cause__, HPACKError) and not isinstance(exc, DenialOfServiceError):
+                exc.error_code = ErrorCode.COMPRESSION_ERROR
+            raise
+        if events:
+            self.collected += events
+        return []
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.__class__ = _UncountedStream
+        return stream
+
+    def send_goaway_frame(self, error_code: int, last_stream_id: int, debug: bytes = b"") -> None:
+        """Queue a GOAWAY without closing the state machine (graceful shutdown)."""
+        frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=error_code, additional_data=debug)
+        self._data_to_send += frame.serialize()

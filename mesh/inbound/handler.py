@@ -1,0 +1,82 @@
+"""Inbound steps for one request: authorize the caller's SPIFFE ID with the policy engine, then
+forward to the local app with ``x-meshgate-peer`` set (and any such header from outside removed)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from mesh.transport.h1 import H1Pool, UpstreamError
+from mesh.transport.messages import Request, Response, error_response
+from shared.policy.engine import PolicyEngine
+from shared.policy.request import Caller
+from shared.policy.request import Request as PolicyRequest
+
+log = logging.getLogger("meshgate.inbound")
+
+#: Headers only the mesh may set toward apps; whatever a caller sent under these names is dropped.
+MESH_HEADERS = frozenset({"x-meshgate-peer", "x-meshgate-principal"})
+
+
+def policy_request(request: Request) -> PolicyRequest:
+    """The engine's view of a request: method, path, headers (repeated ones joined with commas)."""
+    headers: dict[str, str] = {}
+    for key, value in request.headers:
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return PolicyRequest(request.method, request.path, headers)
+
+
+class InboundHandler:
+    """Authorize, then forward to the app."""
+
+    def __init__(self, service: str, app: H1Pool, engine: Callable[[], PolicyEngine | None]) -> None:
+        self.service = service
+        self.app = app
+        self.engine = engine
+        self.stats = {"requests": 0, "denied": 0, "audit_denied": 0, "app_errors": 0}
+
+    def authorize(self, caller_id: str, request: Request) -> Response | None:
+        """None when allowed; otherwise the 403 to send. Audit-mode verdicts are only logged."""
+        engine = self.engine()
+        if engine is None:
+            return error_response(503, "no_configuration", "the sidecar has no policy yet")
+        decision = engine.decide(Caller.from_identity(caller_id), self.service, policy_request(request))
+        if decision.audit is not None and not decision.audit.allowed:
+            self.stats["audit_denied"] += 1
+            log.info(
+                "audit: would deny %s %s from %s (%s, AccessPolicy/%s)",
+                request.method,
+                request.path,
+                caller_id,
+                decision.audit.rule,
+                decision.audit.policy,
+            )
+        if decision.allowed:
+            return None
+        self.stats["denied"] += 1
+        log.info(
+            "denied %s %s from %s by %s: %s",
+            request.method,
+            request.path,
+            caller_id,
+            decision.rule,
+            decision.reason,
+        )
+        return error_response(403, "policy_denied", f"{caller_id} may not {request.method} {request.path}")
+
+    async def __call__(self, request: Request, caller_id: str) -> Response:
+        """Handle one request from an authenticated peer sidecar."""
+        self.stats["requests"] += 1
+        denied = self.authorize(caller_id, request)
+        if denied is not None:
+            async for _ in request.body:  # read what the caller already sent, then answer
+                pass
+            return denied
+        request.headers = [(k, v) for k, v in request.headers if k not in MESH_HEADERS]
+        request.headers.append(("x-meshgate-peer", caller_id))
+        try:
+            return await self.app.request(request)
+        except UpstreamError as exc:
+            self.stats["app_errors"] += 1
+            log.warning("app unreachable for %s %s: %s", request.method, request.path, exc)
+            return error_response(503 if exc.code == "connect_failure" else 502, exc.code, str(exc))

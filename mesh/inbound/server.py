@@ -1,0 +1,95 @@
+"""The inbound listener: TLS 1.3 mTLS (ALPN h2), the peer's SPIFFE ID checked right after the
+handshake, then HTTP/2 requests handed to :class:`~mesh.inbound.handler.InboundHandler`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from mesh.h2 import Limits
+from mesh.inbound.handler import InboundHandler
+from mesh.transport.h2conn import H2Protocol
+from mesh.transport.messages import Request, Response
+from shared.identity.tls import verify_peer
+
+log = logging.getLogger("meshgate.inbound")
+
+
+def switching_context(current: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """A server context whose every handshake moves to ``current()`` (rotated certificates apply to
+    new connections; live ones keep theirs)."""
+    base = current()
+
+    def pick(ssl_obj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        ctx = current()
+        if ssl_obj.context is not ctx:
+            ssl_obj.context = ctx
+
+    base.sni_callback = pick
+    return base
+
+
+class InboundServer:
+    """Accepts mesh peers and serves their requests."""
+
+    def __init__(
+        self,
+        handler: InboundHandler,
+        context: Callable[[], ssl.SSLContext],
+        trust_domain: str,
+        limits: Limits | None = None,
+    ) -> None:
+        self.handler = handler
+        self.context = context
+        self.trust_domain = trust_domain
+        self.limits = limits or Limits()
+        self.connections: set[H2Protocol] = set()
+        self.refused = 0
+        self.server: asyncio.Server | None = None
+
+    def _verify(self, proto: H2Protocol) -> None:
+        assert proto.transport is not None
+        try:
+            proto.peer = str(
+                verify_peer(proto.transport.get_extra_info("ssl_object"), self.trust_domain, alpn="h2")
+            )
+        except Exception:
+            self.refused += 1
+            raise
+        self.connections.add(proto)
+
+    async def _handle(self, request: Request, proto: H2Protocol) -> Response:
+        return await self.handler(request, str(proto.peer))
+
+    def _protocol(self) -> H2Protocol:
+        return H2Protocol(
+            client_side=False,
+            handler=self._handle,
+            limits=self.limits,
+            on_open=self._verify,
+            on_close=self.connections.discard,
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._protocol, host, port, ssl=switching_context(self.context), backlog=1024
+        )
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, send GOAWAY to every peer, wait up to ``timeout`` for streams to finish."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.endpoint.goaway(0)
+            conn._flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(c.streams for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()

@@ -1,0 +1,242 @@
+"""``meshgate sidecar``: wires identity, configuration watch, inbound, outbound and the admin port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.inbound.handler import InboundHandler
+from mesh.inbound.server import InboundServer
+from mesh.outbound.client import MeshClient
+from mesh.outbound.listener import OutboundHandler
+from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
+from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.pool import H2Pool
+from shared.config.policyset import PolicySet
+from shared.policy.engine import PolicyEngine
+from shared.registry.client import ControlPlaneUnavailable, RegistryClient
+from shared.registry.health import AppCheck, heartbeat_loop
+
+log = logging.getLogger("meshgate.sidecar")
+
+HostPort = tuple[str, int]
+
+
+@dataclass
+class SidecarConfig:
+    """Everything ``meshgate sidecar`` takes, parsed once."""
+
+    service: str
+    app: HostPort
+    control_plane: str
+    token: str | None
+    cache_dir: Path
+    namespace: str = "default"
+    inbound: HostPort = ("127.0.0.1", 15006)
+    advertise: str = "127.0.0.1"
+    outbound: HostPort = ("127.0.0.1", 15001)
+    admin: HostPort = ("127.0.0.1", 15000)
+    upstreams: dict[int, str] = field(default_factory=dict)
+    check: AppCheck = field(default_factory=AppCheck)
+    heartbeat_interval: float = 5.0
+    ttl: float = 15.0
+    drain_timeout: float = 10.0
+
+
+class Sidecar:
+    """One sidecar process's parts; :meth:`start` then :meth:`wait` then :meth:`stop`."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.registry = RegistryClient(
+            config.control_plane,
+            service=config.service,
+            namespace=config.namespace,
+            token=config.token,
+            cache_dir=config.cache_dir,
+        )
+        self.engine: PolicyEngine | None = None
+        self.policy_version: str | None = None
+        self.client: MeshClient | None = None
+        self.inbound: InboundServer | None = None
+        self.handler: InboundHandler | None = None
+        self.app = H1Pool(*config.app)
+        self.ports: dict[str, int] = {}
+        self.stopping = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def ready(self) -> bool:
+        """Ready with a certificate and a configuration."""
+        return self.registry.certs is not None and self.engine is not None
+
+    def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
+        policies = snapshot.get("policies")
+        if policies:
+            try:
+                policy_set = PolicySet.from_json(policies)
+            except ValueError as exc:
+                log.error(
+                    "snapshot %s carries unusable policies (%s); keeping the current ones",
+                    snapshot["index"],
+                    exc,
+                )
+            else:
+                if policy_set.version != self.policy_version:
+                    self.engine = PolicyEngine(policy_set)
+                    self.policy_version = policy_set.version
+                    log.info("policy version %s in force", policy_set.version)
+                assert self.client is not None
+                self.client.update(
+                    snapshot.get("endpoints") or {},
+                    {name: svc.traffic_policy for name, svc in policy_set.services.items()},
+                )
+                return
+        if self.client is not None:
+            self.client.update(snapshot.get("endpoints") or {}, {})
+
+    async def start(self) -> None:
+        """Bootstrap identity (cache or join token), open every listener, register, watch."""
+        cfg = self.config
+        await self.registry.bootstrap()
+        certs = self.registry.certs
+        assert certs is not None and self.registry.bundle is not None
+        td = self.registry.bundle.trust_domain
+        self.client = MeshClient(H2Pool(certs.client_context, td))
+        self.handler = InboundHandler(cfg.service, self.app, lambda: self.engine)
+        self.inbound = InboundServer(self.handler, certs.server_context, td)
+        self.ports["inbound"] = await self.inbound.start(*cfg.inbound)
+        outbound = await asyncio.start_server(H1Server(OutboundHandler(self.client)), *cfg.outbound)
+        self._servers.append(outbound)
+        self.ports["outbound"] = outbound.sockets[0].getsockname()[1]
+        for port, service in cfg.upstreams.items():
+            server = await asyncio.start_server(
+                H1Server(OutboundHandler(self.client, service)), cfg.outbound[0], port
+            )
+            self._servers.append(server)
+        admin = await asyncio.start_server(H1Server(self._admin), *cfg.admin)
+        self._servers.append(admin)
+        self.ports["admin"] = admin.sockets[0].getsockname()[1]
+        self._tasks.append(
+            asyncio.create_task(self.registry.watch(self._on_snapshot, self.stopping), name="watch")
+        )
+        self._tasks.append(asyncio.create_task(self._register_and_beat(), name="heartbeat"))
+        log.info(
+            "sidecar for %s: inbound %s, outbound %s, admin %s",
+            self.registry.identity,
+            self.ports["inbound"],
+            self.ports["outbound"],
+            self.ports["admin"],
+        )
+
+    async def _register_and_beat(self) -> None:
+        cfg = self.config
+        delay = 0.5
+        while not self.stopping.is_set():
+            try:
+                await self.registry.register(
+                    cfg.advertise, self.ports["inbound"], ttl=f"{cfg.ttl:g}s", metadata={"protocol": "http"}
+                )
+                break
+            except ControlPlaneUnavailable as exc:
+                log.warning("registration failed (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                delay = min(delay * 2, 15.0)
+        await heartbeat_loop(self.registry, cfg.check, cfg.heartbeat_interval, self.stopping)
+
+    async def _admin(self, request: Request, info: ClientInfo) -> Response:
+        path = request.path.split("?", 1)[0]
+        async for _ in request.body:
+            pass
+        if path == "/healthz":
+            return _text(200, "ok\n")
+        if path == "/readyz":
+            return (
+                _text(200, "ready\n")
+                if self.ready
+                else _text(503, "not ready: no certificate or configuration\n")
+            )
+        if path == "/metrics":
+            return _text(200, self.metrics(), "text/plain; version=0.0.4")
+        if path == "/config":
+            return _text(200, json.dumps(self.describe(), indent=2) + "\n", "application/json")
+        if path == "/quitquitquit" and request.method == "POST":
+            self.stopping.set()
+            return _text(200, "stopping\n")
+        return _text(404, "not found\n")
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration, for ``/config``."""
+        return {
+            "service": self.config.service,
+            "identity": str(self.registry.identity),
+            "ports": self.ports,
+            "policyVersion": self.policy_version,
+            "index": self.registry.index,
+            "endpoints": {
+                s: [e.id for e in self.client.endpoints.get(s)] for s in self.client.endpoints.services()
+            }
+            if self.client
+            else {},
+        }
+
+    def metrics(self) -> str:
+        """Prometheus text."""
+        lines = []
+        certs = self.registry.certs
+        if certs is not None:
+            lines.append(f"meshgate_certificate_expiry_seconds {certs.seconds_to_expiry():.0f}")
+        if self.handler is not None:
+            for key, value in self.handler.stats.items():
+                lines.append(f'meshgate_inbound_total{{kind="{key}"}} {value}')
+        if self.inbound is not None:
+            lines.append(f"meshgate_inbound_connections {len(self.inbound.connections)}")
+            lines.append(f"meshgate_inbound_refused_total {self.inbound.refused}")
+        if self.client is not None:
+            for service in sorted(self.client._upstreams):
+                for key, value in self.client._upstreams[service].stats.items():
+                    lines.append(f'meshgate_outbound_total{{destination="{service}",kind="{key}"}} {value}')
+            lines.append(f"meshgate_outbound_connections_opened_total {self.client.pool.opened}")
+        lines.append(f"meshgate_ready {int(self.ready)}")
+        return "\n".join(lines) + "\n"
+
+    async def wait(self) -> None:
+        """Until SIGTERM, SIGINT or ``POST /quitquitquit``."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stopping.set)
+        await self.stopping.wait()
+
+    async def stop(self) -> None:
+        """Drain: stop accepting, deregister, GOAWAY to peers, finish in-flight requests, close."""
+        self.stopping.set()
+        for server in self._servers:
+            server.close()
+        with contextlib.suppress(ControlPlaneUnavailable):
+            await asyncio.wait_for(self.registry.deregister(), 2.0)
+        if self.inbound is not None:
+            await self.inbound.drain(self.config.drain_timeout)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.client is not None:
+            self.client.pool.close()
+        await self.app.close()
+        await self.registry.close()
+
+
+def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    data = text.encode()
+    return Response(
+        status, [("content-type", content_type), ("content-length", str(len(data)))], body_of(data)
+    )
