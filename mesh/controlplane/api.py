@@ -92,6 +92,7 @@ def build_app(cp: ControlPlane) -> Starlette:
                 f"{caller.identity} may only register its own service, not {namespace}/{body.service}",
             )
         instance_id = body.id or f"{body.service}-{body.address}-{body.port}".replace(":", "-")
+        await cp.registry.sync()  # another replica's changes, before deciding who owns the id
         existing = cp.registry.get(instance_id)
         if existing is not None and caller.identity is not None and existing.service != body.service:
             raise ApiError(403, "foreign_identity", f"instance {instance_id} belongs to {existing.service}")
@@ -111,8 +112,9 @@ def build_app(cp: ControlPlane) -> Starlette:
         await cp.register(record)
         return JSONResponse({"id": record.id, "index": cp.registry.index}, status_code=201)
 
-    def _owned(request: Request, instance_id: str) -> InstanceRecord:
+    async def _owned(request: Request, instance_id: str) -> InstanceRecord:
         caller = who(request)
+        await cp.registry.sync()  # an instance registered through another replica
         record = cp.registry.get(instance_id)
         if record is None:
             raise ApiError(404, "not_found", f"no instance {instance_id!r}")
@@ -122,13 +124,13 @@ def build_app(cp: ControlPlane) -> Starlette:
 
     async def deregister(request: Request) -> Response:
         instance_id = request.path_params["id"]
-        _owned(request, instance_id)
+        await _owned(request, instance_id)
         await cp.registry.deregister(instance_id)
         return JSONResponse({"id": instance_id, "index": cp.registry.index})
 
     async def heartbeat(request: Request) -> Response:
         instance_id = request.path_params["id"]
-        _owned(request, instance_id)
+        await _owned(request, instance_id)
         body = await read_body(request, HeartbeatBody)
         await cp.registry.heartbeat(instance_id, body.status, body.output)
         return JSONResponse({"id": instance_id, "index": cp.registry.index})

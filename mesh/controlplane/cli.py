@@ -77,6 +77,13 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+        if len(admin) < 16:
+            print(
+                f"meshgate control-plane: admin token in {args.admin_token_file} "
+                "is shorter than 16 characters",
+                file=sys.stderr,
+            )
+            return 1
     try:
         store = open_store(args.store, args.data_dir)
         plane = ControlPlane(

@@ -61,7 +61,9 @@ def make_server(cp: ControlPlane, sock: socket.socket) -> uvicorn.Server:
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket (IPv4 or IPv6 by ``host``); port 0 picks a free one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: accepted sockets inherit it, and asyncio only sets TCP_NODELAY on sockets
+    # whose proto is IPPROTO_TCP; with proto 0 Nagle holds each response body ~40 ms (delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)

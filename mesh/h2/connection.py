@@ -8,6 +8,8 @@ h2 (pinned >= 4.4.1) keeps these internals stable; ``tests/mesh/h2`` pins each h
 - ``_begin_new_stream``: streams skip h2's content-length tracking, which raises a connection
   error; the endpoint checks content-length itself and answers with a stream error.
 - ``send_goaway_frame``: a graceful GOAWAY that leaves the state machine open.
+- ``_terminate_connection``: h2 queues no GOAWAY of its own on a protocol error; the endpoint
+  sends it, with the last stream it actually delivered.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class HookedConnection(H2Connection):
         stream = super()._begin_new_stream(stream_id, allowed_ids)
         stream.__class__ = _UncountedStream
         return stream
+
+    def _terminate_connection(self, error_code: Any) -> None:
+        return None
 
     def send_goaway_frame(self, error_code: int, last_stream_id: int, debug: bytes = b"") -> None:
         """Queue a GOAWAY without closing the state machine (graceful shutdown)."""

@@ -159,7 +159,7 @@ class FrameScanner:
                 self._empty_data += 1
                 if self._empty_data > limits.max_empty_data:
                     return ErrorCodes.ENHANCE_YOUR_CALM, f"max_empty_data exceeded ({self._empty_data})"
-        elif ftype == _HEADERS or ftype == _PUSH_PROMISE:
+        elif ftype in (_HEADERS, _PUSH_PROMISE):
             if not flags & _END_HEADERS:
                 self._in_block = True
                 self._block_frames = 0

@@ -332,6 +332,16 @@ def test_health_endpoints_need_no_credentials(ep: Endpoint) -> None:
         assert http.get("/config").status_code == 401
 
 
+def test_requests_on_a_kept_alive_connection_are_not_held_back_by_nagle(ep: Endpoint) -> None:
+    with ep.anon() as http:
+        assert http.get("/healthz").status_code == 200  # connect and handshake first
+        started = time.monotonic()
+        for _ in range(20):
+            http.get("/healthz")
+        elapsed = time.monotonic() - started
+    assert elapsed < 0.4, f"20 requests took {elapsed:.2f}s (Nagle + delayed ACK costs ~40 ms each)"
+
+
 def test_the_listener_speaks_tls_13_only(ep: Endpoint) -> None:
     import ssl
 

@@ -3,6 +3,7 @@ never from the CSR), renewal over mTLS, and registering only one's own service."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -191,3 +192,22 @@ def test_workload_cannot_touch_another_services_instance(ep: Endpoint) -> None:
         assert [v["service"] for v in http.get("/v1/services/web").json() if v["id"] == "web-theirs"] == [
             "web"
         ]
+
+
+def test_racing_uses_of_a_single_use_token_sign_once(ep: Endpoint) -> None:
+    token = ep.token("orders")
+
+    async def race() -> list[int]:
+        async with ep.async_admin() as http:
+
+            async def attempt() -> int:
+                csr = make_csr(ec.generate_private_key(ec.SECP256R1())).decode()
+                r = await http.post(
+                    "/v1/sign", json={"csr": csr}, headers={"authorization": f"Bearer {token}"}
+                )
+                return r.status_code
+
+            return list(await asyncio.gather(*(attempt() for _ in range(8))))
+
+    codes = asyncio.run(race())
+    assert sorted(codes) == [200] + [401] * 7, codes

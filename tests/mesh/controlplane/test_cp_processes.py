@@ -117,7 +117,7 @@ def test_a_watching_client_reconnects_after_a_restart(tmp_path: Path) -> None:
         async def scenario() -> None:
             nonlocal second
             client = RegistryClient(
-                ep.url, service="orders", token=token, cache_dir=tmp_path / "cache", wait=5
+                ep.url, service="orders", token=token, cache_dir=tmp_path / "cache", wait=1
             )
             seen: list[dict[str, Any]] = []
             changed = asyncio.Event()
@@ -193,7 +193,7 @@ def test_token_create_without_a_ca_says_how_to_get_one(tmp_path: Path) -> None:
 def _fails(tmp_path: Path, *extra: str, policies: Path | None = None) -> str:
     argv = ["control-plane", "--policies", str(policies or copy_policies(tmp_path / "policies"))]
     argv += ["--data-dir", str(tmp_path / "data"), *extra]
-    done = run_cli(*argv, timeout=30)
+    done = run_cli(*argv, timeout=15)
     assert done.returncode == 1, (done.returncode, done.stderr)
     assert "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
