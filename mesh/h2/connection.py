@@ -1,8 +1,10 @@
 """The ``h2.connection.H2Connection`` subclass the endpoint drives, with four narrow hooks.
 
 h2 (pinned >= 4.4.1) keeps these internals stable; ``tests/mesh/h2`` pins each hook's behaviour:
-- ``_receive_frame``: collect events frame by frame, so events decoded before a connection error
-  are not lost, and map HPACK decoding failures to COMPRESSION_ERROR (RFC 9113 section 4.3).
+- ``_receive_frame``: h2's own logic minus its eager ``repr(frame)`` for a trace log (that repr
+  hex-encodes whole DATA payloads: ~50 us per 16 KiB frame); collects events frame by frame, so
+  events decoded before a connection error are not lost; maps HPACK decoding failures to
+  COMPRESSION_ERROR (RFC 9113 section 4.3).
 - ``_receive_goaway_frame``: a GOAWAY does not close the h2 state machine (h2 issue #1181), so
   streams at or below its last stream id can finish; no new streams are opened by the endpoint.
 - ``_begin_new_stream``: streams skip h2's content-length tracking, which raises a connection
@@ -19,10 +21,10 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, Event
-from h2.exceptions import DenialOfServiceError, ProtocolError
+from h2.exceptions import DenialOfServiceError, ProtocolError, StreamClosedError, StreamIDTooLowError
 from h2.stream import H2Stream
 from hpack.exceptions import HPACKError
-from hyperframe.frame import Frame, GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
 from .errors import ErrorCode
 
@@ -52,8 +54,26 @@ class HookedConnection(H2Connection):
         return len(self._data_to_send)
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
+        events: list[Event]
         try:
-            events = super()._receive_frame(frame)
+            try:
+                frames, events = self._frame_dispatch_table[frame.__class__](frame)
+            except StreamClosedError as exc:
+                if not self._stream_is_closed_by_reset(exc.stream_id):
+                    raise
+                self._prepare_for_sending([RstStreamFrame(exc.stream_id, error_code=exc.error_code)])
+                events = exc._events
+            except StreamIDTooLowError as exc:
+                if self._stream_is_closed_by_reset(exc.stream_id):
+                    rst = RstStreamFrame(exc.stream_id, error_code=ErrorCode.STREAM_CLOSED)
+                    self._prepare_for_sending([rst])
+                    events = []
+                elif self._stream_is_closed_by_end(exc.stream_id):
+                    raise StreamClosedError(exc.stream_id) from exc
+                else:
+                    raise
+            else:
+                self._prepare_for_sending(frames)
         except ProtocolError as exc:
             if isinstance(exc.__cause__, HPACKError) and not isinstance(exc, DenialOfServiceError):
                 exc.error_code = ErrorCode.COMPRESSION_ERROR

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from h2.config import H2Configuration
-from h2.exceptions import ProtocolError
+from h2.exceptions import ProtocolError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from hpack import NeverIndexedHeaderTuple
 
@@ -131,7 +131,10 @@ class H2Endpoint(Translator):
         if h2.collected:
             collected = h2.collected
             h2.collected = []
-            self._translate(collected, out, now)
+            try:
+                self._translate(collected, out, now)
+            except Exception as exc:  # a bug here must cost one connection, not the process
+                error = error or (ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
         if error is None:
             error = violation or self._violation
         if error is None and h2.pending > self._limits.max_pending_output + self._limits.max_control_backlog:
@@ -238,10 +241,15 @@ class H2Endpoint(Translator):
         connect = bool(self._h2.remote_settings.enable_connect_protocol)
         method, _ = check_request(headers, connect_protocol=connect)
         h2 = self._h2
-        stream_id: int = h2.get_next_available_stream_id()
+        try:
+            stream_id: int = h2.get_next_available_stream_id()
+            h2.send_headers(stream_id, _never_index(headers), end_stream=end_stream)
+        except TooManyStreamsError as exc:  # pragma: no cover - available_streams checked above
+            raise StreamLimitReached(str(exc)) from exc
+        except ProtocolError as exc:  # pragma: no cover - state checked above
+            raise H2Error(str(exc), int(exc.error_code)) from exc
         st = StreamState(self._clock())
-        st.no_body = method == b"HEAD"
-        h2.send_headers(stream_id, _never_index(headers), end_stream=end_stream)
+        st.method = method
         self._streams[stream_id] = st
         if end_stream:
             st.local_done = True
@@ -273,21 +281,27 @@ class H2Endpoint(Translator):
         st = self._stream(stream_id)
         h2 = self._h2
         size = len(data)
-        room = self._limits.max_pending_output - h2.pending
+        n = 0
         if size:
+            room = self._limits.max_pending_output - h2.pending
             room = min(room, h2.local_flow_control_window(stream_id))
             if room <= 0:
                 return 0
-        n = size if size <= room else room
+            n = size if size <= room else room
+        elif not end_stream:
+            return 0  # an empty DATA frame without END_STREAM is what floods are made of
         frame = h2.max_outbound_frame_size
         done = end_stream and n == size
-        if n <= frame:
-            h2.send_data(stream_id, data if n == size else data[:n], end_stream=done)
-        else:
-            view = memoryview(data)
-            for off in range(0, n, frame):
-                stop = min(off + frame, n)
-                h2.send_data(stream_id, view[off:stop], end_stream=done and stop == n)
+        try:
+            if n <= frame:
+                h2.send_data(stream_id, data if n == size else data[:n], end_stream=done)
+            else:
+                view = memoryview(data)
+                for off in range(0, n, frame):
+                    stop = min(off + frame, n)
+                    h2.send_data(stream_id, view[off:stop], end_stream=done and stop == n)
+        except ProtocolError as exc:  # pragma: no cover - state checked above
+            raise StreamClosedError(str(exc)) from exc
         if done:
             self._local_done(stream_id, st)
         return n
@@ -295,7 +309,10 @@ class H2Endpoint(Translator):
     def end_stream(self, stream_id: int) -> None:
         """End our side of the stream with an empty DATA frame."""
         st = self._stream(stream_id)
-        self._h2.end_stream(stream_id)
+        try:
+            self._h2.end_stream(stream_id)
+        except ProtocolError as exc:  # pragma: no cover - state checked above
+            raise StreamClosedError(str(exc)) from exc
         self._local_done(stream_id, st)
 
     def window(self, stream_id: int) -> int:

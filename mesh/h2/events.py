@@ -74,7 +74,10 @@ class TrailersReceived(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StreamReset(Event):
-    """The stream is gone: reset by the peer (``remote``) or by us for a stream error."""
+    """The stream is gone: reset by the peer (``remote``) or by us for a stream error.
+
+    NO_ERROR from a server after a complete response only means "stop sending the request body".
+    """
 
     stream_id: int
     error_code: int
@@ -99,7 +102,10 @@ class WindowOpened(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SettingsChanged(Event):
-    """The peer's SETTINGS arrived; a field is None when that setting did not change."""
+    """The peer's SETTINGS arrived; a field is None when that setting did not change.
+
+    A new ``initial_window_size`` moves every stream's send window: retry sends that stalled.
+    """
 
     max_concurrent_streams: int | None
     initial_window_size: int | None

@@ -39,16 +39,12 @@ from .scanner import FrameScanner, Violation
 __all__ = ["StreamState", "Translator", "Violation"]
 
 _PROTOCOL_ERROR = ErrorCodes.PROTOCOL_ERROR
-_H2Data = h2e.DataReceived
-_H2Request = h2e.RequestReceived
-_H2Response = h2e.ResponseReceived
-_H2WindowUpdated = h2e.WindowUpdated
 
 
 class StreamState:
     """What the endpoint tracks per open stream."""
 
-    __slots__ = ("expected", "final_sent", "last", "local_done", "no_body", "received", "remote_done")
+    __slots__ = ("expected", "final_sent", "last", "local_done", "method", "received", "remote_done")
 
     def __init__(self, now: float, expected: int | None = None, *, remote_done: bool = False) -> None:
         self.expected = expected  # content-length to check at END_STREAM; None when unchecked
@@ -56,7 +52,7 @@ class StreamState:
         self.remote_done = remote_done
         self.local_done = False
         self.final_sent = False  # server: final response head sent (later headers are trailers)
-        self.no_body = False  # client: HEAD request (the response body must be empty)
+        self.method = b""  # client: the request method (HEAD and CONNECT change body rules)
         self.last = now
 
 
@@ -77,39 +73,36 @@ class Translator:
     def _translate(self, events: list[h2e.Event], out: list[Event], now: float) -> None:
         streams = self._streams
         for ev in events:
-            kind = type(ev)
-            if kind is _H2Data:
-                self._on_data(ev, out, now)  # type: ignore[arg-type]
-            elif kind is _H2Request:
-                self._on_request(ev, out, now)  # type: ignore[arg-type]
-            elif kind is _H2Response:
-                self._on_response(ev, out, now)  # type: ignore[arg-type]
-            elif kind is _H2WindowUpdated:
-                sid = ev.stream_id  # type: ignore[attr-defined]
-                if not sid:
+            if isinstance(ev, h2e.DataReceived):
+                self._on_data(ev, out, now)
+            elif isinstance(ev, h2e.RequestReceived):
+                self._on_request(ev, out, now)
+            elif isinstance(ev, h2e.ResponseReceived):
+                self._on_response(ev, out, now)
+            elif isinstance(ev, h2e.WindowUpdated):
+                if not ev.stream_id:
                     out.append(WindowOpened(stream_id=None))
-                elif sid in streams:
-                    out.append(WindowOpened(stream_id=sid))
-            elif kind is h2e.TrailersReceived:
-                self._on_trailers(ev, out, now)  # type: ignore[arg-type]
-            elif kind is h2e.StreamReset:
-                self._on_reset(ev, out)  # type: ignore[arg-type]
-            elif kind is h2e.InformationalResponseReceived:
-                self._on_informational(ev, out, now)  # type: ignore[arg-type]
-            elif kind is h2e.RemoteSettingsChanged:
-                changed = ev.changed_settings  # type: ignore[attr-defined]
-                mcs = changed.get(SettingCodes.MAX_CONCURRENT_STREAMS)
-                iws = changed.get(SettingCodes.INITIAL_WINDOW_SIZE)
+                elif ev.stream_id in streams:
+                    out.append(WindowOpened(stream_id=ev.stream_id))
+            elif isinstance(ev, h2e.TrailersReceived):
+                self._on_trailers(ev, out, now)
+            elif isinstance(ev, h2e.StreamReset):
+                self._on_reset(ev, out, now)
+            elif isinstance(ev, h2e.InformationalResponseReceived):
+                self._on_informational(ev, out, now)
+            elif isinstance(ev, h2e.RemoteSettingsChanged):
+                mcs = ev.changed_settings.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+                iws = ev.changed_settings.get(SettingCodes.INITIAL_WINDOW_SIZE)
                 out.append(
                     SettingsChanged(
                         max_concurrent_streams=None if mcs is None else mcs.new_value,
                         initial_window_size=None if iws is None else iws.new_value,
                     )
                 )
-            elif kind is h2e.PingAckReceived:
-                out.append(PingAcked(data=ev.ping_data or b""))  # type: ignore[attr-defined]
-            elif kind is h2e.ConnectionTerminated:
-                self._on_goaway(ev, out)  # type: ignore[arg-type]
+            elif isinstance(ev, h2e.PingAckReceived):
+                out.append(PingAcked(data=ev.ping_data or b""))
+            elif isinstance(ev, h2e.ConnectionTerminated):
+                self._on_goaway(ev, out)
             # Others need nothing: StreamEnded (folded into end_stream), SettingsAcknowledged,
             # PingReceived (h2 answers), PriorityUpdated, UnknownFrameReceived, ALTSVC.
 
@@ -119,11 +112,12 @@ class Translator:
         sid: int = ev.stream_id
         end = ev.stream_ended is not None
         headers = ev.headers
-        if self._goaway_sent and sid > self._goaway_last:
-            self._reset_quiet(sid, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY: not processed
+        if self._goaway_sent and sid > self._goaway_last:  # after our GOAWAY: not processed
+            self._reset_quiet(sid, ErrorCodes.REFUSED_STREAM)
+            self._count_refusal(now)
             return
         try:
-            _, expected = check_request(headers, connect_protocol=self._limits.enable_connect_protocol)
+            method, expected = check_request(headers, connect_protocol=self._limits.enable_connect_protocol)
         except MalformedHeadersError as exc:
             self._reject(sid, _PROTOCOL_ERROR, str(exc), out, now)
             return
@@ -134,6 +128,8 @@ class Translator:
         if end and expected:
             self._reject(sid, _PROTOCOL_ERROR, "content-length disagrees with the body", out, now)
             return
+        if method == b"CONNECT":
+            expected = None  # tunnel bytes, not a body
         self._streams[sid] = StreamState(now, expected, remote_done=end)
         self._batch_new.add(sid)
         out.append(RequestReceived(stream_id=sid, headers=headers, end_stream=end))
@@ -150,7 +146,9 @@ class Translator:
         except MalformedHeadersError as exc:
             self._stream_error(sid, str(exc), out, now)
             return
-        if st.no_body or status in (204, 304):
+        if st.method == b"CONNECT" and 200 <= status < 300:
+            expected = None  # a tunnel: content-length means nothing (RFC 9110 section 9.3.6)
+        elif st.method == b"HEAD" or status in (204, 304):
             expected = 0  # no body, whatever content-length says (RFC 9110 section 8.6)
         st.expected = expected
         if end and expected:
@@ -208,10 +206,12 @@ class Translator:
         out.append(TrailersReceived(stream_id=sid, headers=ev.headers))
         self._remote_done(sid, st)
 
-    def _on_reset(self, ev: h2e.StreamReset, out: list[Event]) -> None:
+    def _on_reset(self, ev: h2e.StreamReset, out: list[Event], now: float) -> None:
         sid: int = ev.stream_id
         if self._streams.pop(sid, None) is None:
             return
+        if not ev.remote_reset:  # h2 reset it for a stream error the peer provoked
+            self._note(self._scanner.note_reset(now))
         if sid in self._batch_new:  # opened and reset in one read: nobody saw it
             self._withdraw(sid, out)
             return
@@ -237,7 +237,12 @@ class Translator:
         """Refuse a request nobody has seen: RST_STREAM, ``StreamRejected``, count it."""
         self._reset_quiet(sid, code)
         out.append(StreamRejected(stream_id=sid, error_code=code, reason=reason))
-        violation = self._scanner.note_refused(now)
+        self._count_refusal(now)
+
+    def _count_refusal(self, now: float) -> None:
+        self._note(self._scanner.note_refused(now))
+
+    def _note(self, violation: Violation | None) -> None:
         if violation is not None and self._violation is None:
             self._violation = violation
 
@@ -250,9 +255,11 @@ class Translator:
             return
         self._reset_quiet(sid, _PROTOCOL_ERROR)
         out.append(StreamReset(stream_id=sid, error_code=_PROTOCOL_ERROR, remote=False))
+        self._note(self._scanner.note_reset(now))
 
     def _withdraw(self, sid: int, out: list[Event]) -> None:
         """Drop a stream's events from this batch, crediting the window its data used."""
+        self._batch_new.discard(sid)
         keep: list[Event] = []
         for event in out:
             if getattr(event, "stream_id", None) != sid:

@@ -82,6 +82,14 @@ class FrameScanner:
             return ErrorCodes.ENHANCE_YOUR_CALM, f"max_refused exceeded ({self._refused} refused streams)"
         return None
 
+    def note_reset(self, now: float) -> Violation | None:
+        """Count a stream error the peer provoked (MadeYouReset, CVE-2025-8671) as a reset."""
+        self._tick(now)
+        self._resets += 1
+        if self._resets > self._limits.max_resets:
+            return ErrorCodes.ENHANCE_YOUR_CALM, f"max_resets exceeded ({self._resets} resets)"
+        return None
+
     def scan(self, data: bytes, now: float) -> tuple[int, Violation | None]:
         """Scan a chunk; on a violation, the count excludes the offending frame."""
         self._tick(now)
@@ -111,15 +119,15 @@ class FrameScanner:
         unpack = _HEADER.unpack_from
         frame = self._frame
         max_frame = self._limits.max_frame_size
+        max_block = min(max_frame, self._limits.max_header_block_bytes)
         while i + 9 <= n:
             hi, lo, ftype, flags, sid = unpack(data, i)
             length = hi << 8 | lo
-            # Hot path: DATA with payload, or HEADERS closing its own block.
-            if (ftype == _DATA and length) or (ftype == _HEADERS and flags & _END_HEADERS):
-                if length > max_frame or self._in_block:
-                    bad = frame(length, ftype, flags, sid)
-                    if bad is not None:
-                        return i, bad
+            # Hot path: DATA with payload, or HEADERS closing its own block, outside a block.
+            if ftype == _DATA and length and length <= max_frame and not self._in_block:
+                pass
+            elif ftype == _HEADERS and flags & _END_HEADERS and length <= max_block and not self._in_block:
+                pass
             else:
                 bad = frame(length, ftype, flags, sid)
                 if bad is not None:
@@ -160,6 +168,11 @@ class FrameScanner:
                 if self._empty_data > limits.max_empty_data:
                     return ErrorCodes.ENHANCE_YOUR_CALM, f"max_empty_data exceeded ({self._empty_data})"
         elif ftype in (_HEADERS, _PUSH_PROMISE):
+            if length > limits.max_header_block_bytes:
+                return (
+                    ErrorCodes.ENHANCE_YOUR_CALM,
+                    f"max_header_block_bytes exceeded ({length} bytes in one header block)",
+                )
             if not flags & _END_HEADERS:
                 self._in_block = True
                 self._block_frames = 0

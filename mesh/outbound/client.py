@@ -235,7 +235,8 @@ class MeshClient:
         except TimeoutError:
             finished()
             return ("upstream_timeout", f"no response from {endpoint.id} within {timeout:.3g}s", True), None
-        if conn.endpoint.open_streams <= 1:
+        if not conn.session_saved:
+            conn.session_saved = True
             self.pool.remember_session(conn)
         response.body = _on_end(response.body, finished)
         return None, response

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import h11
 
@@ -36,6 +37,13 @@ class ClientInfo:
 
 
 H1Handler = Callable[[Request, ClientInfo], Awaitable[Response]]
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -124,6 +132,7 @@ class H1Server:
                 conn.send(
                     h11.Response(
                         status_code=status,
+                        reason=_reason(status),
                         headers=[("content-length", str(len(body))), ("connection", "close")],
                     )
                 )
@@ -172,7 +181,10 @@ class H1Server:
             response = error_response(500, "internal_error", "internal error in the sidecar")
         out_headers = strip_hop_by_hop(response.headers)
         try:
-            writer.write(conn.send(h11.Response(status_code=response.status, headers=_encode(out_headers))))
+            head = h11.Response(
+                status_code=response.status, headers=_encode(out_headers), reason=_reason(response.status)
+            )
+            writer.write(conn.send(head))
             async for chunk in response.body:
                 if chunk:
                     writer.write(conn.send(h11.Data(data=chunk)))

@@ -102,6 +102,7 @@ class H2Protocol(asyncio.Protocol):
         self.ready = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
         self.draining = False
+        self.session_saved = False  # client side: TLS session kept for resumption after the first response
         self.peer: Any = None  # set by on_open (e.g. the verified SPIFFE ID)
         self._writable = asyncio.Event()
         self._writable.set()

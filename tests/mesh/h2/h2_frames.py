@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from hpack import Encoder
 from hyperframe.frame import (
@@ -37,8 +38,8 @@ class FrameFactory:
     def block(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
         return bytes(self.encoder.encode(list(headers)))
 
-    def settings(self, *, ack: bool = False, **values: int) -> bytes:
-        f = SettingsFrame(0, flags=["ACK"] if ack else [])
+    def settings(self, **values: int) -> bytes:
+        f = SettingsFrame(0)
         for name, value in values.items():
             f.settings[getattr(SettingsFrame, name.upper())] = value
         return bytes(f.serialize())
@@ -111,7 +112,10 @@ def parse_frames(data: bytes) -> list[Frame]:
     return frames
 
 
-def of_type(frames: list[Frame], kind: type[Frame]) -> list[Frame]:
+F = TypeVar("F", bound=Frame)
+
+
+def of_type(frames: list[Frame], kind: type[F]) -> list[F]:
     return [f for f in frames if isinstance(f, kind)]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from h2_frames import POST, REQUEST, Clock, FrameFactory, names, of_type, parse_frames, raw_frame, server
 from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame, SettingsFrame
@@ -9,6 +11,7 @@ from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame, SettingsFra
 from mesh.h2 import (
     ConnectionEnded,
     ErrorCode,
+    H2Endpoint,
     Limits,
     RequestReceived,
     StreamRejected,
@@ -19,19 +22,17 @@ from mesh.h2 import (
 def goaway_of(out: bytes) -> GoAwayFrame:
     frames = of_type(parse_frames(out), GoAwayFrame)
     assert len(frames) == 1, frames
-    frame = frames[0]
-    assert isinstance(frame, GoAwayFrame)
-    return frame
+    return frames[0]
 
 
-def ended(events: list[object]) -> ConnectionEnded:
+def ended(events: Sequence[object]) -> ConnectionEnded:
     last = events[-1]
     assert isinstance(last, ConnectionEnded), events
     assert not last.remote
     return last
 
 
-def assert_calm(ep_events: list[object], out: bytes, limit: str) -> None:
+def assert_calm(ep_events: Sequence[object], out: bytes, limit: str) -> None:
     end = ended(ep_events)
     assert end.error_code == ErrorCode.ENHANCE_YOUR_CALM
     assert limit in end.reason
@@ -63,6 +64,16 @@ def test_rapid_reset_across_reads_stops_within_max_resets_streams() -> None:
             break
         assert events == [StreamReset(stream_id=sid, error_code=ErrorCode.CANCEL, remote=True)]
     assert seen == 21  # bounded: max_resets + the one whose reset tripped the limit
+
+
+def test_provoked_resets_count_too() -> None:
+    """MadeYouReset (CVE-2025-8671): the peer makes *us* reset streams, sending no RST_STREAM."""
+    ep, ff = server(Limits(max_resets=20))
+    overflow = (1 << 31) - 1
+    burst = b"".join(ff.headers(sid, POST) + ff.window_update(sid, overflow) for sid in range(1, 200, 2))
+    events = ep.receive(burst)
+    assert_calm(events, ep.data_to_send(), "max_resets")
+    assert not any(isinstance(e, RequestReceived) for e in events)
 
 
 def test_resets_spread_over_windows_are_fine() -> None:
@@ -236,8 +247,25 @@ def test_stream_window_overflow_is_a_stream_error() -> None:
     assert not ep.is_closed
 
 
-def test_zero_window_increment_is_protocol_error() -> None:
+def test_settings_pushing_a_stream_window_past_the_max_is_flow_control_error() -> None:
     ep, ff = server()
+    ep.receive(ff.headers(1, POST) + ff.window_update(1, (1 << 31) - 1 - 65535))
+    events = ep.receive(ff.settings(initial_window_size=65536))
+    assert ended(events).error_code == ErrorCode.FLOW_CONTROL_ERROR
+
+
+def test_data_after_end_stream_is_stream_closed() -> None:
+    ep, ff = server()
+    ep.receive(ff.headers(1, REQUEST, end_stream=True))
+    events = ep.receive(ff.data(1, b"late"))
+    assert events == [StreamReset(stream_id=1, error_code=ErrorCode.STREAM_CLOSED, remote=False)]
+    rst = of_type(parse_frames(ep.data_to_send()), RstStreamFrame)
+    assert [(f.stream_id, f.error_code) for f in rst] == [(1, ErrorCode.STREAM_CLOSED)]
+    assert not ep.is_closed
+
+
+def test_zero_window_increment_is_protocol_error() -> None:
+    ep, _ = server()
     events = ep.receive(raw_frame(0x8, 0, 0, b"\x00\x00\x00\x00"))
     assert ended(events).error_code == ErrorCode.PROTOCOL_ERROR
 
@@ -250,7 +278,7 @@ def test_initial_window_size_setting_too_large_is_flow_control_error() -> None:
 
 
 def test_oversized_frame_is_refused_on_its_header() -> None:
-    ep, ff = server()
+    ep, _ = server()
     events = ep.receive(raw_frame(0x0, 0, 1, b"", length=20000))  # no payload needed
     assert ended(events).error_code == ErrorCode.FRAME_SIZE_ERROR
     assert goaway_of(ep.data_to_send()).error_code == ErrorCode.FRAME_SIZE_ERROR
@@ -266,7 +294,7 @@ def test_zero_window_reader_gets_nothing_queued() -> None:
     assert ep.pending_output < 100
 
 
-def server_with_peer_window(window: int) -> object:
+def server_with_peer_window(window: int) -> H2Endpoint:
     ep, ff = server()
     ep.receive(ff.settings(initial_window_size=window) + ff.headers(1, REQUEST, end_stream=True))
     ep.send_headers(1, [(b":status", b"200")])
@@ -417,9 +445,7 @@ def test_server_ignores_client_preface_errors_gracefully() -> None:
     assert ended(events).error_code == ErrorCode.PROTOCOL_ERROR
 
 
-def server_raw() -> tuple[object, FrameFactory]:
-    from mesh.h2 import H2Endpoint
-
+def server_raw() -> tuple[H2Endpoint, FrameFactory]:
     ep = H2Endpoint(client_side=False)
     ep.initiate()
     return ep, FrameFactory()

@@ -63,9 +63,9 @@ def test_server_request_response_playbook() -> None:
     ep.ack(1, 5)
     ep.send_headers(1, RESPONSE)
     assert ep.send_data(1, b"world", end_stream=True) == 5
-    frames = parse_frames(ep.data_to_send())
-    assert [type(f) for f in frames] == [HeadersFrame, DataFrame]
-    assert frames[1].data == b"world" and "END_STREAM" in frames[1].flags
+    head, data = parse_frames(ep.data_to_send())
+    assert isinstance(head, HeadersFrame) and isinstance(data, DataFrame)
+    assert data.data == b"world" and "END_STREAM" in data.flags
     assert ep.open_streams == 0
     with pytest.raises(StreamClosedError):
         ep.send_data(1, b"late")
@@ -187,7 +187,13 @@ def test_extended_connect_and_plain_connect_are_accepted() -> None:
 
 def test_extended_connect_refused_when_disabled() -> None:
     ep, ff = server(Limits(enable_connect_protocol=False))
-    ws = [(b":method", b"CONNECT"), (b":protocol", b"ws"), (b":scheme", b"https"), (b":authority", b"s"), (b":path", b"/")]
+    ws = [
+        (b":method", b"CONNECT"),
+        (b":protocol", b"ws"),
+        (b":scheme", b"https"),
+        (b":authority", b"s"),
+        (b":path", b"/"),
+    ]
     assert names(ep.receive(ff.headers(1, ws))) == ["StreamRejected"]
 
 
@@ -306,10 +312,53 @@ def test_events_are_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.stream_id = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
-        StreamReset(1, 0, True)  # type: ignore[misc]
+        StreamReset(1, 0, True)  # type: ignore[call-arg]
 
 
 def test_server_cannot_send_requests() -> None:
     ep, _ = server()
     with pytest.raises(Exception, match="client side"):
         ep.send_request(REQUEST)
+
+
+def test_connect_tunnel_ignores_content_length_both_ways() -> None:
+    ep, ff = client()
+    sid = ep.send_request([(b":method", b"CONNECT"), (b":authority", b"db:5432")])
+    head = [(b":status", b"200"), (b"content-length", b"0")]
+    events = ep.receive(ff.headers(sid, head) + ff.data(sid, b"tunnel bytes"))
+    assert names(events) == ["ResponseReceived", "DataReceived"]
+    srv, sff = server()
+    tcp = [(b":method", b"CONNECT"), (b":authority", b"db:5432"), (b"content-length", b"1")]
+    events = srv.receive(sff.headers(1, tcp) + sff.data(1, b"more than one byte"))
+    assert names(events) == ["RequestReceived", "DataReceived"]
+
+
+def test_padded_data_reports_the_flow_controlled_length() -> None:
+    ep, ff = server(Limits(initial_window_size=1000))
+    events = ep.receive(ff.headers(1, POST) + ff.data(1, b"abc", pad=10))
+    assert events[-1] == DataReceived(stream_id=1, data=b"abc", flow_controlled_length=14, end_stream=False)
+    ep.ack(1, 14)
+    ep.receive(ff.data(1, b"x" * 600))
+    ep.ack(1, 600)
+    updates = of_type(parse_frames(ep.data_to_send()), WindowUpdateFrame)
+    assert sum(u.window_increment for u in updates if u.stream_id == 1) == 614
+
+
+def test_push_promise_is_refused_because_push_is_disabled() -> None:
+    ep, ff = client()
+    sid = ep.send_request(REQUEST, end_stream=True)
+    block = ff.block(REQUEST)
+    promise = (4 + len(block)).to_bytes(3, "big") + bytes((0x5, 0x4)) + sid.to_bytes(4, "big")
+    events = ep.receive(promise + (2).to_bytes(4, "big") + block)
+    assert isinstance(events[-1], ConnectionEnded)
+    assert events[-1].error_code == ErrorCode.PROTOCOL_ERROR
+
+
+def test_output_bound_reopens_once_drained() -> None:
+    ep, ff = server(Limits(max_pending_output=50_000))
+    ep.receive(ff.headers(1, REQUEST, end_stream=True))
+    ep.send_headers(1, RESPONSE)
+    assert ep.send_data(1, b"x" * 80_000) < 50_000
+    assert ep.window(1) == 0 and ep.send_data(1, b"x") == 0
+    ep.data_to_send()
+    assert ep.window(1) > 0 and ep.send_data(1, b"x") == 1

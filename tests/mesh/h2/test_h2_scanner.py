@@ -66,11 +66,10 @@ def test_scanner_counts_and_skips_payloads() -> None:
     big = raw_frame(0x0, 0, 1, b"\x06" * 16384)  # payload bytes that look like PING headers
     assert scanner.scan(PREFACE + big + ping, 0.0) == (len(PREFACE + big + ping), None)
     assert scanner.scan(ping, 0.0) == (len(ping), None)
-    assert scanner.scan(big + ping, 0.0) == (len(big), (ErrorCodes_calm(), "max_pings exceeded (3)"))
-
-
-def ErrorCodes_calm() -> int:  # noqa: N802 - reads as a constant
-    return int(ErrorCode.ENHANCE_YOUR_CALM)
+    assert scanner.scan(big + ping, 0.0) == (
+        len(big),
+        (ErrorCode.ENHANCE_YOUR_CALM, "max_pings exceeded (3)"),
+    )
 
 
 def test_counters_reset_after_the_window() -> None:
@@ -79,3 +78,11 @@ def test_counters_reset_after_the_window() -> None:
     for t in (0.0, 5.0, 10.0, 15.0, 20.0):
         assert scanner.scan(ping, t)[1] is None
     assert scanner.scan(ping * 2, 21.0)[1] is not None
+
+
+def test_single_frame_header_block_over_the_byte_cap() -> None:
+    limits = Limits(max_frame_size=65536, max_header_block_bytes=20000)
+    scanner = FrameScanner(limits, server=False)
+    headers = raw_frame(0x1, 0x4, 1, b"\0" * 30000)
+    code, reason = scanner.scan(headers, 0.0)[1] or (0, "")
+    assert code == ErrorCode.ENHANCE_YOUR_CALM and "max_header_block_bytes" in reason

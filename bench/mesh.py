@@ -1,0 +1,367 @@
+"""Sidecar data-plane benchmark, one invocation, three paths to the same app (nginx, 1 KiB body):
+
+- meshgate: h2load (HTTP/1.1) -> outbound sidecar -> mTLS HTTP/2 -> inbound sidecar -> app
+- nghttpx pair (reference): h2load -> nghttpx (plaintext in, TLS h2 out with a client certificate)
+  -> nghttpx (TLS in, client certificate verified) -> app; one worker each, as our sidecars have one core
+- direct: h2load -> app
+
+Reports the throughput ratio to the nghttpx pair, the latency each proxy pair adds at a fixed
+1,000 requests/s (P50/P90/P99 over h2load's per-request log, minus the direct path's), CPU seconds per
+1,000 requests per sidecar (from /proc) and sidecar RSS under that load. Last stdout line: one JSON
+object. Everything on 127.0.0.1; every run bounded by h2load's duration.
+
+    .venv/bin/python bench/mesh.py [--seconds 10] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MESHGATE = str(Path(sys.executable).parent / "meshgate")
+TD = "bench.meshgate.local"
+BODY = b"x" * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait(check, timeout: float = 30.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def ok(url: str) -> bool:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
+        return bool(r.status == 200)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def start_nginx(stack: Stack, port: int) -> None:
+    conf = stack.tmp / "nginx.conf"
+    conf.write_text(
+        f"""daemon off; worker_processes 1; pid {stack.tmp}/nginx.pid; error_log {stack.tmp}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port};
+    location / {{ default_type text/plain; return 200 "{BODY.decode()}"; }} }} }}
+"""
+    )
+    stack.start("nginx", "nginx", "-c", str(conf), "-e", str(stack.tmp / "nginx.err"))
+
+
+def start_meshgate(stack: Stack, app_port: int) -> tuple[int, list[int]]:
+    policies = stack.tmp / "policies"
+    policies.mkdir()
+    (policies / "mesh.yaml").write_text(
+        f"apiVersion: meshgate/v1\nkind: Mesh\ntrustDomain: {TD}\ndefaultAccess: deny\n---\n"
+        "apiVersion: meshgate/v1\nkind: Service\nname: bench\n---\n"
+        "apiVersion: meshgate/v1\nkind: Service\nname: orders\n---\n"
+        "apiVersion: meshgate/v1\nkind: AccessPolicy\nname: orders\ntarget: {service: orders}\n"
+        "rules:\n  - action: allow\n    from: {services: [bench]}\n"
+        "    to: {methods: [GET, POST], paths: ['/*']}\n"
+    )
+    cp_port = free_port()
+    cp = f"https://127.0.0.1:{cp_port}"
+    data = stack.tmp / "cp"
+    stack.start(
+        "cp",
+        MESHGATE,
+        "control-plane",
+        "--policies",
+        str(policies),
+        "--data-dir",
+        str(data),
+        "--listen",
+        f"127.0.0.1:{cp_port}",
+        "--log-level",
+        "warning",
+    )
+    wait(lambda: ok(f"{cp}/readyz"), what="control plane")
+    pids = []
+    outbound = 0
+    for service, app in (("orders", app_port), ("bench", app_port)):
+        token = subprocess.run(
+            [MESHGATE, "token", "create", "--data-dir", str(data), "--service", service],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        (stack.tmp / f"{service}.token").write_text(token)
+        admin = free_port()
+        out = free_port()
+        upstream = free_port()
+        proc = stack.start(
+            f"sidecar-{service}",
+            MESHGATE,
+            "sidecar",
+            "--service",
+            service,
+            "--app",
+            f"http://127.0.0.1:{app}",
+            "--control-plane",
+            cp,
+            "--token",
+            str(stack.tmp / f"{service}.token"),
+            "--cache-dir",
+            str(stack.tmp / f"cache-{service}"),
+            "--inbound",
+            f"127.0.0.1:{free_port()}",
+            "--outbound",
+            f"127.0.0.1:{out}",
+            "--upstream",
+            f"{upstream}=orders",
+            "--admin",
+            f"127.0.0.1:{admin}",
+            "--log-level",
+            "warning",
+        )
+        pids.append(proc.pid)
+        wait(lambda admin=admin: ok(f"http://127.0.0.1:{admin}/readyz"), what=f"sidecar {service}")
+        if service == "bench":
+            outbound = upstream  # the per-upstream port: h2load cannot name the service in Host
+
+            def knows(admin: int = admin) -> bool:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=2) as r:
+                    return bool(json.load(r)["endpoints"].get("orders"))
+
+            wait(knows, what="bench sidecar to learn orders")
+    return outbound, pids
+
+
+def start_nghttpx_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
+    from cryptography.hazmat.primitives import serialization
+
+    from shared.identity.ca import CertificateAuthority, chain_pem
+    from shared.identity.spiffeid import workload_id
+
+    ca = CertificateAuthority.init(stack.tmp / "ref-ca", TD)
+    files = {}
+    for name in ("front", "back"):
+        chain, key = ca.issue(workload_id(TD, f"nghttpx-{name}"))
+        (stack.tmp / f"{name}.pem").write_bytes(chain_pem(chain))
+        (stack.tmp / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        files[name] = (str(stack.tmp / f"{name}.pem"), str(stack.tmp / f"{name}.key"))
+    (stack.tmp / "root.pem").write_bytes(ca.bundle().to_pem().encode())
+    front, back = free_port(), free_port()
+    common = ["--conf=/dev/null", "--workers=1", "--no-ocsp", "--no-server-push"]
+    b = stack.start(
+        "nghttpx-back",
+        "nghttpx",
+        *common,
+        f"--frontend=127.0.0.1,{back}",
+        f"--backend=127.0.0.1,{app_port};;proto=http/1.1",
+        "--verify-client",
+        f"--verify-client-cacert={stack.tmp / 'root.pem'}",
+        "--tls-min-proto-version=TLSv1.3",
+        "--pid-file",
+        str(stack.tmp / "back.pid"),
+        files["back"][1],
+        files["back"][0],
+    )
+    f = stack.start(
+        "nghttpx-front",
+        "nghttpx",
+        *common,
+        f"--frontend=127.0.0.1,{front};no-tls",
+        f"--backend=127.0.0.1,{back};;tls;proto=h2",
+        "--insecure",
+        f"--client-private-key-file={files['front'][1]}",
+        f"--client-cert-file={files['front'][0]}",
+        "--pid-file",
+        str(stack.tmp / "front.pid"),
+    )
+    wait(lambda: ok(f"http://127.0.0.1:{front}/"), what="nghttpx pair")
+    return front, [f.pid, b.pid]
+
+
+def h2load(url: str, *args: str, host: str | None = None) -> str:
+    argv = ["h2load", "--h1", *args]
+    if host:
+        argv += ["-H", f"host: {host}"]
+    return subprocess.run([*argv, url], capture_output=True, text=True, timeout=300).stdout
+
+
+def throughput(output: str) -> tuple[float, int, int]:
+    rps = 0.0
+    ok_count = failed = 0
+    for line in output.splitlines():
+        if line.startswith("finished in"):
+            rps = float(line.split(",")[1].split()[0])
+        if line.startswith("requests:"):
+            parts = line.replace(",", "").split()
+            failed = int(parts[parts.index("failed") - 1])
+        if line.startswith("status codes:"):
+            ok_count = int(line.split()[2])
+    return rps, ok_count, failed
+
+
+def latencies(log: Path) -> list[float]:
+    values = []
+    for line in log.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[1] == "200":
+            values.append(int(parts[2]) / 1000.0)
+    values.sort()
+    return values
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p))] if values else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each measured run")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    for tool in ("h2load", "nghttpx", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install nginx-light nghttp2-client nghttp2-proxy")
+    tmp = Path(tempfile.mkdtemp(prefix="mg-bench-"))
+    stack = Stack(tmp)
+    try:
+        app = free_port()
+        start_nginx(stack, app)
+        wait(lambda: ok(f"http://127.0.0.1:{app}/"), what="nginx")
+        mg_port, sidecars = start_meshgate(stack, app)
+        ref_port, ref_pids = start_nghttpx_pair(stack, app)
+        targets = {
+            "direct": (f"http://127.0.0.1:{app}/bench", None),
+            "meshgate": (f"http://127.0.0.1:{mg_port}/bench", None),
+            "nghttpx": (f"http://127.0.0.1:{ref_port}/bench", None),
+        }
+        results: dict[str, dict[str, float]] = {}
+        for name, (url, host) in targets.items():  # throughput, closed loop
+            h2load(url, "-n", "2000", "-c", "8", host=host)  # warm-up: connections, sessions, caches
+            out = h2load(url, "-c", str(args.connections), "-D", str(args.seconds), "-t", "1", host=host)
+            rps, good, failed = throughput(out)
+            results[name] = {"rps": rps, "ok": good, "failed": failed}
+            print(f"throughput {name:9s} {rps:10.0f} req/s  ({good} ok, {failed} failed)")
+        rate_clients = 10
+        for name, (url, host) in targets.items():  # latency at a fixed 1,000 requests/s
+            log = tmp / f"{name}.tsv"
+            pids = sidecars if name == "meshgate" else ref_pids if name == "nghttpx" else []
+            before = [cpu_seconds(p) for p in pids]
+            out = h2load(
+                url,
+                "-c",
+                str(rate_clients),
+                "--rps",
+                "100",
+                "-D",
+                str(args.seconds),
+                "-t",
+                "1",
+                f"--log-file={log}",
+                host=host,
+            )
+            after = [cpu_seconds(p) for p in pids]
+            values = latencies(log)
+            results[name] |= {
+                "p50": pct(values, 0.5),
+                "p90": pct(values, 0.9),
+                "p99": pct(values, 0.99),
+                "n": len(values),
+                "cpu_per_1000": max(
+                    (a - b) / (len(values) / 1000) for a, b in zip(after, before, strict=True)
+                )
+                if pids
+                else 0.0,
+                "rss_mb": max(rss_mb(p) for p in pids) if pids else 0.0,
+            }
+            r = results[name]
+            print(
+                f"at 1000/s  {name:9s} p50 {r['p50']:.3f} ms  p90 {r['p90']:.3f} ms  p99 {r['p99']:.3f} ms "
+                f"({len(values)} requests; per-proxy cpu {r['cpu_per_1000']:.3f} s/1000, "
+                f"rss {r['rss_mb']:.0f} MB)"
+            )
+    finally:
+        stack.stop()
+    d, m, n = results["direct"], results["meshgate"], results["nghttpx"]
+    figures = {
+        "ratio_vs_nghttpx": round(m["rps"] / n["rps"], 3) if n["rps"] else None,
+        "added_p50_ms": round(m["p50"] - d["p50"], 3),
+        "added_p90_ms": round(m["p90"] - d["p90"], 3),
+        "added_p99_ms": round(m["p99"] - d["p99"], 3),
+        "cpu_s_per_1000": round(m["cpu_per_1000"], 3),
+        "rss_mb": round(m["rss_mb"], 1),
+        "nghttpx_added_p90_ms": round(n["p90"] - d["p90"], 3),
+        "meshgate_rps": round(m["rps"]),
+        "nghttpx_rps": round(n["rps"]),
+        "direct_rps": round(d["rps"]),
+        "failed": int(m["failed"]),
+    }
+    print(
+        f"python {platform.python_version()}, {os.cpu_count()} cores, {args.connections} connections, "
+        f"{args.seconds}s per run, 1 KiB responses"
+    )
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
