@@ -35,17 +35,17 @@ __all__ = ["H2Endpoint"]
 
 _MAX_STREAM_ID = (1 << 31) - 1
 _SECRET = frozenset((b"authorization", b"proxy-authorization"))
+_SENSITIVE = _SECRET | {b"cookie"}
 
 
 def _never_index(headers: Headers) -> Headers:
     """Keep credentials out of the HPACK dynamic table (RFC 7541 section 7.1.3), as h2 does."""
-    for name, value in headers:
-        if name in _SECRET or (name == b"cookie" and len(value) < 20):
-            return [
-                NeverIndexedHeaderTuple(n, v) if n in _SECRET or (n == b"cookie" and len(v) < 20) else (n, v)
-                for n, v in headers
-            ]
-    return headers
+    if _SENSITIVE.isdisjoint(dict(headers)):
+        return headers
+    return [
+        NeverIndexedHeaderTuple(n, v) if n in _SECRET or (n == b"cookie" and len(v) < 20) else (n, v)
+        for n, v in headers
+    ]
 
 
 class H2Endpoint(Translator):

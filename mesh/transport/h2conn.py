@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from mesh.h2 import (
     ConnectionEnded,
@@ -112,8 +112,7 @@ class H2Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Verify the peer (``on_open`` may raise to refuse it), then send our preface."""
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
         try:
             if self.on_open is not None:
                 self.on_open(self)
@@ -121,7 +120,8 @@ class H2Protocol(asyncio.Protocol):
             log.warning("refusing connection: %s", exc)
             if not self.ready.done():
                 self.ready.set_exception(exc)
-            transport.abort()
+                self.ready.exception()  # the opener re-raises it; never "exception was never retrieved"
+            self.transport.abort()
             return
         self.endpoint.initiate()
         self._flush()
@@ -152,6 +152,7 @@ class H2Protocol(asyncio.Protocol):
         self._writable.set()
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(str(exc or "closed during handshake")))
+            self.ready.exception()
         if not self.closed.done():
             self.closed.set_result(None)
         if self.on_close is not None:

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 from h2_frames import POST, REQUEST, RESPONSE, Clock, client, names, of_type, parse_frames, pump, server
+from hpack import Decoder
 from hyperframe.frame import (
     DataFrame,
     GoAwayFrame,
@@ -362,3 +363,12 @@ def test_output_bound_reopens_once_drained() -> None:
     assert ep.window(1) == 0 and ep.send_data(1, b"x") == 0
     ep.data_to_send()
     assert ep.window(1) > 0 and ep.send_data(1, b"x") == 1
+
+
+def test_credentials_are_never_indexed() -> None:
+    ep, _ = client()
+    ep.send_request([*REQUEST, (b"authorization", b"Bearer abc"), (b"x-id", b"1")], end_stream=True)
+    (head,) = of_type(parse_frames(ep.data_to_send()), HeadersFrame)
+    decoded = Decoder().decode(head.data, raw=True)
+    assert [type(h).__name__ for h in decoded if h[0] == b"authorization"] == ["NeverIndexedHeaderTuple"]
+    assert [type(h).__name__ for h in decoded if h[0] == b"x-id"] == ["HeaderTuple"]
