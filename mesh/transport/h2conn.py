@@ -142,6 +142,7 @@ class H2Protocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The socket drained: senders go on."""
         self._writable.set()
+        self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail every open stream; tell the owner."""
@@ -161,6 +162,8 @@ class H2Protocol(asyncio.Protocol):
     # ----- plumbing -------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        if not self._writable.is_set() and not self.endpoint.is_closed:
+            return  # the socket is backed up: bytes stay in the core, whose bounds then apply
         data = self.endpoint.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)

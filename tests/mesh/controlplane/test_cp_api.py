@@ -146,7 +146,7 @@ def test_deregister_removes_the_instance(ep: Endpoint) -> None:
 
 
 def test_missed_heartbeats_turn_critical_drop_out_then_get_reaped(tmp_path: Path) -> None:
-    with InProcessControlPlane(tmp_path / "data", sweep_interval=0.1, reap_after=1.0) as plane:
+    with InProcessControlPlane(tmp_path / "data", sweep_interval=0.1, reap_after=1.5) as plane:
         _missed_heartbeats(plane.endpoint)
 
 

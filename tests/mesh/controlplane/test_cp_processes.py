@@ -34,6 +34,7 @@ def cli_cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlanePro
     try:
         proc.start()
         yield proc
+        assert proc.stop() == 0
     finally:
         proc.kill()
 
