@@ -1,0 +1,68 @@
+"""A root rotation run against the control plane's CA folder (as ``meshgate ca rotate`` does) reaches a
+watching client as a new bundle, and the client renews its SVID under the new root."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from cp_testlib import InProcessControlPlane
+
+from shared.identity.ca import CertificateAuthority
+from shared.identity.svid import SvidError, verify_chain
+from shared.registry.client import RegistryClient
+
+
+def test_a_root_rotation_reaches_a_watching_client_which_renews_under_the_new_root(tmp_path: Path) -> None:
+    with InProcessControlPlane(tmp_path / "data", policy_interval=0.1) as plane:
+        ep = plane.endpoint
+        token = ep.token("orders")
+        ca_dir = tmp_path / "data" / "ca"
+
+        async def scenario() -> None:
+            client = RegistryClient(ep.url, service="orders", token=token, cache_dir=tmp_path / "c", wait=10)
+            seen: list[dict[str, Any]] = []
+            arrived = asyncio.Event()
+            stop = asyncio.Event()
+
+            def listener(snapshot: dict[str, Any]) -> None:
+                seen.append(snapshot)
+                arrived.set()
+
+            try:
+                await client.bootstrap()
+                task = asyncio.create_task(client.watch(listener, stop))
+                await asyncio.wait_for(arrived.wait(), 5)
+                assert len(seen[-1]["bundle"]["keys"]) == 1
+                sequence = seen[-1]["bundle"]["spiffe_sequence"]
+
+                rotated = await asyncio.to_thread(lambda: CertificateAuthority.load(ca_dir).rotate())
+                new_root = rotated.roots[-1]
+                for _ in range(50):  # bounded: the CA folder is polled every 0.1 s here
+                    arrived.clear()
+                    await asyncio.wait_for(arrived.wait(), 5)
+                    if len(seen[-1]["bundle"]["keys"]) == 2:
+                        break
+                assert seen[-1]["bundle"]["spiffe_sequence"] > sequence
+
+                assert client.certs is not None
+                for _ in range(100):  # the client renews soon after it sees the new root
+                    try:
+                        verify_chain(client.certs.chain, [new_root])
+                        break
+                    except SvidError:
+                        await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the client did not renew under the new root")
+                # and the renewed SVID works with the control plane
+                instance = await client.register("127.0.0.1", 15200)
+                assert instance
+                stop.set()
+                await client.deregister()  # a change: the parked blocking query returns
+                await asyncio.wait_for(task, 10)
+            finally:
+                stop.set()
+                await client.close()
+
+        asyncio.run(scenario())
