@@ -124,6 +124,7 @@ class ControlPlane:
         self._snapshot_cache: tuple[int, bytes] | None = None
         self._snapshot_lock = asyncio.Lock()
         self._server_ctx: ssl.SSLContext | None = None
+        self._server_renew_at = 0.0
         self._policy_json: dict[str, Any] | None = None
         self._policy_version: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -241,6 +242,9 @@ class ControlPlane:
                     log.info("the shared CA changed in the store; adopting it")
                     unpack_ca_dir(blob, ca_dir)
                     self._ca_blob = blob
+            if time.time() >= self._server_renew_at:
+                log.info("renewing the control plane's own certificate (half its lifetime has passed)")
+                self._issue_server_identity()
             mtime = self._ca_state_mtime()
             if mtime == self._ca_mtime:
                 continue
@@ -268,6 +272,8 @@ class ControlPlane:
         identity = workload_id(self.ca.trust_domain, CONTROL_PLANE_SERVICE, CONTROL_PLANE_NAMESPACE)
         key = ec.generate_private_key(ec.SECP256R1())
         chain = self.ca.sign_csr(make_csr(key, identity), identity, timedelta(hours=24))
+        start, end = chain[0].not_valid_before_utc.timestamp(), chain[0].not_valid_after_utc.timestamp()
+        self._server_renew_at = start + (end - start) / 2  # renewed by _watch_ca, as workloads renew
         ctx = server_context(chain, key, self.ca.bundle())
         ctx.verify_mode = ssl.CERT_OPTIONAL  # workloads without an SVID yet come with a join token
         ctx.set_alpn_protocols(["http/1.1"])

@@ -147,12 +147,16 @@ class MeshClient:
         if policy.load_balancer.hash_header:
             key = request.header(policy.load_balancer.hash_header.lower())
         attempt = 0
+        tried: set[str] = set()
         while True:
             attempt += 1
             t = now()
-            candidates = [e for e in endpoints if e.available(t)] or endpoints
+            available = [e for e in endpoints if e.available(t)] or endpoints
+            # a retry goes to an endpoint this request has not tried yet, while there is one
+            candidates = [e for e in available if e.id not in tried] or available
             endpoint = upstream.balancer.pick(candidates, key)
             assert endpoint is not None
+            tried.add(endpoint.id)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return error_response(504, "upstream_timeout", f"{service}: timed out")

@@ -1,16 +1,20 @@
-"""A root rotation run against the control plane's CA folder (as ``meshgate ca rotate`` does) reaches a
-watching client as a new bundle, and the client renews its SVID under the new root."""
+"""The control plane's certificates over time: a root rotation run against its CA folder (as
+``meshgate ca rotate`` does) reaches a watching client as a new bundle and the client renews under the
+new root; the control plane renews its own serving certificate before it expires."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from cp_testlib import InProcessControlPlane
+from cp_testlib import TD, InProcessControlPlane, wait_until
+from cryptography import x509
 
 from shared.identity.ca import CertificateAuthority
-from shared.identity.svid import SvidError, verify_chain
+from shared.identity.svid import SvidError, check_leaf, verify_chain
 from shared.registry.client import RegistryClient
 
 
@@ -66,3 +70,29 @@ def test_a_root_rotation_reaches_a_watching_client_which_renews_under_the_new_ro
                 await client.close()
 
         asyncio.run(scenario())
+
+
+async def _half_life_passed(plane: InProcessControlPlane) -> None:
+    assert plane.cp is not None
+    plane.cp._server_renew_at = 0.0  # as if 12 h of its 24 h certificate had gone by
+
+
+def test_the_control_plane_renews_its_own_serving_certificate(tmp_path: Path) -> None:
+    with InProcessControlPlane(tmp_path / "data", policy_interval=0.1) as plane:
+
+        def served() -> x509.Certificate:
+            pem = ssl.get_server_certificate(("127.0.0.1", plane.port), timeout=5)
+            return x509.load_pem_x509_certificate(pem.encode())
+
+        first = served()
+        assert first.not_valid_after_utc - first.not_valid_before_utc <= timedelta(hours=25)
+        plane.run(_half_life_passed(plane))
+        renewed = wait_until(
+            lambda: (cert := served()).serial_number != first.serial_number and cert,
+            5,
+            "a renewed certificate",
+        )
+        assert check_leaf(renewed, TD) == check_leaf(first, TD)
+        assert renewed.not_valid_after_utc >= first.not_valid_after_utc
+        with plane.endpoint.anon() as http:  # verified against the bundle, as workloads do
+            assert http.get("/healthz").status_code == 200
