@@ -162,8 +162,13 @@ def build_app(cp: ControlPlane) -> Starlette:
             raise ApiError(400, "bad_request", f"wait: {exc}") from None
         if after is not None and cp.registry.index <= after:
             await _wait_or_disconnect(request, cp, after, wait)
-        index, body = await cp.snapshot()
-        return Response(body, media_type="application/json", headers={"x-meshgate-index": str(index)})
+        delta = request.query_params.get("delta", "").lower() in ("1", "true", "yes")
+        gzip_ok = "gzip" in request.headers.get("accept-encoding", "").lower()
+        index, body = await cp.snapshot(after if delta else None, compress=gzip_ok)
+        headers = {"x-meshgate-index": str(index), "vary": "accept-encoding"}
+        if gzip_ok:
+            headers["content-encoding"] = "gzip"
+        return Response(body, media_type="application/json", headers=headers)
 
     async def status(request: Request) -> Response:
         who(request)

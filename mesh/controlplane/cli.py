@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mesh.cli import run_loop
 from mesh.controlplane.core import ControlPlane, ControlPlaneError, ca_pin
 from mesh.controlplane.records import new_token
 from mesh.controlplane.stores import StoreError, open_store
@@ -94,7 +95,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
             reap_after=args.reap_after,
         )
         host, port = args.listen
-        asyncio.run(run(plane, host, port))
+        run_loop(run(plane, host, port))
     except (ControlPlaneError, StoreError) as exc:
         print(f"meshgate control-plane: {exc}", file=sys.stderr)
         return 1

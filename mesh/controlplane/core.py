@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mesh.controlplane.casync import BLOB_NAME, pack_ca_dir, unpack_ca_dir
 from mesh.controlplane.records import InstanceRecord, JoinToken, new_token
 from mesh.controlplane.registry import Registry
+from mesh.controlplane.snapshots import SnapshotBuilder
 from mesh.controlplane.stores.base import Store, StoreError
 from shared.config.policyset import PolicySet
 from shared.config.watcher import PolicyWatcher
@@ -104,7 +104,7 @@ class ControlPlane:
         store: Store,
         admin_token: str | None = None,
         reap_after: float = 60.0,
-        policy_interval: float = 1.0,
+        policy_interval: float = 0.25,
         sweep_interval: float = 1.0,
     ) -> None:
         self.data_dir = data_dir
@@ -121,8 +121,7 @@ class ControlPlane:
         self._ca_blob = b""
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-        self._snapshot_cache: tuple[int, bytes] | None = None
-        self._snapshot_lock = asyncio.Lock()
+        self._snapshots = SnapshotBuilder()
         self._server_ctx: ssl.SSLContext | None = None
         self._server_renew_at = 0.0
         self._policy_json: dict[str, Any] | None = None
@@ -321,33 +320,24 @@ class ControlPlane:
         self.counters.registrations += 1
         return await self.registry.register(record)
 
-    async def snapshot(self) -> tuple[int, bytes]:
-        """The current snapshot as JSON bytes, built once per index and shared by every watcher."""
+    async def snapshot(self, since: int | None = None, *, compress: bool = False) -> tuple[int, bytes]:
+        """The current snapshot as JSON bytes (a delta when ``since`` is given), built once per index
+        and shared by every watcher; gzip-compressed when ``compress``."""
         await self.registry.sync()
         index = self.registry.index
-        cached = self._snapshot_cache
-        if cached is not None and cached[0] == index:
-            return cached
-        async with self._snapshot_lock:
-            cached = self._snapshot_cache
-            index = self.registry.index
-            if cached is not None and cached[0] == index:
-                return cached
-            body = json.dumps(
-                {
-                    "index": index,
-                    "trustDomain": self.ca.trust_domain,
-                    "policyVersion": self._policy_version,
-                    "policies": self._policy_json,
-                    "endpoints": self.registry.healthy_endpoints(),
-                    "bundle": self.ca.bundle().to_jwks(),
-                    "generatedAt": time.time(),
-                },
-                separators=(",", ":"),
-            ).encode()
+        if self._snapshots.index != index:
+            bundle = self.ca.bundle()
+            self._snapshots.refresh(
+                index,
+                trust_domain=self.ca.trust_domain,
+                endpoints=self.registry.healthy_endpoints(),
+                policy_version=self._policy_version,
+                policies=self._policy_json,
+                bundle_sequence=bundle.sequence,
+                bundle=bundle.to_jwks(),
+            )
             self.counters.snapshot_builds += 1
-            self._snapshot_cache = (index, body)
-            return index, body
+        return index, self._snapshots.render(since, compress=compress)
 
     async def status(self) -> dict[str, Any]:
         """Policy load state (with the last reload errors), store state, CA and registry figures."""

@@ -33,6 +33,7 @@ from shared.identity.svid import SvidError, check_leaf, verify_chain
 from shared.identity.tls import PeerIdentityError, client_context, verify_peer
 from shared.registry.backoff import Backoff
 from shared.registry.cache import DiskCache
+from shared.registry.delta import apply_delta
 from shared.registry.jointoken import JoinToken
 
 log = logging.getLogger("meshgate.registry")
@@ -280,14 +281,17 @@ class RegistryClient:
 
     # ----- configuration watch --------------------------------------------------------------------------
 
-    async def fetch(self, index: int | None = None, wait: float | None = None) -> dict[str, Any]:
-        """One snapshot; with ``index``, a blocking query that returns when the index passes it."""
+    async def fetch(
+        self, index: int | None = None, wait: float | None = None, *, delta: bool = False
+    ) -> dict[str, Any]:
+        """One snapshot; with ``index``, a blocking query that returns when the index passes it, and
+        with ``delta`` only what changed since ``index`` (merge it with :func:`apply_delta`)."""
         if index is None:
             path = "/v1/snapshot"
             timeout = self.timeout
         else:
             seconds = self.wait if wait is None else wait
-            path = f"/v1/snapshot?index={index}&wait={seconds:g}s"
+            path = f"/v1/snapshot?index={index}&wait={seconds:g}s" + ("&delta=1" if delta else "")
             timeout = seconds + self.timeout
         data: dict[str, Any] = await self._call("GET", path, timeout=timeout)
         return data
@@ -327,7 +331,8 @@ class RegistryClient:
         first = self.snapshot is None
         while not stop.is_set():
             try:
-                snapshot = await self.fetch(None if first else self.index)
+                update = await self.fetch(None if first else self.index, delta=not first)
+                snapshot = apply_delta(None if first else self.snapshot, update)
             except ControlPlaneUnavailable as exc:
                 delay = backoff.next()
                 log.warning(

@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.controlplane.snapshots import SnapshotBuilder, apply_delta
+from mesh.controlplane.snapshots import SnapshotBuilder
+from shared.registry.delta import apply_delta
 
 
 def _state(
