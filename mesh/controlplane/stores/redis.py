@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -46,6 +47,8 @@ class RedisStore(Store):
         self._redis: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
         self._last_error: str | None = None
+        #: Tags this process's change announcements, so that it does not reload what it just wrote.
+        self.replica_id = secrets.token_hex(6)
 
     def _key(self, name: str) -> str:
         return self.prefix + name
@@ -77,7 +80,9 @@ class RedisStore(Store):
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         with contextlib.suppress(ValueError):
-                            self._notify(int(message["data"]))
+                            sender, _, index = bytes(message["data"]).decode().partition(" ")
+                            if sender != self.replica_id:  # our own changes are applied already
+                                self._notify(int(index))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -101,7 +106,7 @@ class RedisStore(Store):
 
     async def bump_index(self) -> int:
         index = int(await self.redis.incr(self._key("index")))
-        await self.redis.publish(self._key("events"), str(index))
+        await self.redis.publish(self._key("events"), f"{self.replica_id} {index}")
         return index
 
     async def put_instance(self, record: InstanceRecord) -> None:
