@@ -270,7 +270,9 @@ class ControlPlane:
         """An SVID for the control plane itself; new handshakes use it (through the SNI callback)."""
         identity = workload_id(self.ca.trust_domain, CONTROL_PLANE_SERVICE, CONTROL_PLANE_NAMESPACE)
         key = ec.generate_private_key(ec.SECP256R1())
-        chain = self.ca.sign_csr(make_csr(key, identity), identity, timedelta(hours=24))
+        # during a root rotation the retiring authority signs it, so that workloads that still hold only
+        # the old bundle (say, restarting from their cache) can verify us and learn the new bundle
+        chain = self.ca.sign_csr(make_csr(key, identity), identity, timedelta(hours=24), retiring=True)
         start, end = chain[0].not_valid_before_utc.timestamp(), chain[0].not_valid_after_utc.timestamp()
         self._server_renew_at = start + (end - start) / 2  # renewed by _watch_ca, as workloads renew
         ctx = server_context(chain, key, self.ca.bundle())

@@ -283,15 +283,24 @@ class CertificateAuthority:
         ttl: timedelta | None = None,
         *,
         now: datetime | None = None,
+        retiring: bool = False,
     ) -> list[x509.Certificate]:
         """Sign ``csr_pem`` as an X.509-SVID for ``spiffe_id``; return ``[leaf, *intermediates]``.
 
         ``spiffe_id`` is the identity the caller has authenticated: the CSR only contributes its public
         key, and its URI SAN, when present, must equal ``spiffe_id``. Raises CsrRejected for several URI
         SANs, an ID outside the trust domain, a CA request, a weak key or a bad signature. ``now``
-        (default: the current time) is when the leaf starts, for tests with a fake clock.
+        (default: the current time) is when the leaf starts, for tests with a fake clock. ``retiring``:
+        during a rotation, sign with the retiring authority (the control plane's own serving certificate,
+        so that workloads still holding only the old bundle can verify it); otherwise the active one.
         """
         authority = self._signing()
+        aki = self._aki
+        if retiring:
+            old = [a for a in self._authorities if a.state == "retiring"]
+            if old:
+                authority = old[0]
+                aki = aki_for(authority.cert)
         if spiffe_id.trust_domain != self.trust_domain:
             raise CsrRejected(f"identity {spiffe_id} is outside trust domain {self.trust_domain!r}")
         if spiffe_id.is_trust_domain_id:
@@ -311,7 +320,7 @@ class CertificateAuthority:
         not_before = max(now - BACKDATE, authority.cert.not_valid_before_utc)
         not_after = min(now + lifetime, ca_expiry)
         leaf = build_leaf(
-            spiffe_id, public_key, authority.cert, authority.key, not_before, not_after, self._aki
+            spiffe_id, public_key, authority.cert, authority.key, not_before, not_after, aki
         )
         return [leaf, *authority.chain]
 

@@ -96,3 +96,40 @@ def test_the_control_plane_renews_its_own_serving_certificate(tmp_path: Path) ->
         assert renewed.not_valid_after_utc >= first.not_valid_after_utc
         with plane.endpoint.anon() as http:  # verified against the bundle, as workloads do
             assert http.get("/healthz").status_code == 200
+
+
+def test_a_client_restarting_from_its_cache_during_a_rotation_still_reaches_the_control_plane(
+    tmp_path: Path,
+) -> None:
+    """During the overlap the control plane serves a certificate from the retiring root, so a workload
+    whose cached bundle holds only the old root (it was down when the rotation began) can still verify
+    it, and then learns the new bundle from its first snapshot."""
+    with InProcessControlPlane(tmp_path / "data", policy_interval=0.1) as plane:
+        ep = plane.endpoint
+        token = ep.token("orders")
+        ca_dir = tmp_path / "data" / "ca"
+
+        async def scenario() -> int:
+            first = RegistryClient(ep.url, service="orders", token=token, cache_dir=tmp_path / "c", wait=5)
+            try:
+                await first.bootstrap()
+                await first._accept(await first.fetch(), None)  # the cache now holds the old bundle
+            finally:
+                await first.close()
+            await asyncio.to_thread(lambda: CertificateAuthority.load(ca_dir).rotate())
+
+            def served_by_old_root() -> bool:
+                pem = ssl.get_server_certificate(("127.0.0.1", plane.port), timeout=5)
+                cert = x509.load_pem_x509_certificate(pem.encode())
+                return cert.issuer != plane.cp.ca.signing_cert.subject if plane.cp else False
+
+            await asyncio.to_thread(wait_until, served_by_old_root, 5, "the rotation to be picked up")
+            again = RegistryClient(ep.url, service="orders", cache_dir=tmp_path / "c", wait=5)
+            try:
+                await again.bootstrap()  # cached SVID and bundle only: no token
+                snapshot = await again.fetch()
+                return len(snapshot["bundle"]["keys"])
+            finally:
+                await again.close()
+
+        assert asyncio.run(scenario()) == 2
