@@ -285,6 +285,9 @@ class H1Pool:
                 f"the app closed the connection: {exc or type(exc).__name__}",
                 retryable=reused,
             ) from exc
+        except BaseException:  # cancelled (the caller gave up) or the request body failed
+            conn.writer.close()
+            raise
         if not isinstance(event, h11.Response):
             conn.writer.close()
             raise UpstreamError(

@@ -149,6 +149,8 @@ class H2Protocol(asyncio.Protocol):
         error = StreamError(f"connection lost: {exc or 'closed'}", ErrorCode.CANCEL, "upstream_reset")
         for stream in list(self.streams.values()):
             self._fail(stream, error)
+            if stream.task is not None and not self.client_side:
+                stream.task.cancel()  # nobody is left to answer
         self.streams.clear()
         self._writable.set()
         if not self.ready.done():
@@ -385,7 +387,15 @@ class H2Protocol(asyncio.Protocol):
 
             stream.task = loop.create_task(pump())
         assert stream.response is not None
-        status, headers = await stream.response
+        try:
+            status, headers = await stream.response
+        except BaseException:
+            # failed, timed out or cancelled before the head arrived: the stream is abandoned
+            if sid in self.streams:
+                self._reset(sid, ErrorCode.CANCEL)
+            if stream.task is not None:
+                stream.task.cancel()
+            raise
 
         def done() -> None:
             self.streams.pop(sid, None)

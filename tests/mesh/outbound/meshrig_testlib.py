@@ -150,6 +150,7 @@ class Rig:
     client: MeshClient
     pool: H2Pool
     upstreams: list[Upstream] = field(default_factory=list)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def caller_id(self) -> str:
@@ -168,7 +169,17 @@ class Rig:
 
         async def recording(request: Request, info: ClientInfo) -> Response:
             seen.append(request)
-            return await app(request, info)
+            # an app still busy when the rig closes is stopped here, not cancelled by asyncio.run
+            task = asyncio.ensure_future(app(request, info))
+            stop = asyncio.ensure_future(self.closing.wait())
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if task.done():
+                return task.result()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return Response(503, [("content-length", "0")])
 
         app_server = await asyncio.start_server(H1Server(recording), "127.0.0.1", 0)
         app_port = int(app_server.sockets[0].getsockname()[1])
@@ -221,6 +232,7 @@ async def mesh(
     try:
         yield rig
     finally:
+        rig.closing.set()
         pool.close()
         for up in rig.upstreams:
             await up.close()

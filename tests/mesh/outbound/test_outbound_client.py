@@ -384,6 +384,7 @@ def test_unread_response_holds_the_app_back(tmp_path: Path) -> None:
             stalled = produced[0]
             await asyncio.sleep(0.3)
             assert produced[0] == stalled  # nobody reads: the app is held back
+            print("STALLED", stalled)
             assert stalled < 24 * 1024 * 1024, stalled
             # read a little, then drop the rest: the stream is reset and the breaker slot returned
             body = response.body
