@@ -12,15 +12,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.config.durations import parse_duration
+from shared.cliargs import duration_seconds, host_port
 from shared.telemetry.logs import setup_logging
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _app(text: str) -> tuple[str, int]:
@@ -37,13 +30,6 @@ def _upstream(text: str) -> tuple[int, str]:
     return int(port), service
 
 
-def _seconds(text: str) -> float:
-    try:
-        return parse_duration(text).total_seconds()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def register(sub: Any) -> None:
     """Add ``sidecar`` and ``wait-ready``."""
     p = sub.add_parser("sidecar", help="run the sidecar of one service instance")
@@ -55,22 +41,22 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--cache-dir", type=Path, metavar="DIR", help="SVID and last snapshot (default .meshgate/SERVICE)"
     )
-    p.add_argument("--inbound", type=_hostport, default=("127.0.0.1", 15006), metavar="HOST:PORT")
+    p.add_argument("--inbound", type=host_port, default=("127.0.0.1", 15006), metavar="HOST:PORT")
     p.add_argument(
         "--advertise", default=None, metavar="ADDRESS", help="address peers reach (default: inbound host)"
     )
-    p.add_argument("--outbound", type=_hostport, default=("127.0.0.1", 15001), metavar="HOST:PORT")
-    p.add_argument("--admin", type=_hostport, default=("127.0.0.1", 15000), metavar="HOST:PORT")
+    p.add_argument("--outbound", type=host_port, default=("127.0.0.1", 15001), metavar="HOST:PORT")
+    p.add_argument("--admin", type=host_port, default=("127.0.0.1", 15000), metavar="HOST:PORT")
     p.add_argument("--upstream", type=_upstream, action="append", default=[], metavar="LOCALPORT=SERVICE")
     p.add_argument("--check", choices=["http", "tcp", "ttl"], default="ttl", help="how to check the app")
     p.add_argument("--check-path", default="/healthz")
-    p.add_argument("--drain-timeout", type=_seconds, default=10.0, metavar="DURATION")
+    p.add_argument("--drain-timeout", type=duration_seconds, default=10.0, metavar="DURATION")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_sidecar)
 
     w = sub.add_parser("wait-ready", help="wait until a sidecar's /readyz answers 200 (for app start-up)")
     w.add_argument("--admin", default="http://127.0.0.1:15000", metavar="URL")
-    w.add_argument("--timeout", type=_seconds, default=60.0, metavar="DURATION")
+    w.add_argument("--timeout", type=duration_seconds, default=60.0, metavar="DURATION")
     w.set_defaults(handler=cmd_wait_ready)
 
 

@@ -13,23 +13,9 @@ from mesh.cli import run_loop
 from mesh.controlplane.core import ControlPlane, ControlPlaneError, ca_pin
 from mesh.controlplane.records import new_token
 from mesh.controlplane.stores import StoreError, open_store
-from shared.config.durations import parse_duration
+from shared.cliargs import duration_seconds, host_port
 from shared.identity.ca import CAError, CertificateAuthority
 from shared.telemetry.logs import setup_logging
-
-
-def _hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _seconds(text: str) -> float:
-    try:
-        return parse_duration(text).total_seconds()
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: Any) -> None:
@@ -37,12 +23,12 @@ def register(sub: Any) -> None:
     cp = sub.add_parser("control-plane", help="run the control plane (registry, CA, configuration)")
     cp.add_argument("--policies", required=True, action="append", metavar="DIR", help="policy folder")
     cp.add_argument("--data-dir", required=True, type=Path, metavar="DIR", help="CA, store and admin token")
-    cp.add_argument("--listen", type=_hostport, default=("127.0.0.1", 15010), metavar="HOST:PORT")
+    cp.add_argument("--listen", type=host_port, default=("127.0.0.1", 15010), metavar="HOST:PORT")
     cp.add_argument("--store", metavar="URL", help="redis://HOST:PORT/DB to share state between replicas")
     cp.add_argument("--admin-token-file", type=Path, metavar="FILE", help="default: DATA_DIR/admin-token")
     cp.add_argument(
         "--reap-after",
-        type=_seconds,
+        type=duration_seconds,
         default=60.0,
         metavar="DURATION",
         help="drop instances critical for this long (default 60s)",
@@ -57,7 +43,7 @@ def register(sub: Any) -> None:
     create.add_argument("--data-dir", required=True, type=Path, metavar="DIR")
     create.add_argument("--service", required=True)
     create.add_argument("--namespace")
-    create.add_argument("--ttl", type=_seconds, default=3600.0, metavar="DURATION", help="default 1h")
+    create.add_argument("--ttl", type=duration_seconds, default=3600.0, metavar="DURATION", help="default 1h")
     create.add_argument("--reusable", action="store_true", help="allow several uses until it expires")
     create.add_argument("--store", metavar="URL", help="the control plane's --store, if it has one")
     create.set_defaults(handler=cmd_token_create)
