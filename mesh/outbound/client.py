@@ -167,6 +167,9 @@ class MeshClient:
             error, response = outcome
             status = response.status if response is not None else None
             connect_failure = error is not None and error[0] == "connect_failure"
+            refused = error is not None and error[0] == "refused_stream"
+            if error is not None and refused:
+                error = ("upstream_reset", error[1], error[2])
             if upstream.outliers.record(
                 endpoint,
                 status=status if error is None else 503,
@@ -179,7 +182,7 @@ class MeshClient:
             retryable_error = error is not None and error[2]
             retryable_status = response is not None and response.status in retry_statuses
             can_retry = attempt <= retries.attempts and (
-                (retryable_error and (may_retry or (error is not None and error[0] == "connect_failure")))
+                (retryable_error and (may_retry or connect_failure or (refused and replayable)))
                 or (retryable_status and may_retry)
             )
             if response is not None and not (retryable_status and can_retry):
@@ -224,18 +227,23 @@ class MeshClient:
                 done = True
                 endpoint.active -= 1
 
+        if attempt > 1:
+            request.headers = [(k, v) for k, v in request.headers if k != "x-meshgate-attempt"]
+            request.headers.append(("x-meshgate-attempt", str(attempt)))
         try:
-            conn = await asyncio.wait_for(self.pool.connection(endpoint), timeout)
-            if attempt > 1:
-                request.headers = [(k, v) for k, v in request.headers if k != "x-meshgate-attempt"]
-                request.headers.append(("x-meshgate-attempt", str(attempt)))
-            response = await asyncio.wait_for(conn.request(request), timeout)
+            # one task from choosing the connection to opening the stream: no other request can
+            # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
+            async with asyncio.timeout(timeout):
+                conn = await self.pool.connection(endpoint)
+                response = await conn.request(request)
         except UpstreamError as exc:
             finished()
             return (exc.code, str(exc), exc.retryable), None
         except StreamError as exc:
             finished()
-            return (exc.code, str(exc), True), None
+            # REFUSED_STREAM or GOAWAY before processing: never processed, safe whatever the method
+            code = "refused_stream" if exc.retryable else exc.code
+            return (code, str(exc), True), None
         except TimeoutError:
             finished()
             return ("upstream_timeout", f"no response from {endpoint.id} within {timeout:.3g}s", True), None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from mesh.h2 import (
+    ConnectionClosedError,
     ConnectionEnded,
     DataReceived,
     ErrorCode,
@@ -24,6 +25,8 @@ from mesh.h2 import (
     Limits,
     RequestReceived,
     ResponseReceived,
+    SettingsChanged,
+    StreamLimitReached,
     StreamRejected,
     StreamReset,
     TrailersReceived,
@@ -125,8 +128,8 @@ class H2Protocol(asyncio.Protocol):
             return
         self.endpoint.initiate()
         self._flush()
-        if not self.ready.done():
-            self.ready.set_result(None)
+        if not self.client_side and not self.ready.done():
+            self.ready.set_result(None)  # client side: ready once the peer's SETTINGS (its limits) arrived
 
     def data_received(self, data: bytes) -> None:
         """Feed the core and act on its events."""
@@ -231,6 +234,11 @@ class H2Protocol(asyncio.Protocol):
                     self._fail(
                         stream, StreamError("connection going away", event.error_code, "upstream_reset", True)
                     )
+        elif isinstance(event, SettingsChanged):
+            if not self.ready.done():
+                self.ready.set_result(None)
+            for stream in self.streams.values():  # a new initial window size moves every send window
+                stream.window.set()
         elif isinstance(event, InformationalReceived):
             pass
 
@@ -361,7 +369,12 @@ class H2Protocol(asyncio.Protocol):
             head.append(("te", "trailers"))
         body = request.body.__aiter__()
         first = await anext(body, b"")
-        sid = self.endpoint.send_request(_raw(head), end_stream=not first and request.trailers is None)
+        try:
+            sid = self.endpoint.send_request(_raw(head), end_stream=not first and request.trailers is None)
+        except (StreamLimitReached, ConnectionClosedError) as exc:  # nothing was sent: safe to retry
+            raise StreamError(
+                f"no stream available: {exc}", ErrorCode.REFUSED_STREAM, retryable=True
+            ) from exc
         loop = asyncio.get_running_loop()
         stream = _Stream(sid, response=loop.create_future())
         self.streams[sid] = stream

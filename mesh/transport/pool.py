@@ -58,15 +58,18 @@ class H2Pool:
 
         Raises UpstreamError: ``connect_failure`` (retryable) or ``tls_identity_mismatch``.
         """
-        conn = self._usable(endpoint)
-        if conn is not None and conn.endpoint.open_streams == 0:
-            return conn
-        count = len(self._conns.get(endpoint.id, []))
-        if conn is not None and count >= self.max_per_endpoint:
-            return conn
-        pending = self._connecting.get(endpoint.id)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        while True:
+            conn = self._usable(endpoint)
+            if conn is not None and conn.endpoint.open_streams == 0:
+                return conn
+            count = len(self._conns.get(endpoint.id, []))
+            if conn is not None and count >= self.max_per_endpoint:
+                return conn
+            pending = self._connecting.get(endpoint.id)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+            # look again: the callers that waited with us may have filled the new connection
         if conn is not None:
             return conn
         future: asyncio.Future[H2Protocol] = asyncio.get_running_loop().create_future()
@@ -119,7 +122,11 @@ class H2Pool:
                 ),
                 self.connect_timeout,
             )
-            await proto.ready
+            try:
+                await asyncio.wait_for(asyncio.shield(proto.ready), self.connect_timeout)
+            except TimeoutError:
+                proto.close()
+                raise
         except PeerIdentityError as exc:
             raise UpstreamError("tls_identity_mismatch", str(exc)) from exc
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as exc:

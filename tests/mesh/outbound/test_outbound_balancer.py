@@ -10,7 +10,9 @@ from mesh.outbound.endpoints import Endpoint
 
 
 def eps(n: int) -> list[Endpoint]:
-    return [Endpoint(f"ep-{i}", "127.0.0.1", 10000 + i, f"spiffe://rig.test/ns/default/sa/s{i}") for i in range(n)]
+    return [
+        Endpoint(f"ep-{i}", "127.0.0.1", 10000 + i, f"spiffe://rig.test/ns/default/sa/s{i}") for i in range(n)
+    ]
 
 
 def test_p2c_with_two_endpoints_always_picks_the_less_loaded() -> None:

@@ -78,7 +78,7 @@ def route(request: Request, fixed: str | None = None) -> tuple[Response, FakeCli
 def test_proxy_mode_absolute_target_names_the_service() -> None:
     response, client = route(Request("GET", "http://orders.mesh:8080/a/b?x=1", "ignored"))
     assert response.status == 200
-    (service, sent), = client.calls
+    ((service, sent),) = client.calls
     assert service == "orders"
     assert (sent.path, sent.authority, sent.scheme) == ("/a/b?x=1", "orders", "http")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from datetime import timedelta
 
 import pytest
 
@@ -20,7 +19,9 @@ from shared.config.model.mesh import CircuitBreaker, OutlierDetection, RetryBudg
 
 
 def eps(n: int) -> list[Endpoint]:
-    return [Endpoint(f"ep-{i}", "127.0.0.1", 10000 + i, "spiffe://rig.test/ns/default/sa/x") for i in range(n)]
+    return [
+        Endpoint(f"ep-{i}", "127.0.0.1", 10000 + i, "spiffe://rig.test/ns/default/sa/x") for i in range(n)
+    ]
 
 
 # ----- retry budget ----------------------------------------------------------------------------------------
@@ -38,7 +39,9 @@ def test_default_budget_is_twenty_percent_plus_ten_per_second() -> None:
 
 
 def test_spent_budget_refuses_until_the_window_moves_on() -> None:
-    tracker = RetryBudgetTracker(RetryBudget.model_validate({"percent": "20%", "minPerSecond": 0}), window=10.0)
+    tracker = RetryBudgetTracker(
+        RetryBudget.model_validate({"percent": "20%", "minPerSecond": 0}), window=10.0
+    )
     for _ in range(10):
         tracker.record_request(now=0.0)
     assert tracker.try_retry(now=1.0) and tracker.try_retry(now=1.0)
