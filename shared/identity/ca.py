@@ -319,9 +319,7 @@ class CertificateAuthority:
             )
         not_before = max(now - BACKDATE, authority.cert.not_valid_before_utc)
         not_after = min(now + lifetime, ca_expiry)
-        leaf = build_leaf(
-            spiffe_id, public_key, authority.cert, authority.key, not_before, not_after, aki
-        )
+        leaf = build_leaf(spiffe_id, public_key, authority.cert, authority.key, not_before, not_after, aki)
         return [leaf, *authority.chain]
 
     def issue(
