@@ -66,6 +66,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its direct children (nghttpx does its work in a worker child)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        kids = []
+    return [pid, *(int(k) for k in kids)]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children."""
+    return sum(cpu_seconds(p) for p in with_children(pid))
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -305,7 +319,7 @@ def main() -> int:
         for name, (url, host) in targets.items():  # latency at a fixed 1,000 requests/s
             log = tmp / f"{name}.tsv"
             pids = sidecars if name == "meshgate" else ref_pids if name == "nghttpx" else []
-            before = [cpu_seconds(p) for p in pids]
+            before = [process_cpu(p) for p in pids]
             out = h2load(
                 url,
                 "-c",
@@ -319,7 +333,7 @@ def main() -> int:
                 f"--log-file={log}",
                 host=host,
             )
-            after = [cpu_seconds(p) for p in pids]
+            after = [process_cpu(p) for p in pids]
             values = latencies(log)
             results[name] |= {
                 "p50": pct(values, 0.5),
@@ -331,7 +345,7 @@ def main() -> int:
                 )
                 if pids
                 else 0.0,
-                "rss_mb": max(rss_mb(p) for p in pids) if pids else 0.0,
+                "rss_mb": max(sum(rss_mb(c) for c in with_children(p)) for p in pids) if pids else 0.0,
             }
             r = results[name]
             print(
@@ -350,6 +364,7 @@ def main() -> int:
         "cpu_s_per_1000": round(m["cpu_per_1000"], 3),
         "rss_mb": round(m["rss_mb"], 1),
         "nghttpx_added_p90_ms": round(n["p90"] - d["p90"], 3),
+        "nghttpx_cpu_s_per_1000": round(n["cpu_per_1000"], 3),
         "meshgate_rps": round(m["rps"]),
         "nghttpx_rps": round(n["rps"]),
         "direct_rps": round(d["rps"]),
