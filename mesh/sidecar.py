@@ -16,6 +16,7 @@ from mesh.inbound.server import InboundServer
 from mesh.outbound.client import MeshClient
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
+from mesh.transport.h2c import H2cPool, serve_sniffing
 from mesh.transport.messages import Request, Response, body_of
 from mesh.transport.pool import H2Pool
 from shared.config.policyset import PolicySet
@@ -67,6 +68,7 @@ class Sidecar:
         self.inbound: InboundServer | None = None
         self.handler: InboundHandler | None = None
         self.app = H1Pool(*config.app)
+        self.grpc_app = H2cPool(*config.app)
         self.ports: dict[str, int] = {}
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []
@@ -110,16 +112,14 @@ class Sidecar:
         assert certs is not None and self.registry.bundle is not None
         td = self.registry.bundle.trust_domain
         self.client = MeshClient(H2Pool(certs.client_context, td))
-        self.handler = InboundHandler(cfg.service, self.app, lambda: self.engine)
+        self.handler = InboundHandler(cfg.service, self.app, lambda: self.engine, self.grpc_app)
         self.inbound = InboundServer(self.handler, certs.server_context, td)
         self.ports["inbound"] = await self.inbound.start(*cfg.inbound)
-        outbound = await asyncio.start_server(H1Server(OutboundHandler(self.client)), *cfg.outbound)
+        outbound = await serve_sniffing(OutboundHandler(self.client), *cfg.outbound)
         self._servers.append(outbound)
         self.ports["outbound"] = outbound.sockets[0].getsockname()[1]
         for port, service in cfg.upstreams.items():
-            server = await asyncio.start_server(
-                H1Server(OutboundHandler(self.client, service)), cfg.outbound[0], port
-            )
+            server = await serve_sniffing(OutboundHandler(self.client, service), cfg.outbound[0], port)
             self._servers.append(server)
         admin = await asyncio.start_server(H1Server(self._admin), *cfg.admin)
         self._servers.append(admin)
@@ -232,6 +232,7 @@ class Sidecar:
         if self.client is not None:
             self.client.pool.close()
         await self.app.close()
+        await self.grpc_app.close()
         await self.registry.close()
 
 

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 
 from mesh.transport.h1 import H1Pool, UpstreamError
-from mesh.transport.messages import Request, Response, error_response
+from mesh.transport.h2c import H2cPool
+from mesh.transport.messages import Request, Response, error_response, for_caller
 from shared.policy.engine import PolicyEngine
 from shared.policy.request import Caller
 from shared.policy.request import Request as PolicyRequest
@@ -29,9 +30,16 @@ def policy_request(request: Request) -> PolicyRequest:
 class InboundHandler:
     """Authorize, then forward to the app."""
 
-    def __init__(self, service: str, app: H1Pool, engine: Callable[[], PolicyEngine | None]) -> None:
+    def __init__(
+        self,
+        service: str,
+        app: H1Pool,
+        engine: Callable[[], PolicyEngine | None],
+        grpc_app: H2cPool | None = None,
+    ) -> None:
         self.service = service
         self.app = app
+        self.grpc_app = grpc_app
         self.engine = engine
         self.stats = {"requests": 0, "denied": 0, "audit_denied": 0, "app_errors": 0}
 
@@ -71,12 +79,21 @@ class InboundHandler:
         if denied is not None:
             async for _ in request.body:  # read what the caller already sent, then answer
                 pass
-            return denied
+            return for_caller(request, denied)
         request.headers = [(k, v) for k, v in request.headers if k not in MESH_HEADERS]
         request.headers.append(("x-meshgate-peer", caller_id))
         try:
+            if self.grpc_app is not None and self._speaks_grpc():
+                return await self.grpc_app.request(request)
             return await self.app.request(request)
         except UpstreamError as exc:
             self.stats["app_errors"] += 1
             log.warning("app unreachable for %s %s: %s", request.method, request.path, exc)
-            return error_response(503 if exc.code == "connect_failure" else 502, exc.code, str(exc))
+            failed = error_response(503 if exc.code == "connect_failure" else 502, exc.code, str(exc))
+            return for_caller(request, failed)
+
+    def _speaks_grpc(self) -> bool:
+        """The app is reached over h2c when its ``Service`` says ``protocol: grpc``."""
+        engine = self.engine()
+        declared = engine.policy_set.services.get(self.service) if engine is not None else None
+        return declared is not None and declared.protocol == "grpc"

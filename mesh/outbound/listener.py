@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from mesh.outbound.client import MeshClient
 from mesh.transport.h1 import ClientInfo
-from mesh.transport.messages import Request, Response, error_response
+from mesh.transport.messages import Request, Response, error_response, for_caller
 
 MESH_SUFFIXES = (".mesh", ".svc.cluster.local", ".svc")
 
@@ -58,4 +58,4 @@ class OutboundHandler:
         request.path = target
         request.authority = service
         request.scheme = "http"
-        return await self.client.request(service, request)
+        return for_caller(request, await self.client.request(service, request))

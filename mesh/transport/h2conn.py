@@ -62,6 +62,7 @@ class _Stream:
     window: asyncio.Event = field(default_factory=asyncio.Event)
     error: StreamError | None = None
     task: asyncio.Task[None] | None = None
+    headers_only: bool = False  # the peer ended the stream on its HEADERS (e.g. gRPC Trailers-Only)
 
 
 def _text(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -193,6 +194,8 @@ class H2Protocol(asyncio.Protocol):
             if event.data or event.flow_controlled_length:
                 stream.chunks.put_nowait((event.data, event.flow_controlled_length))
             if event.end_stream:
+                if not stream.trailers.done():
+                    stream.trailers.set_result([])
                 stream.chunks.put_nowait(_END)
         elif isinstance(event, RequestReceived):
             self._start_request(event)
@@ -202,6 +205,9 @@ class H2Protocol(asyncio.Protocol):
                 pseudo, headers = _text(event.headers)
                 stream.response.set_result((int(pseudo.get(":status", "502")), headers))
                 if event.end_stream:
+                    stream.headers_only = True
+                    if not stream.trailers.done():
+                        stream.trailers.set_result([])
                     stream.chunks.put_nowait(_END)
         elif isinstance(event, TrailersReceived):
             stream = self.streams.get(event.stream_id)
@@ -259,7 +265,15 @@ class H2Protocol(asyncio.Protocol):
 
         return body()
 
-    async def _send_body(self, stream: _Stream, body: AsyncIterator[bytes], trailers: Headers | None) -> None:
+    async def _send_body(
+        self,
+        stream: _Stream,
+        body: AsyncIterator[bytes],
+        trailers: Headers | None,
+        later: asyncio.Future[Headers] | None = None,
+    ) -> None:
+        """Send ``body`` with flow control, then ``trailers`` (or those ``later`` resolves to, once the
+        body has ended: a proxied response's trailers arrive after its body), else END_STREAM."""
         sid = stream.stream_id
         async for chunk in body:
             view = memoryview(chunk)
@@ -275,6 +289,8 @@ class H2Protocol(asyncio.Protocol):
                     await stream.window.wait()
         if stream.error is not None:
             raise stream.error
+        if later is not None and trailers is None:
+            trailers = await later
         if trailers:
             self.endpoint.send_headers(sid, _raw(trailers), end_stream=True)
         else:
@@ -315,14 +331,13 @@ class H2Protocol(asyncio.Protocol):
             return
         try:
             head = [(":status", str(response.status)), *strip_hop_by_hop(response.headers)]
+            if response.headers_only:  # one HEADERS frame with END_STREAM (gRPC Trailers-Only)
+                self.endpoint.send_headers(sid, _raw(head), end_stream=True)
+                self._flush()
+                return
             self.endpoint.send_headers(sid, _raw(head))
             self._flush()
-            await self._send_body(stream, response.body, None)
-            if response.trailers is not None:
-                trailers = await response.trailers
-                if trailers:
-                    # the body already ended the stream when trailers were not known in time
-                    log.debug("late trailers on stream %d dropped", sid)
+            await self._send_body(stream, response.body, None, response.trailers)
         except asyncio.CancelledError:
             self._reset(sid, ErrorCode.CANCEL)
         except StreamError:
@@ -413,7 +428,9 @@ class H2Protocol(asyncio.Protocol):
         def done() -> None:
             self.streams.pop(sid, None)
 
-        return Response(status, headers, self._client_body(stream, done), stream.trailers)
+        response = Response(status, headers, self._client_body(stream, done), stream.trailers)
+        response.headers_only = stream.headers_only
+        return response
 
     def _client_body(self, stream: _Stream, done: Callable[[], None]) -> AsyncIterator[bytes]:
         async def body() -> AsyncIterator[bytes]:

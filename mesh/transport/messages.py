@@ -75,6 +75,8 @@ class Response:
     body: AsyncIterator[bytes] = field(default_factory=empty_body)
     trailers: asyncio.Future[Headers] | None = None
     on_close: Callable[[], None] | None = None
+    #: No body and no trailers: HTTP/2 sends the headers with END_STREAM (gRPC Trailers-Only).
+    headers_only: bool = False
 
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower-case), or None."""
@@ -94,6 +96,50 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
         if token.strip()
     }
     return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+
+
+#: gRPC status for each locally generated error (grpc/grpc doc/statuscodes.md).
+GRPC_STATUS = {
+    "no_healthy_upstream": 14,
+    "connect_failure": 14,
+    "upstream_reset": 14,
+    "circuit_open": 14,
+    "tls_identity_mismatch": 14,
+    "no_configuration": 14,
+    "upstream_timeout": 4,
+    "policy_denied": 7,
+    "not_implemented": 12,
+}
+
+
+def is_grpc(headers: Headers) -> bool:
+    """True for a gRPC request (``content-type: application/grpc...``)."""
+    return any(k == "content-type" and v.startswith("application/grpc") for k, v in headers)
+
+
+def grpc_error(code: str, message: str) -> Response:
+    """A locally generated error for a gRPC caller: HTTP 200, Trailers-Only with ``grpc-status``."""
+    status = GRPC_STATUS.get(code, 2)
+    text = message.replace("%", "%25").replace("\r", " ").replace("\n", " ")
+    return Response(
+        200,
+        [
+            ("content-type", "application/grpc"),
+            ("grpc-status", str(status)),
+            ("grpc-message", text),
+            ("x-meshgate-error", code),
+        ],
+        headers_only=True,
+    )
+
+
+def for_caller(request: Request, response: Response) -> Response:
+    """A locally generated error in the form the caller understands: gRPC callers get Trailers-Only
+    with the mapped ``grpc-status`` instead of an HTTP error status."""
+    code = response.header("x-meshgate-error")
+    if code is None or response.status == 200 or not is_grpc(request.headers):
+        return response
+    return grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
 
 
 def error_response(status: int, code: str, message: str) -> Response:

@@ -1,0 +1,133 @@
+"""Cleartext HTTP/2 (h2c, prior knowledge) on loopback: to gRPC apps, and from gRPC apps.
+
+``H2cPool`` is the inbound side's client to a local gRPC app (``protocol: grpc``); ``serve_sniffing``
+runs a plaintext listener that serves HTTP/1.1 and h2c on one port, telling them apart by the HTTP/2
+connection preface, so that an app's gRPC client can use the same outbound port as its HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mesh.h2 import Limits
+from mesh.transport.h1 import ClientInfo, H1Server, UpstreamError
+from mesh.transport.h2conn import H2Protocol, StreamError
+from mesh.transport.messages import Request, Response
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class H2cPool:
+    """One reused cleartext HTTP/2 connection to ``host:port`` (a new one when it cannot take a stream)."""
+
+    def __init__(
+        self, host: str, port: int, *, connect_timeout: float = 2.0, limits: Limits | None = None
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.limits = limits or Limits()
+        self._conns: list[H2Protocol] = []
+
+    async def _connection(self) -> H2Protocol:
+        for conn in self._conns:
+            if conn.available:
+                return conn
+        loop = asyncio.get_running_loop()
+
+        def closed(proto: H2Protocol) -> None:
+            if proto in self._conns:
+                self._conns.remove(proto)
+
+        try:
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: H2Protocol(client_side=True, limits=self.limits, on_close=closed),
+                    self.host,
+                    self.port,
+                ),
+                self.connect_timeout,
+            )
+            await asyncio.wait_for(proto.ready, self.connect_timeout)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise UpstreamError(
+                "connect_failure",
+                f"cannot connect to the app at {self.host}:{self.port} (h2c): {exc}",
+                retryable=True,
+            ) from exc
+        self._conns.append(proto)
+        return proto
+
+    async def request(self, request: Request) -> Response:
+        """Forward ``request`` over h2c; raises UpstreamError when the app cannot be reached or resets."""
+        conn = await self._connection()
+        request.scheme = "http"
+        try:
+            return await conn.request(request)
+        except StreamError as exc:
+            raise UpstreamError(
+                exc.code, f"the app reset the stream: {exc}", retryable=exc.retryable
+            ) from exc
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for conn in list(self._conns):
+            conn.close()
+        self._conns.clear()
+
+
+class _Sniffer(asyncio.Protocol):
+    """Reads just enough to tell HTTP/2's preface from HTTP/1.1, then hands the connection over."""
+
+    def __init__(
+        self, h1: H1Server, h2: Callable[[Request, ClientInfo], Awaitable[Response]], limits: Limits
+    ) -> None:
+        self.h1 = h1
+        self.h2 = h2
+        self.limits = limits
+        self.buffer = b""
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < len(PREFACE) and PREFACE.startswith(self.buffer):
+            return  # could still be HTTP/2: wait for the rest of the preface
+        transport, buffer = self.transport, self.buffer
+        peer = transport.get_extra_info("peername") or ("", 0)
+        info = ClientInfo(str(peer[0]), int(peer[1]))
+        if buffer.startswith(PREFACE):
+
+            async def handle(request: Request, _proto: H2Protocol) -> Response:
+                return await self.h2(request, info)
+
+            proto: asyncio.Protocol = H2Protocol(client_side=False, handler=handle, limits=self.limits)
+        else:
+            reader = asyncio.StreamReader(limit=256 * 1024)
+            proto = asyncio.StreamReaderProtocol(reader, self.h1)
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(buffer)
+
+    def eof_received(self) -> bool | None:
+        if self.transport is not None:
+            self.transport.close()
+        return None
+
+
+async def serve_sniffing(
+    handler: Callable[[Request, ClientInfo], Awaitable[Response]],
+    host: str,
+    port: int,
+    limits: Limits | None = None,
+) -> asyncio.Server:
+    """A plaintext listener serving HTTP/1.1 and h2c (prior knowledge) with the same ``handler``."""
+    h1 = H1Server(handler)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: _Sniffer(h1, handler, limits or Limits()), host, port, backlog=1024
+    )
