@@ -16,9 +16,10 @@ from mesh.inbound.server import InboundServer
 from mesh.outbound.client import MeshClient
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
-from mesh.transport.h2c import H2cPool, serve_sniffing
+from mesh.transport.h2c import H2cPool, TcpHandler, TcpMode, serve_sniffing
 from mesh.transport.messages import Request, Response, body_of
 from mesh.transport.pool import H2Pool
+from mesh.transport.tunnel import tcp_listener
 from shared.config.policyset import PolicySet
 from shared.policy.engine import PolicyEngine
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
@@ -119,7 +120,9 @@ class Sidecar:
         self._servers.append(outbound)
         self.ports["outbound"] = outbound.sockets[0].getsockname()[1]
         for port, service in cfg.upstreams.items():
-            server = await serve_sniffing(OutboundHandler(self.client, service), cfg.outbound[0], port)
+            server = await serve_sniffing(
+                OutboundHandler(self.client, service), cfg.outbound[0], port, tcp=self._tcp_mode(service)
+            )
             self._servers.append(server)
         admin = await asyncio.start_server(H1Server(self._admin), *cfg.admin)
         self._servers.append(admin)
@@ -135,6 +138,19 @@ class Sidecar:
             self.ports["outbound"],
             self.ports["admin"],
         )
+
+    def _tcp_mode(self, service: str) -> TcpMode:
+        """For a per-upstream port: tunnel its connections when ``service`` is declared ``protocol: tcp``."""
+        client = self.client
+        assert client is not None
+        handler = tcp_listener(lambda request: client.request(service, request), service)
+
+        def mode() -> TcpHandler | None:
+            engine = self.engine
+            declared = engine.policy_set.services.get(service) if engine is not None else None
+            return handler if declared is not None and declared.protocol == "tcp" else None
+
+        return mode
 
     async def _register_and_beat(self) -> None:
         cfg = self.config

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from mesh.transport.h1 import H1Pool, UpstreamError
 from mesh.transport.h2c import H2cPool
 from mesh.transport.messages import Request, Response, error_response, for_caller
+from mesh.transport.tunnel import connect_app
 from shared.policy.engine import PolicyEngine
 from shared.policy.request import Caller
 from shared.policy.request import Request as PolicyRequest
@@ -77,12 +78,14 @@ class InboundHandler:
         self.stats["requests"] += 1
         denied = self.authorize(caller_id, request)
         if denied is not None:
-            async for _ in request.body:  # read what the caller already sent, then answer
-                pass
+            # answer at once: the body is not read (a tunnel's never ends); whatever the caller still
+            # sends on this stream is acknowledged and dropped by the transport once we have answered
             return for_caller(request, denied)
         request.headers = [(k, v) for k, v in request.headers if k not in MESH_HEADERS]
         request.headers.append(("x-meshgate-peer", caller_id))
         try:
+            if request.method == "CONNECT":  # a TCP tunnel, authorized above as it opens
+                return await connect_app(request, self.app.host, self.app.port)
             if self.grpc_app is not None and self._speaks_grpc():
                 return await self.grpc_app.request(request)
             return await self.app.request(request)

@@ -17,6 +17,9 @@ from mesh.transport.h2conn import H2Protocol, StreamError
 from mesh.transport.messages import Request, Response
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+TcpHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+#: Asked when a connection arrives: the handler to tunnel it with, or None to serve HTTP.
+TcpMode = Callable[[], TcpHandler | None]
 
 
 class H2cPool:
@@ -82,16 +85,27 @@ class _Sniffer(asyncio.Protocol):
     """Reads just enough to tell HTTP/2's preface from HTTP/1.1, then hands the connection over."""
 
     def __init__(
-        self, h1: H1Server, h2: Callable[[Request, ClientInfo], Awaitable[Response]], limits: Limits
+        self,
+        h1: H1Server,
+        h2: Callable[[Request, ClientInfo], Awaitable[Response]],
+        limits: Limits,
+        tcp: TcpMode | None = None,
     ) -> None:
         self.h1 = h1
         self.h2 = h2
         self.limits = limits
+        self.tcp = tcp
         self.buffer = b""
         self.transport: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        tunnel = self.tcp() if self.tcp is not None else None
+        if tunnel is not None:  # a TCP service: no sniffing (its server may speak first)
+            reader = asyncio.StreamReader(limit=256 * 1024)
+            proto = asyncio.StreamReaderProtocol(reader, tunnel)
+            transport.set_protocol(proto)
+            proto.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -124,10 +138,13 @@ async def serve_sniffing(
     host: str,
     port: int,
     limits: Limits | None = None,
+    tcp: TcpMode | None = None,
 ) -> asyncio.Server:
-    """A plaintext listener serving HTTP/1.1 and h2c (prior knowledge) with the same ``handler``."""
+    """A plaintext listener serving HTTP/1.1 and h2c (prior knowledge) with the same ``handler``; when
+    ``tcp()`` returns a connection handler (the upstream is a TCP service), connections go to it as
+    they are, unsniffed."""
     h1 = H1Server(handler)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Sniffer(h1, handler, limits or Limits()), host, port, backlog=1024
+        lambda: _Sniffer(h1, handler, limits or Limits(), tcp), host, port, backlog=1024
     )

@@ -373,19 +373,26 @@ class H2Protocol(asyncio.Protocol):
 
         Raises StreamError (``retryable`` for REFUSED_STREAM and GOAWAY before processing).
         """
-        head = [
-            (":method", request.method),
-            (":scheme", request.scheme or "https"),
-            (":authority", request.authority),
-            (":path", request.path),
-        ]
+        tunnel = request.method == "CONNECT"
+        if tunnel:  # RFC 9113 section 8.5: only :method and :authority
+            head = [(":method", "CONNECT"), (":authority", request.authority)]
+        else:
+            head = [
+                (":method", request.method),
+                (":scheme", request.scheme or "https"),
+                (":authority", request.authority),
+                (":path", request.path),
+            ]
         head += [(k, v) for k, v in strip_hop_by_hop(request.headers) if not k.startswith(":")]
         if request.header("te") == "trailers" or any(k == "te" for k, _ in request.headers):
             head.append(("te", "trailers"))
         body = request.body.__aiter__()
-        first = await anext(body, b"")
+        # peek so that an empty body ends the stream on HEADERS; a tunnel may wait for the server to
+        # speak first, so it never waits for the client's first bytes
+        first = b"" if tunnel else await anext(body, b"")
         try:
-            sid = self.endpoint.send_request(_raw(head), end_stream=not first and request.trailers is None)
+            end = not tunnel and not first and request.trailers is None
+            sid = self.endpoint.send_request(_raw(head), end_stream=end)
         except (StreamLimitReached, ConnectionClosedError) as exc:  # nothing was sent: safe to retry
             raise StreamError(
                 f"no stream available: {exc}", ErrorCode.REFUSED_STREAM, retryable=True
@@ -395,7 +402,7 @@ class H2Protocol(asyncio.Protocol):
         self.streams[sid] = stream
         self._flush()
         self.last_active = loop.time()
-        if first or request.trailers is not None:
+        if tunnel or first or request.trailers is not None:
 
             async def rest() -> AsyncIterator[bytes]:
                 if first:
@@ -405,8 +412,8 @@ class H2Protocol(asyncio.Protocol):
 
             async def pump() -> None:
                 try:
-                    req_trailers = await request.trailers if request.trailers is not None else trailers
-                    await self._send_body(stream, rest(), req_trailers)
+                    # request trailers (if any) are awaited after the body: never buffer a stream
+                    await self._send_body(stream, rest(), trailers, request.trailers)
                 except StreamError:
                     pass
                 except Exception as exc:  # the caller's body failed: cancel the stream
