@@ -171,3 +171,20 @@ def test_admin_endpoints(mesh: Mesh) -> None:
     with urllib.request.urlopen(f"{mesh.orders_admin}/metrics", timeout=5) as response:
         text = response.read().decode()
     assert "meshgate_certificate_expiry_seconds" in text and "meshgate_ready 1" in text
+
+
+def test_wait_ready_returns_once_the_sidecar_is_ready(mesh: Mesh) -> None:
+    done = subprocess.run(
+        [MESHGATE, "wait-ready", "--admin", mesh.orders_admin, "--timeout", "5s"], timeout=30
+    )
+    assert done.returncode == 0
+
+
+def test_wait_ready_fails_after_its_timeout_when_nothing_answers() -> None:
+    done = subprocess.run(
+        [MESHGATE, "wait-ready", "--admin", f"http://127.0.0.1:{free_port()}", "--timeout", "500ms"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and "not ready after" in done.stderr
