@@ -40,7 +40,9 @@ class InboundServer:
         context: Callable[[], ssl.SSLContext],
         trust_domain: str,
         limits: Limits | None = None,
+        idle_timeout: float | None = 600.0,
     ) -> None:
+        self.idle_timeout = idle_timeout
         self.handler = handler
         self.context = context
         self.trust_domain = trust_domain
@@ -70,6 +72,7 @@ class InboundServer:
             limits=self.limits,
             on_open=self._verify,
             on_close=self.connections.discard,
+            idle_timeout=self.idle_timeout,
         )
 
     async def start(self, host: str, port: int) -> int:

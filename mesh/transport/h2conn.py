@@ -95,8 +95,14 @@ class H2Protocol(asyncio.Protocol):
         limits: Limits | None = None,
         on_open: Callable[[H2Protocol], None] | None = None,
         on_close: Callable[[H2Protocol], None] | None = None,
+        keepalive: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.client_side = client_side
+        self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping_deadline: float | None = None
         self.handler = handler
         self.endpoint = H2Endpoint(client_side=client_side, limits=limits or Limits())
         self.on_open = on_open
@@ -110,7 +116,8 @@ class H2Protocol(asyncio.Protocol):
         self.peer: Any = None  # set by on_open (e.g. the verified SPIFFE ID)
         self._writable = asyncio.Event()
         self._writable.set()
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = asyncio.get_running_loop().time()  # last time a stream was open or used
+        self.last_received = self.last_active
 
     # ----- asyncio.Protocol -----------------------------------------------------------------------------
 
@@ -129,12 +136,47 @@ class H2Protocol(asyncio.Protocol):
             return
         self.endpoint.initiate()
         self._flush()
+        self._arm()
         if not self.client_side and not self.ready.done():
             self.ready.set_result(None)  # client side: ready once the peer's SETTINGS (its limits) arrived
 
+    # ----- keepalive and idle timeout (one timer per connection, no task) ------------------------------
+
+    def _arm(self) -> None:
+        periods = [p for p in (self.keepalive, self.idle_timeout) if p]
+        if periods:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(min(periods) / 2, self._tick)
+
+    def _tick(self) -> None:
+        """Close an idle connection; PING a quiet one; give up on a peer that does not answer the PING."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        now = asyncio.get_running_loop().time()
+        if self.streams:
+            self.last_active = now
+        quiet = now - self.last_received
+        if self._ping_deadline is not None and now >= self._ping_deadline:
+            log.warning("peer did not answer a keepalive PING within %.1fs: closing", self.keepalive or 0)
+            self.transport.abort()
+            return
+        if self.idle_timeout and not self.streams and now - self.last_active >= self.idle_timeout:
+            log.debug("closing a connection idle for %.0fs", now - self.last_active)
+            self.close()
+            return
+        if self.keepalive and quiet >= self.keepalive and self._ping_deadline is None:
+            self.endpoint.ping()
+            self._flush()
+            self._ping_deadline = now + self.keepalive
+        self._arm()
+
     def data_received(self, data: bytes) -> None:
         """Feed the core and act on its events."""
-        self.last_active = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        self.last_received = now
+        self._ping_deadline = None  # any byte from the peer proves it alive
+        if self.streams:
+            self.last_active = now
         for event in self.endpoint.receive(data):
             self._dispatch(event)
         self._flush()
@@ -150,6 +192,8 @@ class H2Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail every open stream; tell the owner."""
+        if self._timer is not None:
+            self._timer.cancel()
         error = StreamError(f"connection lost: {exc or 'closed'}", ErrorCode.CANCEL, "upstream_reset")
         for stream in list(self.streams.values()):
             self._fail(stream, error)

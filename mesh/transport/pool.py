@@ -33,7 +33,11 @@ class H2Pool:
         limits: Limits | None = None,
         max_per_endpoint: int = 4,
         connect_timeout: float = 1.0,
+        keepalive: float | None = 30.0,
+        idle_timeout: float | None = 300.0,
     ) -> None:
+        self.keepalive = keepalive
+        self.idle_timeout = idle_timeout
         self.context = context
         self.trust_domain = trust_domain
         self.limits = limits or Limits()
@@ -114,7 +118,14 @@ class H2Pool:
         try:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: H2Protocol(client_side=True, limits=self.limits, on_open=verify, on_close=closed),
+                    lambda: H2Protocol(
+                        client_side=True,
+                        limits=self.limits,
+                        on_open=verify,
+                        on_close=closed,
+                        keepalive=self.keepalive,
+                        idle_timeout=self.idle_timeout,
+                    ),
                     endpoint.address,
                     endpoint.port,
                     ssl=ctx,
