@@ -7,12 +7,14 @@ import contextlib
 import json
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mesh.inbound.handler import InboundHandler
 from mesh.inbound.server import InboundServer
+from mesh.measure import RequestMetrics
 from mesh.outbound.client import MeshClient
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
@@ -24,6 +26,7 @@ from shared.config.policyset import PolicySet
 from shared.policy.engine import PolicyEngine
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
 from shared.registry.health import AppCheck, heartbeat_loop
+from shared.telemetry.metrics import Registry
 
 log = logging.getLogger("meshgate.sidecar")
 
@@ -71,6 +74,8 @@ class Sidecar:
         self.app = H1Pool(*config.app)
         self.grpc_app = H2cPool(*config.app)
         self.ports: dict[str, int] = {}
+        self.metrics_registry = Registry()
+        self.measure = RequestMetrics(self.metrics_registry)
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -114,14 +119,18 @@ class Sidecar:
         td = self.registry.bundle.trust_domain
         self.client = MeshClient(H2Pool(certs.client_context, td))
         self.handler = InboundHandler(cfg.service, self.app, lambda: self.engine, self.grpc_app)
-        self.inbound = InboundServer(self.handler, certs.server_context, td)
+        inbound_handler = self.measure.wrap("inbound", self.handler, lambda _request, peer: peer)
+        self.inbound = InboundServer(inbound_handler, certs.server_context, td)
         self.ports["inbound"] = await self.inbound.start(*cfg.inbound)
-        outbound = await serve_sniffing(OutboundHandler(self.client), *cfg.outbound)
+        outbound = await serve_sniffing(self._outbound(OutboundHandler(self.client)), *cfg.outbound)
         self._servers.append(outbound)
         self.ports["outbound"] = outbound.sockets[0].getsockname()[1]
         for port, service in cfg.upstreams.items():
             server = await serve_sniffing(
-                OutboundHandler(self.client, service), cfg.outbound[0], port, tcp=self._tcp_mode(service)
+                self._outbound(OutboundHandler(self.client, service)),
+                cfg.outbound[0],
+                port,
+                tcp=self._tcp_mode(service),
             )
             self._servers.append(server)
         admin = await asyncio.start_server(H1Server(self._admin), *cfg.admin)
@@ -138,6 +147,10 @@ class Sidecar:
             self.ports["outbound"],
             self.ports["admin"],
         )
+
+    def _outbound(self, handler: OutboundHandler) -> Callable[[Request, ClientInfo], Awaitable[Response]]:
+        """``handler`` measured; the peer is the destination service it resolved."""
+        return self.measure.wrap("outbound", handler, lambda request, _info: request.authority)
 
     def _tcp_mode(self, service: str) -> TcpMode:
         """For a per-upstream port: tunnel its connections when ``service`` is declared ``protocol: tcp``."""
@@ -222,7 +235,7 @@ class Sidecar:
                     lines.append(f'meshgate_outbound_total{{destination="{service}",kind="{key}"}} {value}')
             lines.append(f"meshgate_outbound_connections_opened_total {self.client.pool.opened}")
         lines.append(f"meshgate_ready {int(self.ready)}")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.metrics_registry.render()
 
     async def wait(self) -> None:
         """Until SIGTERM, SIGINT or ``POST /quitquitquit``."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from mesh.h2 import Limits
 from mesh.inbound.handler import InboundHandler
@@ -36,7 +36,7 @@ class InboundServer:
 
     def __init__(
         self,
-        handler: InboundHandler,
+        handler: Callable[[Request, str], Awaitable[Response]] | InboundHandler,
         context: Callable[[], ssl.SSLContext],
         trust_domain: str,
         limits: Limits | None = None,
