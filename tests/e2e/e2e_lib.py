@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -94,3 +95,115 @@ def copy_policies(target: Path) -> Path:
     """A private copy of the repository's example policies."""
     shutil.copytree(REPO / "policies", target)
     return target
+
+
+class MeshStack:
+    """A control plane and sidecars as real processes: the start-up every whole-stack test shares."""
+
+    def __init__(self, procs: Processes, tmp: Path) -> None:
+        self.procs = procs
+        self.tmp = tmp
+        self.data = tmp / "cp"
+        self.cp_url = ""
+        self.cp_argv: tuple[str, ...] = ()
+
+    def start_control_plane(self, policies: Path) -> str:
+        """Start it on a free port; returns its URL once ready."""
+        port = free_port()
+        self.cp_url = f"https://127.0.0.1:{port}"
+        self.cp_argv = (
+            MESHGATE,
+            "control-plane",
+            "--policies",
+            str(policies),
+            "--data-dir",
+            str(self.data),
+            "--listen",
+            f"127.0.0.1:{port}",
+        )
+        self.procs.start("cp", *self.cp_argv)
+        wait_until(lambda: http_ok(f"{self.cp_url}/readyz"), what="control plane ready")
+        return self.cp_url
+
+    def token(self, service: str, *extra: str) -> Path:
+        """A join token file for ``service`` (``meshgate token create``)."""
+        out = subprocess.run(
+            [MESHGATE, "token", "create", "--data-dir", str(self.data), "--service", service, *extra],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        path = self.tmp / f"{service}.token"
+        path.write_text(out.stdout)
+        return path
+
+    def start_sidecar(
+        self, service: str, app_port: int, *extra: str, name: str | None = None, token: Path | None = None
+    ) -> Sidecar:
+        """Start a sidecar for ``service`` in front of ``app_port``; returns its ports once ready."""
+        name = name or f"sidecar-{service}"
+        sidecar = Sidecar(name, service, free_port(), free_port(), free_port())
+        self.procs.start(
+            name,
+            MESHGATE,
+            "sidecar",
+            "--service",
+            service,
+            "--app",
+            f"http://127.0.0.1:{app_port}",
+            "--control-plane",
+            self.cp_url,
+            "--token",
+            str(token or self.token(service)),
+            "--cache-dir",
+            str(self.tmp / f"cache-{name}"),
+            "--inbound",
+            f"127.0.0.1:{sidecar.inbound}",
+            "--outbound",
+            f"127.0.0.1:{sidecar.outbound}",
+            "--admin",
+            f"127.0.0.1:{sidecar.admin}",
+            *extra,
+        )
+        wait_until(lambda: http_ok(f"{sidecar.admin_url}/readyz"), what=f"{name} ready")
+        return sidecar
+
+
+class Sidecar:
+    """The ports of a started sidecar."""
+
+    def __init__(self, name: str, service: str, inbound: int, outbound: int, admin: int) -> None:
+        self.name, self.service = name, service
+        self.inbound, self.outbound, self.admin = inbound, outbound, admin
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin}"
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.outbound}"
+
+    def knows(self, *services: str) -> bool:
+        """True once this sidecar has endpoints for every one of ``services``."""
+        with urllib.request.urlopen(f"{self.admin_url}/config", timeout=2) as response:
+            endpoints = json.load(response)["endpoints"]
+        return all(endpoints.get(s) for s in services)
+
+    def wait_knows(self, *services: str) -> None:
+        """Wait until :meth:`knows` is true."""
+        wait_until(lambda: self.knows(*services), what=f"{self.name} to learn {', '.join(services)}")
+
+
+def dump_logs(procs: Processes) -> None:
+    """Every process's recent output on stderr (for a failing whole-stack test)."""
+    for name in list(procs.procs):
+        sys.stderr.write(f"--- {name} ---\n{procs.log(name)[-3000:]}\n")
+
+
+def start_echo_app(procs: Processes, name: str) -> int:
+    """Start examples/echo_app.py as service ``name`` on a free port; returns the port."""
+    port = free_port()
+    procs.start(f"app-{name}", sys.executable, "examples/echo_app.py", "--name", name, "--port", str(port))
+    return port

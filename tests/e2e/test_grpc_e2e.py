@@ -4,16 +4,12 @@ as the app sent them; mesh errors reach the client as gRPC statuses."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
 import pytest
-from e2e_lib import MESHGATE, Processes, free_port, http_ok, wait_until
+from e2e_lib import MeshStack, Processes, dump_logs, free_port
 
 POLICIES = """
 apiVersion: meshgate/v1
@@ -75,70 +71,16 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
         policies = tmp / "policies"
         policies.mkdir()
         (policies / "mesh.yaml").write_text(POLICIES)
-        data = tmp / "cp"
-        cp_port = free_port()
-        cp_url = f"https://127.0.0.1:{cp_port}"
-        procs.start(
-            "cp",
-            MESHGATE,
-            "control-plane",
-            "--policies",
-            str(policies),
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{cp_port}",
-        )
-        wait_until(lambda: http_ok(f"{cp_url}/readyz"), what="control plane")
+        stack = MeshStack(procs, tmp)
+        stack.start_control_plane(policies)
         upstream = free_port()
-        admins = {}
-        for name, app in (("echo", app_port), ("web", free_port())):
-            token = subprocess.run(
-                [MESHGATE, "token", "create", "--data-dir", str(data), "--service", name],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=30,
-            ).stdout
-            (tmp / f"{name}.token").write_text(token)
-            admin = free_port()
-            extra = ["--upstream", f"{upstream}=echo"] if name == "web" else []
-            procs.start(
-                f"sidecar-{name}",
-                MESHGATE,
-                "sidecar",
-                "--service",
-                name,
-                "--app",
-                f"http://127.0.0.1:{app}",
-                "--control-plane",
-                cp_url,
-                "--token",
-                str(tmp / f"{name}.token"),
-                "--cache-dir",
-                str(tmp / name),
-                "--inbound",
-                f"127.0.0.1:{free_port()}",
-                "--outbound",
-                f"127.0.0.1:{free_port()}",
-                "--admin",
-                f"127.0.0.1:{admin}",
-                *extra,
-            )
-            admins[name] = f"http://127.0.0.1:{admin}"
-        for url in admins.values():
-            wait_until(lambda url=url: http_ok(f"{url}/readyz"), what=f"{url} ready")
-
-        def knows_echo() -> bool:
-            with urllib.request.urlopen(f"{admins['web']}/config", timeout=2) as response:
-                return bool(json.load(response)["endpoints"].get("echo"))
-
-        wait_until(knows_echo, what="web to learn echo")
+        stack.start_sidecar("echo", app_port)
+        web = stack.start_sidecar("web", free_port(), "--upstream", f"{upstream}=echo")
+        web.wait_knows("echo")
         with grpc.insecure_channel(f"127.0.0.1:{upstream}") as ch:
             yield ch
     except BaseException:
-        for name in list(procs.procs):
-            sys.stderr.write(f"--- {name} ---\n{procs.log(name)[-3000:]}\n")
+        dump_logs(procs)
         raise
     finally:
         procs.stop_all()

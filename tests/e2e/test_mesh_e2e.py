@@ -11,10 +11,9 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from e2e_lib import MESHGATE, Processes, copy_policies, free_port, http_ok, wait_until
+from e2e_lib import MESHGATE, MeshStack, Processes, copy_policies, dump_logs, free_port
 
 
 @dataclass
@@ -27,89 +26,26 @@ class Mesh:
     trust_domain: str = "demo.meshgate.local"
 
 
-def _token(data: Path, service: str, tmp: Path) -> Path:
-    out = subprocess.run(
-        [MESHGATE, "token", "create", "--data-dir", str(data), "--service", service],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    path = tmp / f"{service}.token"
-    path.write_text(out.stdout)
-    return path
-
-
-def _sidecar(
-    procs: Processes, tmp: Path, data: Path, cp_url: str, service: str, app_port: int
-) -> tuple[str, str]:
-    inbound, outbound, admin = free_port(), free_port(), free_port()
-    procs.start(
-        f"sidecar-{service}",
-        MESHGATE,
-        "sidecar",
-        "--service",
-        service,
-        "--app",
-        f"http://127.0.0.1:{app_port}",
-        "--control-plane",
-        cp_url,
-        "--token",
-        str(_token(data, service, tmp)),
-        "--cache-dir",
-        str(tmp / f"cache-{service}"),
-        "--inbound",
-        f"127.0.0.1:{inbound}",
-        "--outbound",
-        f"127.0.0.1:{outbound}",
-        "--admin",
-        f"127.0.0.1:{admin}",
-    )
-    return f"http://127.0.0.1:{outbound}", f"http://127.0.0.1:{admin}"
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("mesh")
     procs = Processes(tmp)
     try:
-        policies = copy_policies(tmp / "policies")
-        data = tmp / "cp"
-        cp_port = free_port()
-        cp_url = f"https://127.0.0.1:{cp_port}"
-        procs.start(
-            "cp",
-            MESHGATE,
-            "control-plane",
-            "--policies",
-            str(policies),
-            "--data-dir",
-            str(data),
-            "--listen",
-            f"127.0.0.1:{cp_port}",
-        )
-        wait_until(lambda: http_ok(f"{cp_url}/readyz"), what="control plane ready")
+        stack = MeshStack(procs, tmp)
+        cp_url = stack.start_control_plane(copy_policies(tmp / "policies"))
+        sidecars = {}
         for name in ("orders", "web"):
             port = free_port()
             procs.start(
                 f"app-{name}", sys.executable, "examples/echo_app.py", "--name", name, "--port", str(port)
             )
-            if name == "orders":
-                _, orders_admin = _sidecar(procs, tmp, data, cp_url, "orders", port)
-            else:
-                web_proxy, web_admin = _sidecar(procs, tmp, data, cp_url, "web", port)
-        for admin in (orders_admin, web_admin):
-            wait_until(lambda admin=admin: http_ok(f"{admin}/readyz"), what=f"{admin} ready")
-
-        def web_knows_orders() -> bool:
-            with urllib.request.urlopen(f"{web_admin}/config", timeout=2) as response:
-                return bool(json.load(response)["endpoints"].get("orders"))
-
-        wait_until(web_knows_orders, what="web's sidecar to learn the orders endpoint")
-        yield Mesh(procs, cp_url, web_proxy, orders_admin, web_admin)
+            sidecars[name] = stack.start_sidecar(name, port)
+        sidecars["web"].wait_knows("orders")
+        yield Mesh(
+            procs, cp_url, sidecars["web"].proxy, sidecars["orders"].admin_url, sidecars["web"].admin_url
+        )
     except BaseException:
-        for name in list(procs.procs):
-            sys.stderr.write(f"--- {name} ---\n{procs.log(name)[-3000:]}\n")
+        dump_logs(procs)
         raise
     finally:
         procs.stop_all()
