@@ -51,6 +51,12 @@ def register(sub: Any) -> None:
     p.add_argument("--check", choices=["http", "tcp", "ttl"], default="ttl", help="how to check the app")
     p.add_argument("--check-path", default="/healthz")
     p.add_argument("--drain-timeout", type=duration_seconds, default=10.0, metavar="DURATION")
+    p.add_argument(
+        "--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines (OTLP: issue 8)"
+    )
+    p.add_argument(
+        "--trace-sample", type=float, default=1.0, metavar="RATIO", help="share of new traces sampled"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_sidecar)
 
@@ -89,6 +95,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         upstreams=dict(args.upstream),
         check=check,
         drain_timeout=args.drain_timeout,
+        trace_file=args.trace_file,
+        trace_sample=args.trace_sample,
     )
 
     async def main() -> int:

@@ -1,5 +1,6 @@
-"""Request metrics for the sidecar: a thin wrapper around a handler that counts requests by peer and
-status code and records how long the handler took to produce the response head."""
+"""Request telemetry for the sidecar: a thin wrapper around a handler that makes a span (continuing the
+caller's W3C trace context and passing ours on), counts requests by peer and status code, and records
+how long the handler took to produce the response head."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from opentelemetry.trace import SpanKind
+
 from mesh.transport.messages import Request, Response
 from shared.telemetry.metrics import Counter, Histogram, Registry
+from shared.telemetry.tracing import Tracing, finish
 
 Who = TypeVar("Who")
 
@@ -16,7 +20,8 @@ Who = TypeVar("Who")
 class RequestMetrics:
     """``meshgate_requests_total{direction, peer, code}`` and ``meshgate_request_duration_seconds``."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, tracing: Tracing | None = None) -> None:
+        self.tracing = tracing or Tracing("meshgate")
         self.requests: Counter = registry.counter(
             "meshgate_requests_total",
             "Requests by direction (inbound: from a peer sidecar; outbound: from the app), peer and status.",
@@ -41,10 +46,22 @@ class RequestMetrics:
     ) -> Callable[[Request, Who], Awaitable[Response]]:
         """``handler`` with every call measured."""
 
+        kind = SpanKind.SERVER if direction == "inbound" else SpanKind.CLIENT
+
         async def measured(request: Request, who: Who) -> Response:
             started = time.perf_counter()
-            response = await handler(request, who)
-            peer = peer_of(request, who)
+            path = request.path.split("?", 1)[0]
+            attributes = {"url.path": path, "url.scheme": "https" if direction == "inbound" else "http"}
+            with self.tracing.span(kind, request.method, request.headers, attributes) as (span, headers):
+                request.headers = headers
+                response = await handler(request, who)
+                peer = peer_of(request, who)
+                if span is not None:
+                    span.set_attribute("meshgate.peer", peer)
+                    if direction == "outbound":
+                        span.set_attribute("server.address", peer)
+                        span.set_attribute("url.full", f"http://{peer}{request.path}")
+                finish(span, response.status, client=direction == "outbound")
             self.duration.observe(time.perf_counter() - started, direction, peer)
             self.requests.inc(direction, peer, str(response.status))
             error = response.header("x-meshgate-error")

@@ -27,6 +27,7 @@ from shared.policy.engine import PolicyEngine
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
 from shared.registry.health import AppCheck, heartbeat_loop
 from shared.telemetry.metrics import Registry
+from shared.telemetry.tracing import JsonLinesExporter, Tracing
 
 log = logging.getLogger("meshgate.sidecar")
 
@@ -52,6 +53,8 @@ class SidecarConfig:
     heartbeat_interval: float = 5.0
     ttl: float = 15.0
     drain_timeout: float = 10.0
+    trace_file: Path | None = None
+    trace_sample: float = 1.0
 
 
 class Sidecar:
@@ -75,7 +78,9 @@ class Sidecar:
         self.grpc_app = H2cPool(*config.app)
         self.ports: dict[str, int] = {}
         self.metrics_registry = Registry()
-        self.measure = RequestMetrics(self.metrics_registry)
+        exporter = JsonLinesExporter(config.trace_file) if config.trace_file else None
+        self.tracing = Tracing(config.service, exporter, config.trace_sample)
+        self.measure = RequestMetrics(self.metrics_registry, self.tracing)
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -263,6 +268,7 @@ class Sidecar:
         await self.app.close()
         await self.grpc_app.close()
         await self.registry.close()
+        self.tracing.shutdown()
 
 
 def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:

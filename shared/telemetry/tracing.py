@@ -1,0 +1,113 @@
+"""Spans for the data path, with the OpenTelemetry SDK, following the OTel HTTP conventions.
+
+Code on the data path calls :meth:`Tracing.server_span` / :meth:`Tracing.client_span`; this module
+turns them into spans. Without an exporter nothing is recorded, and the W3C context a caller sent is
+forwarded unchanged (a proxy that makes no span must not change it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from shared.telemetry.tracecontext import TraceContext, extract
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+class JsonLinesExporter(SpanExporter):
+    """Writes each finished span as one JSON object per line (for tests, demos and log shippers)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Append ``spans`` to the file."""
+        lines = [json.dumps(json.loads(span.to_json()), separators=(",", ":")) for span in spans]
+        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release."""
+
+
+class Tracing:
+    """The tracer of one process, or a no-op when ``exporter`` is None."""
+
+    def __init__(self, service: str, exporter: SpanExporter | None = None, sample_ratio: float = 1.0) -> None:
+        self.enabled = exporter is not None
+        self._provider: TracerProvider | None = None
+        if exporter is not None:
+            self._provider = TracerProvider(
+                resource=Resource.create({"service.name": service}),
+                sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+            )
+            self._provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
+            self._tracer = self._provider.get_tracer("meshgate")
+
+    def shutdown(self) -> None:
+        """Flush what is buffered."""
+        if self._provider is not None:
+            self._provider.shutdown()
+
+    @contextmanager
+    def span(
+        self, kind: SpanKind, method: str, headers: list[tuple[str, str]], attributes: dict[str, Any]
+    ) -> Iterator[tuple[Any, list[tuple[str, str]]]]:
+        """A span continuing the caller's W3C context in ``headers``; yields the span (None when
+        tracing is off) and ``headers`` with ``traceparent``/``tracestate`` set for the next hop."""
+        if not self.enabled:
+            yield None, headers
+            return
+        incoming = dict((k, v) for k, v in headers if k in ("traceparent", "tracestate"))
+        ctx, continued = extract(incoming.get("traceparent"), incoming.get("tracestate"))
+        parent = (
+            trace.set_span_in_context(
+                NonRecordingSpan(
+                    SpanContext(
+                        int(ctx.trace_id, 16),
+                        int(ctx.span_id, 16),
+                        is_remote=True,
+                        trace_flags=TraceFlags(TraceFlags.SAMPLED if ctx.sampled else TraceFlags.DEFAULT),
+                    )
+                )
+            )
+            if continued
+            else None
+        )
+        name = method if method in KNOWN_METHODS else "HTTP"
+        attributes = {"http.request.method": method if method in KNOWN_METHODS else "_OTHER", **attributes}
+        with self._tracer.start_as_current_span(
+            name, context=parent, kind=kind, attributes=attributes
+        ) as span:
+            sc = span.get_span_context()
+            own = TraceContext(
+                f"{sc.trace_id:032x}",
+                f"{sc.span_id:016x}",
+                bool(sc.trace_flags & TraceFlags.SAMPLED),
+                ctx.tracestate,
+            )
+            forwarded = [(k, v) for k, v in headers if k not in ("traceparent", "tracestate")] + own.headers()
+            yield span, forwarded
+
+
+def finish(span: Any, status: int, *, client: bool) -> None:
+    """Record the response status; Error on 5xx (server) or 4xx and 5xx (client), as OTel says."""
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500 or (client and status >= 400):
+        span.set_status(Status(StatusCode.ERROR))
