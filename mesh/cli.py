@@ -52,6 +52,13 @@ def register(sub: Any) -> None:
     p.add_argument("--check-path", default="/healthz")
     p.add_argument("--drain-timeout", type=duration_seconds, default=10.0, metavar="DURATION")
     p.add_argument(
+        "--heartbeat",
+        type=duration_seconds,
+        default=5.0,
+        metavar="DURATION",
+        help="check and heartbeat period",
+    )
+    p.add_argument(
         "--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines (OTLP: issue 8)"
     )
     p.add_argument(
@@ -95,6 +102,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         upstreams=dict(args.upstream),
         check=check,
         drain_timeout=args.drain_timeout,
+        heartbeat_interval=args.heartbeat,
+        ttl=max(15.0, 3 * args.heartbeat),
         trace_file=args.trace_file,
         trace_sample=args.trace_sample,
     )
