@@ -16,7 +16,9 @@ What the full demo will be (`meshgate up`): a control plane with its CA, an edge
 services web, orders and catalog each behind a sidecar, all on loopback. Requests enter the gateway,
 are authenticated (API key), rate-limited in Redis, and cross the mesh over mutual TLS (HTTP/2,
 SPIFFE identities), with every hop authorized by the policies above and traced with OpenTelemetry.
-Today this command validates the policies and asks the policy engine a few questions."""
+Today this command validates the policies and asks the policy engine a few questions; the control
+plane and the sidecars already run by hand (docs/controlplane.md, docs/sidecar.md), the gateway and
+`meshgate up` are still to come."""
 
 _SAMPLES = (
     ("web", "orders", "GET", "/orders/42"),
