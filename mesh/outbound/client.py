@@ -117,13 +117,21 @@ class MeshClient:
             request.body = body_of(data)
             return request, True
         if length is None and request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            data = b"".join([chunk async for chunk in request.body])
-            if len(data) <= REPLAY_LIMIT:
-                request.body = body_of(data)
-                if data:
-                    request.headers.append(("content-length", str(len(data))))
-                return request, True
+            # read at most REPLAY_LIMIT + 1 bytes: a larger body streams on, not retried
+            body = request.body.__aiter__()
+            head: list[bytes] = []
+            size = 0
+            async for chunk in body:
+                head.append(chunk)
+                size += len(chunk)
+                if size > REPLAY_LIMIT:
+                    request.body = _chain(head, body)
+                    return request, False
+            data = b"".join(head)
             request.body = body_of(data)
+            if data:
+                request.headers.append(("content-length", str(len(data))))
+            return request, True
         return request, False
 
     async def _attempts(
@@ -252,6 +260,13 @@ class MeshClient:
             self.pool.remember_session(conn)
         response.body = _on_end(response.body, finished)
         return None, response
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
 
 
 async def _on_end(body: AsyncIterator[bytes], callback: Any) -> AsyncIterator[bytes]:
