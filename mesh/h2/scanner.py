@@ -50,6 +50,7 @@ class FrameScanner:
         "_preface_left",
         "_refused",
         "_resets",
+        "_opened",
         "_settings",
         "_skip",
         "_window_start",
@@ -66,13 +67,18 @@ class FrameScanner:
         self._block_bytes = 0
         self._window_start = float("-inf")
         self._pings = self._settings = self._empty_data = 0
-        self._window_updates = self._resets = self._refused = 0
+        self._window_updates = self._resets = self._refused = self._opened = 0
 
     def _tick(self, now: float) -> None:
         if now - self._window_start >= self._limits.window_seconds:
             self._window_start = now
             self._pings = self._settings = self._empty_data = 0
-            self._window_updates = self._resets = self._refused = 0
+            self._window_updates = self._resets = self._refused = self._opened = 0
+
+    def _too_many_resets(self) -> bool:
+        """Over ``max_resets`` in the window AND more than half of the streams opened in it were reset:
+        rapid reset looks like that; a busy client that cancels some of its requests does not."""
+        return self._resets > self._limits.max_resets and self._resets * 2 > self._opened
 
     def note_refused(self, now: float) -> Violation | None:
         """Count a stream we refused; a violation once over ``max_refused``."""
@@ -86,7 +92,7 @@ class FrameScanner:
         """Count a stream error the peer provoked (MadeYouReset, CVE-2025-8671) as a reset."""
         self._tick(now)
         self._resets += 1
-        if self._resets > self._limits.max_resets:
+        if self._too_many_resets():
             return ErrorCodes.ENHANCE_YOUR_CALM, f"max_resets exceeded ({self._resets} resets)"
         return None
 
@@ -168,6 +174,7 @@ class FrameScanner:
                 if self._empty_data > limits.max_empty_data:
                     return ErrorCodes.ENHANCE_YOUR_CALM, f"max_empty_data exceeded ({self._empty_data})"
         elif ftype in (_HEADERS, _PUSH_PROMISE):
+            self._opened += 1  # trailers count too: an upper bound on streams opened
             if length > limits.max_header_block_bytes:
                 return (
                     ErrorCodes.ENHANCE_YOUR_CALM,
@@ -186,7 +193,7 @@ class FrameScanner:
                 )
         elif ftype == _RST_STREAM:
             self._resets += 1
-            if self._resets > limits.max_resets:
+            if self._too_many_resets():
                 return ErrorCodes.ENHANCE_YOUR_CALM, f"max_resets exceeded ({self._resets} RST_STREAM)"
         elif ftype == _PING:
             self._pings += 1
