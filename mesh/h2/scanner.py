@@ -133,7 +133,7 @@ class FrameScanner:
             if ftype == _DATA and length and length <= max_frame and not self._in_block:
                 pass
             elif ftype == _HEADERS and flags & _END_HEADERS and length <= max_block and not self._in_block:
-                pass
+                self._opened += 1
             else:
                 bad = frame(length, ftype, flags, sid)
                 if bad is not None:
