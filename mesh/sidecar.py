@@ -77,6 +77,7 @@ class Sidecar:
         self.app = H1Pool(*config.app)
         self.grpc_app = H2cPool(*config.app)
         self.ports: dict[str, int] = {}
+        self._bundle_sequence: int | None = None
         self.metrics_registry = Registry()
         exporter = JsonLinesExporter(config.trace_file) if config.trace_file else None
         self.tracing = Tracing(config.service, exporter, config.trace_sample)
@@ -91,6 +92,18 @@ class Sidecar:
         return self.registry.certs is not None and self.engine is not None
 
     def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
+        bundle = snapshot.get("bundle") or {}
+        sequence = bundle.get("spiffe_sequence")
+        if (
+            self.inbound is not None
+            and self._bundle_sequence is not None
+            and sequence != self._bundle_sequence
+        ):
+            asyncio.get_running_loop().create_task(self.inbound.renew_listener())
+        self._bundle_sequence = sequence
+        self._apply(snapshot)
+
+    def _apply(self, snapshot: dict[str, Any]) -> None:
         policies = snapshot.get("policies")
         if policies:
             try:
@@ -255,7 +268,7 @@ class Sidecar:
         self.stopping.set()
         for server in self._servers:
             server.close()
-        with contextlib.suppress(ControlPlaneUnavailable):
+        with contextlib.suppress(ControlPlaneUnavailable, TimeoutError):
             await asyncio.wait_for(self.registry.deregister(), 2.0)
         if self.inbound is not None:
             await self.inbound.drain(self.config.drain_timeout)

@@ -278,6 +278,9 @@ class ControlPlane:
         ctx = server_context(chain, key, self.ca.bundle())
         ctx.verify_mode = ssl.CERT_OPTIONAL  # workloads without an SVID yet come with a join token
         ctx.set_alpn_protocols(["http/1.1"])
+        # no TLS 1.3 tickets: they are sealed with the listening context's keys, which outlive a bundle
+        # change, and a resumed session skips chain verification (clients here do not resume anyway)
+        ctx.num_tickets = 0
         self._server_ctx = ctx
 
     def server_ssl_context(self) -> ssl.SSLContext:

@@ -45,12 +45,13 @@ class FrameScanner:
         "_empty_data",
         "_in_block",
         "_limits",
+        "_opened",
         "_partial",
         "_pings",
         "_preface_left",
         "_refused",
         "_resets",
-        "_opened",
+        "_server",
         "_settings",
         "_skip",
         "_window_start",
@@ -59,6 +60,7 @@ class FrameScanner:
 
     def __init__(self, limits: Limits, *, server: bool) -> None:
         self._limits = limits
+        self._server = server
         self._preface_left = len(PREFACE) if server else 0
         self._partial = b""
         self._skip = 0
@@ -78,6 +80,8 @@ class FrameScanner:
     def _too_many_resets(self) -> bool:
         """Over ``max_resets`` in the window AND more than half of the streams opened in it were reset:
         rapid reset looks like that; a busy client that cancels some of its requests does not."""
+        if not self._server:  # rapid reset is a client's attack; a server may reset what it likes
+            return False
         return self._resets > self._limits.max_resets and self._resets * 2 > self._opened
 
     def note_refused(self, now: float) -> Violation | None:

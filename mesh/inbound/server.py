@@ -50,6 +50,7 @@ class InboundServer:
         self.connections: set[H2Protocol] = set()
         self.refused = 0
         self.server: asyncio.Server | None = None
+        self._bound: tuple[str, int] = ("127.0.0.1", 0)
 
     def _verify(self, proto: H2Protocol) -> None:
         assert proto.transport is not None
@@ -79,9 +80,26 @@ class InboundServer:
         """Listen; returns the bound port."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            self._protocol, host, port, ssl=switching_context(self.context), backlog=1024
+            self._protocol, host, port, ssl=switching_context(self.context), backlog=1024, reuse_port=True
         )
-        return int(self.server.sockets[0].getsockname()[1])
+        self._bound = (host, int(self.server.sockets[0].getsockname()[1]))
+        return self._bound[1]
+
+    async def renew_listener(self) -> None:
+        """Listen again with the current context, then stop the old listener (live connections stay).
+
+        TLS 1.3 session tickets are sealed with the listening context's keys and a resumed session skips
+        chain verification; after a trust-bundle change the old keys must go, or a peer whose
+        certificate the new bundle no longer trusts could resume its way in.
+        """
+        old = self.server
+        host, port = self._bound
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._protocol, host, port, ssl=switching_context(self.context), backlog=1024, reuse_port=True
+        )
+        if old is not None:
+            old.close()
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, send GOAWAY to every peer, wait up to ``timeout`` for streams to finish."""

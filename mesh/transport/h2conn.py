@@ -63,6 +63,7 @@ class _Stream:
     error: StreamError | None = None
     task: asyncio.Task[None] | None = None
     headers_only: bool = False  # the peer ended the stream on its HEADERS (e.g. gRPC Trailers-Only)
+    body_done: bool = False  # the consumer read the body to its end
 
 
 def _text(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -297,6 +298,7 @@ class H2Protocol(asyncio.Protocol):
             while True:
                 item = await stream.chunks.get()
                 if item is _END:
+                    stream.body_done = True
                     return
                 if isinstance(item, StreamError):
                     raise item
@@ -392,7 +394,24 @@ class H2Protocol(asyncio.Protocol):
         finally:
             if response.on_close is not None:
                 response.on_close()
+            self._abandon_request_body(stream)
             self.streams.pop(sid, None)
+
+    def _abandon_request_body(self, stream: _Stream) -> None:
+        """The response is complete but the request body was not read to its end (a denial, an early
+        answer): give its flow-control window back and ask the peer to stop (RST_STREAM NO_ERROR,
+        RFC 9113 section 8.1), so that a connection's window is never lost to unread bodies."""
+        ended = False
+        while not stream.chunks.empty():
+            item = stream.chunks.get_nowait()
+            if item is _END or isinstance(item, StreamError):
+                ended = True
+            else:
+                self.endpoint.ack(stream.stream_id, item[1])
+        if not ended and stream.error is None and not stream.body_done:
+            with contextlib.suppress(Exception):
+                self.endpoint.reset(stream.stream_id, ErrorCode.NO_ERROR)
+        self._flush()
 
     def _reset(self, sid: int, code: int) -> None:
         with contextlib.suppress(Exception):
