@@ -91,11 +91,11 @@ def build_app(cp: ControlPlane) -> Starlette:
                 "foreign_identity",
                 f"{caller.identity} may only register its own service, not {namespace}/{body.service}",
             )
-        instance_id = body.id or f"{body.service}-{body.address}-{body.port}".replace(":", "-")
+        instance_id = body.id or f"{namespace}-{body.service}-{body.address}-{body.port}".replace(":", "-")
         await cp.registry.sync()  # another replica's changes, before deciding who owns the id
         existing = cp.registry.get(instance_id)
-        if existing is not None and caller.identity is not None and existing.service != body.service:
-            raise ApiError(403, "foreign_identity", f"instance {instance_id} belongs to {existing.service}")
+        if existing is not None and caller.identity is not None and existing.identity != str(caller.identity):
+            raise ApiError(403, "foreign_identity", f"instance {instance_id} belongs to {existing.identity}")
         identity = caller.identity or workload_id(cp.trust_domain, body.service, namespace)
         record = InstanceRecord(
             id=instance_id,

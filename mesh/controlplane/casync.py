@@ -30,14 +30,16 @@ def pack_ca_dir(folder: Path) -> bytes:
 def unpack_ca_dir(blob: bytes, folder: Path) -> None:
     """Make ``folder`` hold exactly the files in ``blob`` (keys written 0600, ``ca.json`` last)."""
     files: dict[str, str] = json.loads(blob)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
     for name in sorted(files, key=lambda n: n == "ca.json"):
         if "/" in name or name.startswith("."):
             raise ValueError(f"refusing CA blob entry {name!r}")
         target = folder / name
         tmp = folder / f".{name}.tmp"
         mode = 0o600 if name.endswith(".key") else 0o644
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        tmp.unlink(missing_ok=True)  # a leftover could carry wider permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(base64.b64decode(files[name]))
         os.replace(tmp, target)

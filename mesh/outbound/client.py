@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,7 @@ class MeshClient:
         except BaseException:
             release()
             raise
-        response.body = _on_end(response.body, release)
+        _when_done(response, release)
         return response
 
     async def _replayable(self, request: Request) -> tuple[Request, bool]:
@@ -258,8 +258,22 @@ class MeshClient:
         if not conn.session_saved:
             conn.session_saved = True
             self.pool.remember_session(conn)
-        response.body = _on_end(response.body, finished)
+        _when_done(response, finished)
         return None, response
+
+
+def _when_done(response: Response, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once, when the body has been read or the response is closed unread
+    (Trailers-Only answers, errors replaced for gRPC callers): counts must never leak."""
+    response.body = _on_end(response.body, callback)
+    previous = response.on_close
+
+    def close() -> None:
+        callback()
+        if previous is not None:
+            previous()
+
+    response.on_close = close
 
 
 async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

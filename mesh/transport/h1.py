@@ -256,7 +256,7 @@ class H1Pool:
         conn = self._idle.pop() if self._idle else await self._connect()
         headers = [
             ("host", request.authority or f"{self.host}:{self.port}"),
-            *strip_hop_by_hop(request.headers),
+            *((k, v) for k, v in strip_hop_by_hop(request.headers) if k != "host"),  # h2 clients may send one
         ]
         body = request.body.__aiter__()
         first = b""

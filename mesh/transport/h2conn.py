@@ -500,6 +500,13 @@ class H2Protocol(asyncio.Protocol):
 
         response = Response(status, headers, self._client_body(stream, done), stream.trailers)
         response.headers_only = stream.headers_only
+
+        def closed() -> None:  # the body may never be iterated (Trailers-Only, replaced responses)
+            if stream.stream_id in self.streams and not stream.body_done and not stream.headers_only:
+                self._reset(stream.stream_id, ErrorCode.CANCEL)
+            done()
+
+        response.on_close = closed
         return response
 
     def _client_body(self, stream: _Stream, done: Callable[[], None]) -> AsyncIterator[bytes]:

@@ -139,6 +139,8 @@ def for_caller(request: Request, response: Response) -> Response:
     code = response.header("x-meshgate-error")
     if code is None or response.status == 200 or not is_grpc(request.headers):
         return response
+    if response.on_close is not None:
+        response.on_close()  # the replaced response is never sent: release what it holds
     return grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
 
 

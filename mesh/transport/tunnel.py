@@ -69,6 +69,8 @@ def tcp_listener(
         try:
             response = await open_stream(request)
             if response.status != 200:
+                if response.on_close is not None:
+                    response.on_close()
                 log.warning(
                     "tunnel to %s refused: %s %s",
                     service,

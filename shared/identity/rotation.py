@@ -77,7 +77,9 @@ class CertificateManager:
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         key_factory: Callable[[], SigningKey] = _new_key,
+        on_renewed: Callable[[list[x509.Certificate], SigningKey], None] | None = None,
     ) -> None:
+        self._on_renewed = on_renewed
         if not 0 < renew_at < 1 or not 0 <= jitter < 2 * min(renew_at, 1 - renew_at):
             raise ValueError("renew_at must be in (0, 1) and the jitter window must stay inside the lifetime")
         self.spiffe_id = spiffe_id
@@ -110,6 +112,11 @@ class CertificateManager:
     def chain(self) -> list[x509.Certificate]:
         """The current certificate chain (leaf first); empty before the first certificate."""
         return list(self._chain)
+
+    @property
+    def key(self) -> SigningKey | None:
+        """The private key of the current certificate (None before the first one)."""
+        return self._key
 
     @property
     def bundle(self) -> TrustBundle:
@@ -198,6 +205,11 @@ class CertificateManager:
             raise RenewalError(f"new certificate not usable yet: {exc}") from None
         self._install(chain, key)
         self.renewals += 1
+        if self._on_renewed is not None:
+            try:
+                self._on_renewed(list(chain), key)
+            except Exception:  # persisting is best effort; the new certificate is in use anyway
+                log.exception("could not hand the renewed certificate of %s on", self.spiffe_id)
         log.info("renewed %s until %s", self.spiffe_id, chain[0].not_valid_after_utc.isoformat())
 
     # ----- background loop ------------------------------------------------------------------------------

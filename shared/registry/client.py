@@ -132,7 +132,9 @@ class RegistryClient:
             log.info("cached SVID not usable (%s); asking for a new one", exc)
             return False
         self.identity = identity
-        self.certs = CertificateManager(identity, self._sign_renewal, self.bundle, chain=chain, key=key)
+        self.certs = CertificateManager(
+            identity, self._sign_renewal, self.bundle, chain=chain, key=key, on_renewed=self._save_renewed
+        )
         log.info("using cached SVID for %s (expires in %.0fs)", identity, self.certs.seconds_to_expiry())
         return True
 
@@ -163,7 +165,12 @@ class RegistryClient:
 
     def _key(self) -> Any:
         assert self.certs is not None
-        return self.certs._key  # the manager owns the key; the cache needs it to survive restarts
+        return self.certs.key
+
+    def _save_renewed(self, chain: list[x509.Certificate], key: Any) -> None:
+        """Keep every renewed SVID in the cache, so that a restart after the first TTL needs no token."""
+        if self.cache is not None:
+            self.cache.save_svid(chain, key)
 
     async def _sign_with_token(self) -> None:
         if not self.token:
@@ -191,7 +198,9 @@ class RegistryClient:
             raise ControlPlaneUnavailable(f"join refused ({response.status_code}): {_message(response)}")
         chain = load_chain_pem(response.json()["chain"].encode())
         self.identity = identity
-        self.certs = CertificateManager(identity, self._sign_renewal, self.bundle, chain=chain, key=key)
+        self.certs = CertificateManager(
+            identity, self._sign_renewal, self.bundle, chain=chain, key=key, on_renewed=self._save_renewed
+        )
         log.info("joined the mesh as %s", identity)
 
     async def _sign_renewal(self, csr_pem: bytes) -> Sequence[x509.Certificate]:
