@@ -168,7 +168,14 @@ class Sidecar:
 
     def _outbound(self, handler: OutboundHandler) -> Callable[[Request, ClientInfo], Awaitable[Response]]:
         """``handler`` measured; the peer is the destination service it resolved."""
-        return self.measure.wrap("outbound", handler, lambda request, _info: request.authority)
+        client = self.client
+        assert client is not None
+
+        def peer(request: Request, _info: ClientInfo) -> str:
+            # label only services the mesh knows: apps may name any host, and series must stay bounded
+            return request.authority if client.endpoints.get(request.authority) else "_unknown"
+
+        return self.measure.wrap("outbound", handler, peer)
 
     def _tcp_mode(self, service: str) -> TcpMode:
         """For a per-upstream port: tunnel its connections when ``service`` is declared ``protocol: tcp``."""

@@ -88,10 +88,10 @@ class MeshClient:
 
     async def request(self, service: str, request: Request) -> Response:
         """Send ``request`` to some healthy instance of ``service``; never raises for upstream trouble."""
-        upstream = self.upstream(service)
         endpoints = self.endpoints.get(service)
-        if not endpoints:
+        if not endpoints:  # before any per-service state: apps may name any host
             return error_response(503, "no_healthy_upstream", f"no healthy endpoint for service {service!r}")
+        upstream = self.upstream(service)
         if not upstream.breaker.admit():
             return error_response(503, "circuit_open", f"too many requests in flight to {service!r}")
         released = False
