@@ -183,15 +183,24 @@ class RegistryClient:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.load_verify_locations(cadata=self.bundle.to_pem())
         limits = httpx.Limits(max_connections=1)
+        server_id = self._server_id()
+
+        async def check_peer(event: str, info: dict[str, Any]) -> None:
+            # runs right after each TLS handshake, before the request (and the token) is written
+            if event == "connection.start_tls.complete" and info.get("return_value") is not None:
+                ssl_object = info["return_value"].get_extra_info("ssl_object")
+                verify_peer(ssl_object, server_id.trust_domain, server_id)
+
         async with httpx.AsyncClient(verify=ctx, timeout=self.timeout, limits=limits) as http:
             try:
-                probe = await http.get(f"{self.url}/healthz")
-                self._check_server(probe)  # the token goes only to a verified control plane
                 response = await http.post(
                     f"{self.url}/v1/sign",
                     json={"csr": make_csr(key, identity).decode()},
                     headers={"authorization": f"Bearer {self.token}"},
+                    extensions={"trace": check_peer},
                 )
+            except PeerIdentityError as exc:
+                raise ControlPlaneUnavailable(f"{self.url} is not the control plane: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise ControlPlaneUnavailable(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code != 200:
