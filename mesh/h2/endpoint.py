@@ -211,10 +211,16 @@ class H2Endpoint(Translator):
         """Bytes queued and not yet taken by ``data_to_send``."""
         return self._h2.pending
 
-    def idle_streams(self, max_idle: float) -> list[int]:
-        """Streams with no inbound activity for ``max_idle`` seconds (the caller resets them)."""
+    def idle_streams(self, max_idle: float, *, waiting_only: bool = False) -> list[int]:
+        """Streams with no inbound activity for ``max_idle`` seconds (the caller resets them); with
+        ``waiting_only``, only those whose peer has not finished sending (a request body that stalls,
+        as opposed to a request waiting for a slow answer)."""
         now = self._clock()
-        return [sid for sid, st in self._streams.items() if now - st.last >= max_idle]
+        return [
+            sid
+            for sid, st in self._streams.items()
+            if now - st.last >= max_idle and not (waiting_only and st.remote_done)
+        ]
 
     # -- streams ------------------------------------------------------------------------------
 

@@ -41,8 +41,10 @@ class InboundServer:
         trust_domain: str,
         limits: Limits | None = None,
         idle_timeout: float | None = 600.0,
+        stream_idle_timeout: float | None = 300.0,  # as Envoy's default stream idle timeout
     ) -> None:
         self.idle_timeout = idle_timeout
+        self.stream_idle_timeout = stream_idle_timeout
         self.handler = handler
         self.context = context
         self.trust_domain = trust_domain
@@ -74,6 +76,7 @@ class InboundServer:
             on_open=self._verify,
             on_close=self.connections.discard,
             idle_timeout=self.idle_timeout,
+            stream_idle_timeout=self.stream_idle_timeout,
         )
 
     async def start(self, host: str, port: int) -> int:

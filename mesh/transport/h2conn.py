@@ -98,8 +98,11 @@ class H2Protocol(asyncio.Protocol):
         on_close: Callable[[H2Protocol], None] | None = None,
         keepalive: float | None = None,
         idle_timeout: float | None = None,
+        stream_idle_timeout: float | None = None,
     ) -> None:
         self.client_side = client_side
+        self.stream_idle_timeout = stream_idle_timeout
+        self._tunnels: set[int] = set()
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self._timer: asyncio.TimerHandle | None = None
@@ -144,7 +147,7 @@ class H2Protocol(asyncio.Protocol):
     # ----- keepalive and idle timeout (one timer per connection, no task) ------------------------------
 
     def _arm(self) -> None:
-        periods = [p for p in (self.keepalive, self.idle_timeout) if p]
+        periods = [p for p in (self.keepalive, self.idle_timeout, self.stream_idle_timeout) if p]
         if periods:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(min(periods) / 2, self._tick)
@@ -161,6 +164,17 @@ class H2Protocol(asyncio.Protocol):
             log.warning("peer did not answer a keepalive PING within %.1fs: closing", self.keepalive or 0)
             self.transport.abort()
             return
+        if self.stream_idle_timeout and not self.client_side:
+            for sid in self.endpoint.idle_streams(self.stream_idle_timeout, waiting_only=True):
+                if sid in self._tunnels:
+                    continue  # a tunnel may be quiet for as long as its protocol likes
+                log.info("stream %d sent nothing for %.0fs: reset", sid, self.stream_idle_timeout)
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    self._fail(stream, StreamError("request body stalled", ErrorCode.CANCEL))
+                    if stream.task is not None:
+                        stream.task.cancel()
+                self._reset(sid, ErrorCode.CANCEL)
         if self.idle_timeout and not self.streams and now - self.last_active >= self.idle_timeout:
             log.debug("closing a connection idle for %.0fs", now - self.last_active)
             self.close()
@@ -360,6 +374,8 @@ class H2Protocol(asyncio.Protocol):
             body=self._body(stream),
             trailers=stream.trailers,
         )
+        if request.method == "CONNECT":
+            self._tunnels.add(event.stream_id)
         if pseudo.get(":protocol"):
             request.headers.append((":protocol", pseudo[":protocol"]))
         stream.task = asyncio.get_running_loop().create_task(self._serve(stream, request))
@@ -396,6 +412,7 @@ class H2Protocol(asyncio.Protocol):
                 response.on_close()
             self._abandon_request_body(stream)
             self.streams.pop(sid, None)
+            self._tunnels.discard(sid)
 
     def _abandon_request_body(self, stream: _Stream) -> None:
         """The response is complete but the request body was not read to its end (a denial, an early

@@ -81,3 +81,50 @@ def test_an_idle_connection_is_closed_and_a_busy_one_is_not() -> None:
         return open_after_use, client.closed.done()
 
     assert asyncio.run(asyncio.wait_for(go(), 10)) == (True, True)
+
+
+def test_a_request_whose_body_stalls_is_reset_and_its_handler_released() -> None:
+    async def go() -> tuple[bool, str]:
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[str] = loop.create_future()
+
+        async def reader(request: Request, proto: H2Protocol) -> Response:
+            try:
+                async for _ in request.body:
+                    pass
+            except BaseException as exc:  # the stalled request is failed and its handler cancelled
+                outcome.set_result(type(exc).__name__)
+                raise
+            outcome.set_result("finished")
+            return Response(200)
+
+        servers: list[H2Protocol] = []
+
+        def make() -> H2Protocol:
+            proto = H2Protocol(client_side=False, handler=reader, stream_idle_timeout=0.3)
+            servers.append(proto)
+            return proto
+
+        server = await loop.create_server(make, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, client = await loop.create_connection(lambda: H2Protocol(client_side=True), "127.0.0.1", port)
+        await asyncio.wait_for(client.ready, 5)
+        stall = asyncio.Event()
+
+        async def body():  # type: ignore[no-untyped-def]
+            yield b"start"
+            await stall.wait()  # and then nothing
+
+        request = asyncio.ensure_future(client.request(Request("POST", "/", "x", body=body())))
+        result = await asyncio.wait_for(outcome, 5)
+        try:
+            await asyncio.wait_for(request, 5)
+            reset = False
+        except Exception:
+            reset = True
+        stall.set()
+        await _close(server, client, servers)
+        return reset, result
+
+    reset, result = asyncio.run(asyncio.wait_for(go(), 15))
+    assert reset and result in ("StreamError", "CancelledError")
