@@ -95,7 +95,7 @@ class H1Server:
         try:
             while True:
                 try:
-                    event = await _next_event(conn, reader, self.idle_timeout)
+                    event = await self._request_head(conn, reader)
                 except (h11.RemoteProtocolError, TimeoutError) as exc:
                     await self._refuse(conn, writer, exc)
                     return
@@ -119,6 +119,18 @@ class H1Server:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _request_head(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+        """The next request head: up to ``idle_timeout`` for its first bytes, then ``header_timeout`` for
+        the rest of it (a client dribbling a header block out byte by byte is cut off: slowloris)."""
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout))
+        async with asyncio.timeout(self.header_timeout):
+            while (event := conn.next_event()) is h11.NEED_DATA:
+                conn.receive_data(await reader.read(READ_CHUNK))
+        return event
 
     async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter, exc: Exception) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):

@@ -126,3 +126,28 @@ def test_malformed_request_gets_400_and_close() -> None:
 
     data = run(go())
     assert isinstance(data, bytes) and data.startswith(b"HTTP/1.1 400")
+
+
+def test_a_header_block_dribbled_slower_than_the_header_timeout_is_cut_off() -> None:
+    async def go() -> tuple[bytes, float]:
+        server = await asyncio.start_server(H1Server(_echo, header_timeout=0.3), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = asyncio.get_running_loop().time()
+        writer.write(b"GET / HTTP/1.1\r\n")
+        for _ in range(20):  # one header line every 0.1 s: never a complete head within 0.3 s
+            await asyncio.sleep(0.1)
+            if writer.is_closing() or reader.at_eof():
+                break
+            writer.write(b"x-slow: 1\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)
+        elapsed = asyncio.get_running_loop().time() - started
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data, elapsed
+
+    data, elapsed = run(go())  # type: ignore[misc]
+    assert elapsed < 1.5
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
