@@ -46,7 +46,9 @@ class RequestMetrics:
     ) -> Callable[[Request, Who], Awaitable[Response]]:
         """``handler`` with every call measured."""
 
-        kind = SpanKind.SERVER if direction == "inbound" else SpanKind.CLIENT
+        # the sidecar serves its app too: a SERVER span on both sides; each outbound attempt then gets
+        # its own CLIENT span from the mesh client, as OTel asks of proxies
+        kind = SpanKind.SERVER
 
         async def measured(request: Request, who: Who) -> Response:
             started = time.perf_counter()
@@ -58,10 +60,8 @@ class RequestMetrics:
                 peer = peer_of(request, who)
                 if span is not None:
                     span.set_attribute("meshgate.peer", peer)
-                    if direction == "outbound":
-                        span.set_attribute("server.address", peer)
-                        span.set_attribute("url.full", f"http://{peer}{request.path}")
-                finish(span, response.status, client=direction == "outbound")
+                    span.set_attribute("meshgate.direction", direction)
+                finish(span, response.status, client=False)
             self.duration.observe(time.perf_counter() - started, direction, peer)
             self.requests.inc(direction, peer, str(response.status))
             error = response.header("x-meshgate-error")

@@ -135,7 +135,7 @@ class Sidecar:
         certs = self.registry.certs
         assert certs is not None and self.registry.bundle is not None
         td = self.registry.bundle.trust_domain
-        self.client = MeshClient(H2Pool(certs.client_context, td))
+        self.client = MeshClient(H2Pool(certs.client_context, td), self.tracing)
         self.handler = InboundHandler(cfg.service, self.app, lambda: self.engine, self.grpc_app)
         inbound_handler = self.measure.wrap("inbound", self.handler, lambda _request, peer: peer)
         self.inbound = InboundServer(inbound_handler, certs.server_context, td)

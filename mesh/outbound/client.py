@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mesh.outbound.balancer import Balancer, make_balancer
 from mesh.outbound.endpoints import Endpoint, EndpointTable, now
@@ -28,11 +30,13 @@ from mesh.transport.h2conn import StreamError
 from mesh.transport.messages import Request, Response, body_of, error_response
 from mesh.transport.pool import H2Pool
 from shared.config.model.mesh import TrafficPolicy
+from shared.telemetry.tracing import Tracing, finish
 
 log = logging.getLogger("meshgate.outbound")
 
 #: Request bodies up to this size are kept so that a failed attempt can be retried.
 REPLAY_LIMIT = 64 * 1024
+TRACE_HEADERS = ("traceparent", "tracestate")
 RETRY_STATUSES = {"gateway-error": {502, 503, 504}, "5xx": set(range(500, 600))}
 
 
@@ -62,8 +66,9 @@ class Upstream:
 class MeshClient:
     """Calls services of the mesh by name."""
 
-    def __init__(self, pool: H2Pool) -> None:
+    def __init__(self, pool: H2Pool, tracing: Tracing | None = None) -> None:
         self.pool = pool
+        self.tracing = tracing or Tracing("meshgate")
         self.endpoints = EndpointTable()
         self._upstreams: dict[str, Upstream] = {}
         self._policies: Mapping[str, TrafficPolicy] = {}
@@ -142,6 +147,7 @@ class MeshClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.timeout.total_seconds()
         request, replayable = await self._replayable(request)
+        trace_parent = [(k, v) for k, v in request.headers if k in TRACE_HEADERS]
         body: bytes | None = None
         if replayable:
             body = b"".join([chunk async for chunk in request.body])
@@ -171,7 +177,7 @@ class MeshClient:
             per_try = retries.per_try_timeout.total_seconds() if retries.per_try_timeout else remaining
             if body is not None:
                 request.body = body_of(body)
-            outcome = await self._try(endpoint, request, min(per_try, remaining), attempt)
+            outcome = await self._try(endpoint, request, min(per_try, remaining), attempt, trace_parent)
             error, response = outcome
             status = response.status if response is not None else None
             connect_failure = error is not None and error[0] == "connect_failure"
@@ -224,7 +230,12 @@ class MeshClient:
             await asyncio.sleep(delay)
 
     async def _try(
-        self, endpoint: Endpoint, request: Request, timeout: float, attempt: int
+        self,
+        endpoint: Endpoint,
+        request: Request,
+        timeout: float,
+        attempt: int,
+        trace_parent: Sequence[tuple[str, str]] = (),
     ) -> tuple[tuple[str, str, bool] | None, Response | None]:
         endpoint.active += 1
         done = False
@@ -238,28 +249,55 @@ class MeshClient:
         if attempt > 1:
             request.headers = [(k, v) for k, v in request.headers if k != "x-meshgate-attempt"]
             request.headers.append(("x-meshgate-attempt", str(attempt)))
-        try:
-            # one task from choosing the connection to opening the stream: no other request can
-            # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
-            async with asyncio.timeout(timeout):
-                conn = await self.pool.connection(endpoint)
-                response = await conn.request(request)
-        except UpstreamError as exc:
-            finished()
-            return (exc.code, str(exc), exc.retryable), None
-        except StreamError as exc:
-            finished()
-            # REFUSED_STREAM or GOAWAY before processing: never processed, safe whatever the method
-            code = "refused_stream" if exc.retryable else exc.code
-            return (code, str(exc), True), None
-        except TimeoutError:
-            finished()
-            return ("upstream_timeout", f"no response from {endpoint.id} within {timeout:.3g}s", True), None
+        # one CLIENT span per attempt, each a child of the caller's context (not of the previous attempt)
+        attributes: dict[str, Any] = {
+            "server.address": endpoint.address,
+            "server.port": endpoint.port,
+            "url.full": f"https://{request.authority}{request.path}",
+            "url.scheme": "https",
+            "network.protocol.version": "2",
+        }
+        if attempt > 1:
+            attributes["http.request.resend_count"] = attempt - 1
+        base = [(k, v) for k, v in request.headers if k not in TRACE_HEADERS] + list(trace_parent)
+        with self.tracing.span(SpanKind.CLIENT, request.method, base, attributes) as (span, headers):
+            request.headers = headers
+            try:
+                # one task from choosing the connection to opening the stream: no other request can
+                # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
+                async with asyncio.timeout(timeout):
+                    conn = await self.pool.connection(endpoint)
+                    response = await conn.request(request)
+            except UpstreamError as exc:
+                finished()
+                _failed(span, exc.code)
+                return (exc.code, str(exc), exc.retryable), None
+            except StreamError as exc:
+                finished()
+                # REFUSED_STREAM or GOAWAY before processing: never processed, safe whatever the method
+                code = "refused_stream" if exc.retryable else exc.code
+                _failed(span, code)
+                return (code, str(exc), True), None
+            except TimeoutError:
+                finished()
+                _failed(span, "upstream_timeout")
+                return (
+                    "upstream_timeout",
+                    f"no response from {endpoint.id} within {timeout:.3g}s",
+                    True,
+                ), None
+            finish(span, response.status, client=True)
         if not conn.session_saved:
             conn.session_saved = True
             self.pool.remember_session(conn)
         _when_done(response, finished)
         return None, response
+
+
+def _failed(span: Any, code: str) -> None:
+    if span is not None:
+        span.set_attribute("error.type", code)
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def _when_done(response: Response, callback: Callable[[], None]) -> None:
