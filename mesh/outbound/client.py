@@ -115,12 +115,14 @@ class MeshClient:
         _when_done(response, release)
         return response
 
-    async def _replayable(self, request: Request) -> tuple[Request, bool]:
+    async def _replayable(self, request: Request) -> bytes | None:
+        """The whole body when it is small enough to send again on a retry (then ``request.body`` is
+        set to replay it), else None (the body streams once and only connect failures are retried)."""
         length = request.header("content-length")
         if length is not None and length.isdigit() and int(length) <= REPLAY_LIMIT:
             data = b"".join([chunk async for chunk in request.body])
             request.body = body_of(data)
-            return request, True
+            return data
         if length is None and request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
             # read at most REPLAY_LIMIT + 1 bytes: a larger body streams on, not retried
             body = request.body.__aiter__()
@@ -131,13 +133,13 @@ class MeshClient:
                 size += len(chunk)
                 if size > REPLAY_LIMIT:
                     request.body = _chain(head, body)
-                    return request, False
+                    return None
             data = b"".join(head)
             request.body = body_of(data)
             if data:
                 request.headers.append(("content-length", str(len(data))))
-            return request, True
-        return request, False
+            return data
+        return None
 
     async def _attempts(
         self, service: str, upstream: Upstream, endpoints: list[Endpoint], request: Request
@@ -146,11 +148,9 @@ class MeshClient:
         retries = policy.retries
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.timeout.total_seconds()
-        request, replayable = await self._replayable(request)
+        body = await self._replayable(request)
+        replayable = body is not None
         trace_parent = [(k, v) for k, v in request.headers if k in TRACE_HEADERS]
-        body: bytes | None = None
-        if replayable:
-            body = b"".join([chunk async for chunk in request.body])
         may_retry = replayable and (request.method in IDEMPOTENT or retries.non_idempotent)
         retry_statuses: set[int] = set()
         for kind in retries.retry_on:
