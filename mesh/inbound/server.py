@@ -109,8 +109,7 @@ class InboundServer:
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
-            conn.endpoint.goaway(0)
-            conn._flush()
+            conn.goaway()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while any(c.streams for c in self.connections) and loop.time() < deadline:

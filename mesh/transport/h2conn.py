@@ -540,6 +540,12 @@ class H2Protocol(asyncio.Protocol):
 
         return body()
 
+    def goaway(self, error_code: int = 0) -> None:
+        """GOAWAY now: no new streams from the peer; streams in flight finish."""
+        with contextlib.suppress(Exception):
+            self.endpoint.goaway(error_code)
+            self._flush()
+
     def close(self, error_code: int = 0) -> None:
         """GOAWAY and close once flushed."""
         with contextlib.suppress(Exception):

@@ -41,10 +41,6 @@ class CompiledRule:
     predicates: tuple[Predicate, ...]
     decision: Decision
 
-    def matches(self, caller: Caller, method: str, path: str, headers: Mapping[str, str]) -> bool:
-        """True when the rule applies to this request."""
-        return _first((self,), caller, method, path, headers) is not None
-
 
 Rules = tuple[CompiledRule, ...]
 
@@ -189,10 +185,6 @@ class PolicyEngine:
     def decide(self, caller: Caller, service: str, request: Request) -> Decision:
         """Decide whether ``caller`` may make ``request`` to ``service``."""
         return self._decide(self._services.get(service), caller, request)
-
-    def targets(self) -> list[tuple[str, str]]:
-        """The (kind, name) of every target some policy protects."""
-        return sorted(self._index)
 
     def decide_route(self, caller: Caller, route: str, request: Request) -> Decision:
         """Decide whether ``caller`` may use the gateway route ``route``."""

@@ -33,11 +33,6 @@ def glob(patterns: Sequence[str]) -> StringTest:
     return test
 
 
-def path_test(patterns: Sequence[str]) -> StringTest:
-    """Path patterns: exact, ``/prefix/*`` (below the prefix, not the prefix itself), ``*suffix``, ``*``."""
-    return glob(patterns)
-
-
 def claim_value(claims: Mapping[str, Any], name: str) -> Any:
     """A claim by name; a dotted name falls back to nested lookup (``realm.roles``)."""
     if name in claims:
@@ -155,7 +150,7 @@ def operation_predicates(op: Operation) -> list[Predicate]:
     """Predicates for a rule's ``to`` block, apart from methods and paths (see :func:`path_parts`)."""
     preds: list[Predicate] = []
     if op.not_paths:
-        not_paths = path_test(op.not_paths)
+        not_paths = glob(op.not_paths)  # same patterns as paths: exact, /prefix/*, *suffix, *
         preds.append(lambda c, m, p, h: not not_paths(p))
     for header in op.headers:
         test = _header_test(header)

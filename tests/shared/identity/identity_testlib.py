@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.identity.ca import SigningKey
+from shared.identity.certutil import key_usage
 from shared.identity.spiffeid import SpiffeId
 from shared.identity.svid import check_leaf
 from shared.identity.tls import Expected, MeshClientContext, PeerIdentityError, explain_tls_error, verify_peer
@@ -51,26 +52,12 @@ def make_root(
         .not_valid_before(now - timedelta(minutes=1))
         .not_valid_after(now + ttl)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=True, digital_signature=False), critical=True)
+        .add_extension(key_usage(cert_sign=True, digital_signature=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return cert, key
-
-
-def _key_usage(*, cert_sign: bool, digital_signature: bool = True) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=digital_signature,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
 
 
 def make_leaf(
@@ -99,7 +86,7 @@ def make_leaf(
         .not_valid_after(now + not_after)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
-            _key_usage(cert_sign=key_cert_sign, digital_signature=digital_signature),
+            key_usage(cert_sign=key_cert_sign, digital_signature=digital_signature),
             critical=key_usage_critical,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
