@@ -52,8 +52,12 @@ class RequestMetrics:
 
         async def measured(request: Request, who: Who) -> Response:
             started = time.perf_counter()
-            path = request.path.split("?", 1)[0]
-            attributes = {"url.path": path, "url.scheme": "https" if direction == "inbound" else "http"}
+            attributes: dict[str, str] = {}
+            if self.tracing.enabled:
+                attributes = {
+                    "url.path": request.path.split("?", 1)[0],
+                    "url.scheme": "https" if direction == "inbound" else "http",
+                }
             with self.tracing.span(kind, request.method, request.headers, attributes) as (span, headers):
                 request.headers = headers
                 response = await handler(request, who)
