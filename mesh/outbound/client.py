@@ -26,7 +26,7 @@ from mesh.outbound.resilience import (
     retry_after_seconds,
 )
 from mesh.transport.h1 import UpstreamError
-from mesh.transport.h2conn import StreamError
+from mesh.transport.h2conn import H2Protocol, StreamError
 from mesh.transport.messages import Request, Response, body_of, error_response
 from mesh.transport.pool import H2Pool
 from shared.config.model.mesh import TrafficPolicy
@@ -49,7 +49,9 @@ class Upstream:
     breaker: Breaker
     budget: RetryBudgetTracker
     outliers: OutlierDetector
-    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "retries": 0, "ejections": 0})
+    stats: dict[str, int] = field(
+        default_factory=lambda: {"requests": 0, "retries": 0, "ejections": 0, "overflows": 0}
+    )
 
     @classmethod
     def of(cls, policy: TrafficPolicy) -> Upstream:
@@ -177,8 +179,13 @@ class MeshClient:
             per_try = retries.per_try_timeout.total_seconds() if retries.per_try_timeout else remaining
             if body is not None:
                 request.body = body_of(body)
-            outcome = await self._try(endpoint, request, min(per_try, remaining), attempt, trace_parent)
+            outcome = await self._try(
+                upstream, endpoints, endpoint, request, min(per_try, remaining), attempt, trace_parent
+            )
             error, response = outcome
+            if error is not None and error[0] == "circuit_open":  # a local limit: answered at once
+                upstream.stats["overflows"] += 1
+                return error_response(503, "circuit_open", f"{service}: {error[1]}")
             status = response.status if response is not None else None
             connect_failure = error is not None and error[0] == "connect_failure"
             refused = error is not None and error[0] == "refused_stream"
@@ -229,8 +236,34 @@ class MeshClient:
                 )
             await asyncio.sleep(delay)
 
+    async def _connection(
+        self, upstream: Upstream, endpoint: Endpoint, endpoints: Sequence[Endpoint]
+    ) -> H2Protocol:
+        """A connection to ``endpoint`` within the circuit breaker's limits: at most
+        ``maxConnections`` to the service, at most ``maxPendingRequests`` waiting for one to open
+        (UpstreamError ``circuit_open`` beyond that: answered at once, never queued)."""
+        limits = upstream.breaker.limits
+        ids = [e.id for e in endpoints]
+
+        def may_open() -> bool:
+            return self.pool.count(ids) < limits.max_connections
+
+        conn = self.pool.ready(endpoint, may_open)
+        if conn is not None:
+            return conn
+        if not upstream.breaker.wait_for_connection():
+            raise UpstreamError(
+                "circuit_open", f"{limits.max_pending_requests} requests wait for a connection"
+            )
+        try:
+            return await self.pool.connection(endpoint, may_open)
+        finally:
+            upstream.breaker.connected()
+
     async def _try(
         self,
+        upstream: Upstream,
+        endpoints: Sequence[Endpoint],
         endpoint: Endpoint,
         request: Request,
         timeout: float,
@@ -270,7 +303,7 @@ class MeshClient:
                 # one task from choosing the connection to opening the stream: no other request can
                 # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
                 async with asyncio.timeout(timeout):
-                    conn = await self.pool.connection(endpoint)
+                    conn = await self._connection(upstream, endpoint, endpoints)
                     response = await conn.request(request)
             except UpstreamError as exc:
                 finished()

@@ -80,6 +80,18 @@ class Breaker:
         """A request finished."""
         self.active -= 1
 
+    def wait_for_connection(self) -> bool:
+        """True (and counted) when another request may wait for a connection to open; release with
+        :meth:`connected`. False: ``max_pending_requests`` are waiting already."""
+        if self.pending >= self.limits.max_pending_requests:
+            return False
+        self.pending += 1
+        return True
+
+    def connected(self) -> None:
+        """A request stopped waiting for a connection."""
+        self.pending -= 1
+
 
 class OutlierDetector:
     """Ejects endpoints after consecutive 5xx or connect failures, for base * number-of-ejections

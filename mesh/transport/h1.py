@@ -196,12 +196,21 @@ class H1Server:
             head = h11.Response(
                 status_code=response.status, headers=_encode(out_headers), reason=_reason(response.status)
             )
-            writer.write(conn.send(head))
+            # the head waits for the first chunk if that is ready in this loop iteration (one write,
+            # one segment); a body that is slow to start gets its head sent on its own first
+            pending = [conn.send(head)]
+
+            def send_head() -> None:
+                if pending:
+                    writer.write(pending.pop())
+
+            asyncio.get_running_loop().call_soon(send_head)
             async for chunk in response.body:
                 if chunk:
-                    writer.write(conn.send(h11.Data(data=chunk)))
+                    data = conn.send(h11.Data(data=chunk))
+                    writer.write(pending.pop() + data if pending else data)
                     await writer.drain()
-            writer.write(conn.send(h11.EndOfMessage()))
+            writer.write((pending.pop() if pending else b"") + conn.send(h11.EndOfMessage()))
             await writer.drain()
         except (h11.LocalProtocolError, ConnectionError) as exc:
             log.debug("response to %s aborted: %s", info, exc)
@@ -278,9 +287,10 @@ class H1Pool:
                 headers.append(("transfer-encoding", "chunked"))
         try:
             head = h11.Request(method=request.method, target=request.path, headers=_encode(headers))
-            conn.writer.write(conn.h11.send(head))
+            out = conn.h11.send(head)
             if first:
-                conn.writer.write(conn.h11.send(h11.Data(data=first)))
+                out += conn.h11.send(h11.Data(data=first))
+            conn.writer.write(out)
             async for chunk in body:
                 if chunk:
                     conn.writer.write(conn.h11.send(h11.Data(data=chunk)))

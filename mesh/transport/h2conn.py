@@ -120,6 +120,7 @@ class H2Protocol(asyncio.Protocol):
         self.peer: Any = None  # set by on_open (e.g. the verified SPIFFE ID)
         self._writable = asyncio.Event()
         self._writable.set()
+        self._flush_pending = False
         self.last_active = asyncio.get_running_loop().time()  # last time a stream was open or used
         self.last_received = self.last_active
 
@@ -226,7 +227,22 @@ class H2Protocol(asyncio.Protocol):
 
     # ----- plumbing -------------------------------------------------------------------------------------
 
+    def _flush_soon(self) -> None:
+        """Write what the core has to send at the end of this loop iteration, unless a ``_flush`` comes
+        first: a response's HEADERS and DATA leave in one TLS record and one system call. Used only
+        between steps of one stream's sending, which then ends with ``_flush``, so that streams of a
+        batch do not wait for one another (a whole-batch deferral made the two sidecars take turns)."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        if self._flush_pending:
+            self._flush()
+
     def _flush(self) -> None:
+        """Write what the core has to send now."""
+        self._flush_pending = False
         if not self._writable.is_set() and not self.endpoint.is_closed:
             return  # the socket is backed up: bytes stay in the core, whose bounds then apply
         data = self.endpoint.data_to_send()
@@ -319,7 +335,7 @@ class H2Protocol(asyncio.Protocol):
                 data, flow = item
                 if flow:
                     self.endpoint.ack(stream.stream_id, flow)
-                    self._flush()
+                    self._flush_soon()
                 if data:
                     yield data
 
@@ -343,7 +359,7 @@ class H2Protocol(asyncio.Protocol):
                 await self._writable.wait()
                 stream.window.clear()
                 sent = self.endpoint.send_data(sid, bytes(view))
-                self._flush()
+                self._flush_soon()
                 view = view[sent:]
                 if view:
                     await stream.window.wait()
@@ -398,7 +414,7 @@ class H2Protocol(asyncio.Protocol):
                 self._flush()
                 return
             self.endpoint.send_headers(sid, _raw(head))
-            self._flush()
+            self._flush_soon()
             await self._send_body(stream, response.body, None, response.trailers)
         except asyncio.CancelledError:
             self._reset(sid, ErrorCode.CANCEL)

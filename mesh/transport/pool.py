@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from mesh.h2 import Limits
 from mesh.outbound.endpoints import Endpoint
@@ -57,10 +57,25 @@ class H2Pool:
                 best = conn
         return best
 
-    async def connection(self, endpoint: Endpoint) -> H2Protocol:
-        """A connection with room for one more stream; opens one when none has room.
+    def count(self, endpoint_ids: Iterable[str]) -> int:
+        """Connections open to these endpoints."""
+        return sum(len(self._conns.get(eid, ())) for eid in endpoint_ids)
 
-        Raises UpstreamError: ``connect_failure`` (retryable) or ``tls_identity_mismatch``.
+    def ready(self, endpoint: Endpoint, may_open: Callable[[], bool] | None = None) -> H2Protocol | None:
+        """The connection :meth:`connection` would return at once, without waiting, else None."""
+        conn = self._usable(endpoint)
+        if conn is None or conn.endpoint.open_streams == 0:
+            return conn
+        if len(self._conns.get(endpoint.id, [])) >= self.max_per_endpoint:
+            return conn
+        return conn if may_open is not None and not may_open() else None
+
+    async def connection(self, endpoint: Endpoint, may_open: Callable[[], bool] | None = None) -> H2Protocol:
+        """A connection with room for one more stream; opens one when none has room and ``may_open()``
+        (the circuit breaker's connection limit) allows it.
+
+        Raises UpstreamError: ``connect_failure`` (retryable), ``tls_identity_mismatch``, or
+        ``circuit_open`` when every connection is full and no other may be opened.
         """
         while True:
             conn = self._usable(endpoint)
@@ -69,6 +84,10 @@ class H2Pool:
             count = len(self._conns.get(endpoint.id, []))
             if conn is not None and count >= self.max_per_endpoint:
                 return conn
+            if may_open is not None and endpoint.id not in self._connecting and not may_open():
+                if conn is not None:
+                    return conn  # share a busy connection rather than open one over the limit
+                raise UpstreamError("circuit_open", f"connection limit reached for {endpoint.id}")
             pending = self._connecting.get(endpoint.id)
             if pending is None:
                 break

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from meshrig_testlib import drain_body, mesh, ok_app, read_all, run, spiffe, traffic
 
+from mesh.h2 import Limits
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
 from mesh.transport.messages import Request, Response, body_of
@@ -43,7 +44,12 @@ def test_get_is_retried_on_503_until_it_succeeds(tmp_path: Path) -> None:
             assert (response.status, body) == (200, b"done")
             assert len(up.seen) == 3
             assert [r.header("x-meshgate-attempt") for r in up.seen] == [None, "2", "3"]
-            assert rig.client.upstream("orders").stats == {"requests": 1, "retries": 2, "ejections": 0}
+            assert rig.client.upstream("orders").stats == {
+                "requests": 1,
+                "retries": 2,
+                "ejections": 0,
+                "overflows": 0,
+            }
 
     run(go())
 
@@ -244,6 +250,61 @@ def test_circuit_breaker_limit_answers_503_at_once(tmp_path: Path) -> None:
             response, _ = await rig.call("/")  # slots were given back
             assert response.status == 200
             assert rig.client.upstream("orders").breaker.active == 0
+
+    run(go())
+
+
+def _one_stream_per_connection(
+    tmp_path: Path, breaker: dict[str, int] | None
+) -> tuple[list[tuple[int, str | None]], int]:
+    """Statuses of 4 concurrent calls to a peer allowing one stream per connection, and the number of
+    connections opened (each call started once the one before is in the app or answered)."""
+
+    async def go() -> tuple[list[tuple[int, str | None]], int]:
+        gate = asyncio.Event()
+
+        async def app(request: Request, info: ClientInfo) -> Response:
+            await asyncio.wait_for(gate.wait(), 5)
+            return status(200)
+
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(app, limits=Limits(max_concurrent_streams=1))
+            policy = {"orders": traffic(circuitBreaker=breaker)} if breaker else {}
+            rig.update({"orders": [up.endpoint()]}, policy)
+            calls: list[asyncio.Task[tuple[Response, bytes]]] = []
+            for _ in range(4):
+                calls.append(asyncio.create_task(rig.call("/")))
+                while len(up.seen) + sum(c.done() for c in calls) < len(calls):
+                    await asyncio.sleep(0.01)
+            gate.set()
+            results = await asyncio.gather(*calls)
+            return sorted(
+                (r.status, r.header("x-meshgate-error")) for r, _ in results
+            ), rig.client.pool.opened
+
+    return run(go())
+
+
+def test_a_full_connection_opens_another_up_to_max_connections(tmp_path: Path) -> None:
+    assert _one_stream_per_connection(tmp_path / "a", None) == ([(200, None)] * 4, 4)
+    limited = _one_stream_per_connection(tmp_path / "b", {"maxConnections": 2})
+    assert limited == ([(200, None)] * 2 + [(503, "circuit_open")] * 2, 2)
+
+
+def test_max_pending_requests_answers_503_instead_of_queueing_for_a_connection(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            policy = traffic(circuitBreaker={"maxPendingRequests": 0})
+            rig.update({"orders": [up.endpoint()]}, {"orders": policy})
+            # no connection yet and none may be waited for: refused before any byte is sent
+            response, body = await rig.call("/")
+            assert response.status == 503 and response.header("x-meshgate-error") == "circuit_open"
+            assert b"wait for a connection" in body
+            assert up.seen == [] and rig.client.pool.opened == 0
+            upstream = rig.client.upstream("orders")
+            assert upstream.stats["overflows"] == 1 and upstream.stats["retries"] == 0
+            assert upstream.breaker.pending == 0 and upstream.breaker.active == 0
 
     run(go())
 

@@ -111,6 +111,14 @@ def test_breaker_admits_up_to_max_requests_then_refuses() -> None:
     assert breaker.active == 0
 
 
+def test_breaker_counts_requests_waiting_for_a_connection() -> None:
+    breaker = Breaker(CircuitBreaker.model_validate({"maxPendingRequests": 2}))
+    assert [breaker.wait_for_connection() for _ in range(3)] == [True, True, False]
+    breaker.connected()
+    assert breaker.wait_for_connection()
+    assert breaker.pending == 2
+
+
 # ----- outlier detection -----------------------------------------------------------------------------------
 
 

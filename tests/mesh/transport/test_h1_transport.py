@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Awaitable, Callable
 
@@ -140,10 +141,14 @@ def test_a_header_block_dribbled_slower_than_the_header_timeout_is_cut_off() -> 
             if writer.is_closing() or reader.at_eof():
                 break
             writer.write(b"x-slow: 1\r\n")
-        data = await asyncio.wait_for(reader.read(), 5)
+        try:
+            data = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:  # cut off while our next line was in flight: the kernel sent RST
+            data = b""
         elapsed = asyncio.get_running_loop().time() - started
         writer.close()
-        await writer.wait_closed()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
         server.close()
         await server.wait_closed()
         return data, elapsed

@@ -73,7 +73,10 @@ class _OnePool:
     def __init__(self, conn: H2Protocol) -> None:
         self.conn = conn
 
-    async def connection(self, endpoint: object) -> H2Protocol:
+    def ready(self, endpoint: object, may_open: object = None) -> H2Protocol:
+        return self.conn
+
+    async def connection(self, endpoint: object, may_open: object = None) -> H2Protocol:
         return self.conn
 
     def remember_session(self, conn: object) -> None:
