@@ -59,11 +59,11 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = (
-            await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
-            if timeout
-            else await reader.read(READ_CHUNK)
-        )
+        if timeout:
+            async with asyncio.timeout(timeout):  # no task per read, unlike asyncio.wait_for
+                data = await reader.read(READ_CHUNK)
+        else:
+            data = await reader.read(READ_CHUNK)
         conn.receive_data(data)
 
 
@@ -126,7 +126,8 @@ class H1Server:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        conn.receive_data(await asyncio.wait_for(reader.read(READ_CHUNK), self.idle_timeout))
+        async with asyncio.timeout(self.idle_timeout):
+            conn.receive_data(await reader.read(READ_CHUNK))
         async with asyncio.timeout(self.header_timeout):
             while (event := conn.next_event()) is h11.NEED_DATA:
                 conn.receive_data(await reader.read(READ_CHUNK))
