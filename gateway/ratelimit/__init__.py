@@ -1,0 +1,1 @@
+"""Rate limiting at the edge: one atomic Redis script per decision, local fallback."""
