@@ -93,8 +93,11 @@ class MeshClient:
             self._upstreams[service] = upstream
         return upstream
 
-    async def request(self, service: str, request: Request) -> Response:
-        """Send ``request`` to some healthy instance of ``service``; never raises for upstream trouble."""
+    async def request(self, service: str, request: Request, *, policy: TrafficPolicy | None = None) -> Response:
+        """Send ``request`` to some healthy instance of ``service``; never raises for upstream trouble.
+
+        ``policy`` overrides the service's timeout and retries for this request (a gateway route's own);
+        the breaker, budget and outlier detection stay the service's."""
         endpoints = self.endpoints.get(service)
         if not endpoints:  # before any per-service state: apps may name any host
             return error_response(503, "no_healthy_upstream", f"no healthy endpoint for service {service!r}")
@@ -110,7 +113,7 @@ class MeshClient:
                 upstream.breaker.done()
 
         try:
-            response = await self._attempts(service, upstream, endpoints, request)
+            response = await self._attempts(service, upstream, endpoints, request, policy or upstream.policy)
         except BaseException:
             release()
             raise
@@ -144,9 +147,13 @@ class MeshClient:
         return None
 
     async def _attempts(
-        self, service: str, upstream: Upstream, endpoints: list[Endpoint], request: Request
+        self,
+        service: str,
+        upstream: Upstream,
+        endpoints: list[Endpoint],
+        request: Request,
+        policy: TrafficPolicy,
     ) -> Response:
-        policy = upstream.policy
         retries = policy.retries
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.timeout.total_seconds()

@@ -103,6 +103,16 @@ class Tracing:
             forwarded = [(k, v) for k, v in headers if k not in ("traceparent", "tracestate")] + own.headers()
             yield span, forwarded
 
+    @contextmanager
+    def internal(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
+        """A span for a step of the current request (an auth or rate-limit decision), a child of the
+        span that is current; yields None when tracing is off."""
+        if not self.enabled:
+            yield None
+            return
+        with self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes) as span:
+            yield span
+
 
 def finish(span: Any, status: int, *, client: bool) -> None:
     """Record the response status; Error on 5xx (server) or 4xx and 5xx (client), as OTel says."""

@@ -1,0 +1,165 @@
+"""The gateway's ASGI application, built in one place: the steps in their order, then the answer.
+
+Steps (one per file under ``gateway/middleware``; see docs/gateway.md):
+hygiene -> route -> CORS -> read body (only for providers that need it) -> authenticate -> authorize
+-> rate limit -> proxy (``gateway/proxy.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from gateway.exchange import Exchange, local_error
+from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
+from gateway.proxy import BodyTooLarge, forward, read_body
+from gateway.state import GatewayRuntime
+from mesh.transport.messages import HOP_BY_HOP, Response
+from shared.telemetry.tracing import finish
+
+log = logging.getLogger("meshgate.gateway")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class EdgeGateway:
+    """Pure ASGI: every HTTP request goes through the steps; nothing else of Starlette runs per request."""
+
+    def __init__(self, app: Any, runtime: GatewayRuntime) -> None:
+        self.app = app  # Starlette's own stack: lifespan only
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1003})
+                return
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        runtime = self.runtime
+        checked = hygiene.check(scope, runtime.hygiene)
+        if isinstance(checked, Response):
+            await _send(send, checked, [])
+            runtime.observe("-", checked.status, started)
+            return
+        ex = checked
+        with runtime.tracing.span(
+            SpanKind.SERVER,
+            ex.method,
+            ex.headers,
+            {"url.path": ex.path, "url.scheme": ex.scheme, "network.protocol.version": ex.http_version},
+        ) as (span, headers):
+            ex.headers = headers
+            ex.span = span
+            response = await self._handle(ex, receive)
+            finish(span, response.status, client=False)
+            route = ex.match.route.name if ex.match else "-"
+            if span is not None and ex.match is not None:
+                span.set_attribute("http.route", route)
+        extra = ex.response_headers
+        if ex.match is not None:
+            ops = ex.match.route.response_headers
+            if ops.remove or ops.set:
+                drop = {n.lower() for n in ops.remove} | {n.lower() for n in ops.set}
+                response.headers = [(k, v) for k, v in response.headers if k not in drop]
+                extra = [*extra, *((k.lower(), v) for k, v in ops.set.items())]
+        try:
+            await _send(send, response, extra)
+        finally:
+            if response.on_close is not None:
+                response.on_close()
+            runtime.observe(route, response.status, started)
+
+    async def _handle(self, ex: Exchange, receive: Receive) -> Response:
+        state = self.runtime.state
+        if state is None:
+            return local_error(503, "no_configuration", "the gateway has no configuration yet")
+        headers = dict(ex.headers)
+        ex.match = state.router.match(ex.host, ex.method, ex.path, ex.query, headers)
+        if ex.match is None:
+            return local_error(404, "route_not_found", f"no route for {ex.method} {ex.host}{ex.path}")
+        route = ex.match.route
+        answer = cors.preflight(ex)
+        if answer is not None:
+            return answer
+        if any(state.needs_body(name) for name in route.auth):
+            body = await read_body(receive, route.max_body_size)
+            if body is None:
+                return local_error(413, "body_too_large", f"request body over {route.max_body_size} bytes")
+            ex.body = body
+        answer = await auth.authenticate(ex, state.providers, self.runtime.tracing)
+        if answer is not None:
+            return answer
+        answer = authorize.authorize(ex, state.engine)
+        if answer is not None:
+            return answer
+        answer = await ratelimit.limit(ex, state.rate_limits, self.runtime.limiter, self.runtime.tracing)
+        if answer is not None:
+            return answer
+        try:
+            return await forward(
+                ex, receive, self.runtime.client, state.service_policy(ex.match.backend.service)
+            )
+        except BodyTooLarge:
+            return local_error(413, "body_too_large", f"request body over {route.max_body_size} bytes")
+        except ConnectionError as exc:
+            return local_error(400, "client_disconnected", str(exc))
+
+
+async def _send(send: Send, response: Response, extra: list[tuple[str, str]]) -> None:
+    """Response head, then the body as it comes (more_body until the declared length or the end)."""
+    raw = [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in (*response.headers, *extra)
+        if k not in HOP_BY_HOP and not k.startswith(":")
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": raw})
+    length = response.header("content-length")
+    remaining = int(length) if length is not None and length.isdigit() else None
+    body: AsyncIterator[bytes] = response.body
+    sent_last = False
+    try:
+        async for chunk in body:
+            if not chunk:
+                continue
+            if remaining is not None:
+                remaining -= len(chunk)
+                last = remaining <= 0
+            else:
+                last = False
+            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            if last:
+                sent_last = True
+                break
+    except Exception as exc:  # the upstream broke mid-body: the client sees a cut-off response
+        log.info("response body aborted: %s", exc)
+        raise
+    if not sent_last:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if sent_last:
+        with contextlib.suppress(StopAsyncIteration, Exception):
+            await anext(body)  # let the body see its end (connection back to the pool, counts released)
+
+
+def build_app(runtime: GatewayRuntime) -> Starlette:
+    """The Starlette application: lifespan starts and stops the runtime; EdgeGateway serves requests."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return Starlette(lifespan=lifespan, middleware=[Middleware(EdgeGateway, runtime=runtime)])

@@ -1,0 +1,139 @@
+"""``meshgate gateway``: bootstrap the gateway's identity once, then serve with N workers (granian)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.cliargs import host_port
+from shared.telemetry.logs import setup_logging
+
+
+def register(sub: Any) -> None:
+    """Add ``gateway``."""
+    p = sub.add_parser("gateway", help="run the edge API gateway")
+    p.add_argument("--control-plane", required=True, metavar="URL")
+    p.add_argument("--listen", type=host_port, default=("127.0.0.1", 8080), metavar="HOST:PORT")
+    p.add_argument("--redis", metavar="redis://...", help="rate limits in Redis (else in-process)")
+    p.add_argument("--token", type=Path, metavar="FILE", help="join token file (first start)")
+    p.add_argument(
+        "--cache-dir", type=Path, metavar="DIR", help="SVID and last snapshot (default .meshgate/gateway)"
+    )
+    p.add_argument("--service", default="gateway", help="the gateway's service name in the mesh")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--admin", type=host_port, default=("127.0.0.1", 15100), metavar="HOST:PORT")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (one per core)")
+    p.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve HTTPS (HTTP/2 by ALPN) with this chain"
+    )
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PKCS#8 PEM)")
+    p.add_argument(
+        "--client-ca", type=Path, metavar="FILE", help="require client certificates signed by this CA"
+    )
+    p.add_argument(
+        "--trusted-hops", type=int, default=0, help="proxies in front whose X-Forwarded-For counts"
+    )
+    p.add_argument("--max-header-bytes", type=int, default=65536, help="larger header blocks get 431")
+    p.add_argument("--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines")
+    p.add_argument("--trace-sample", type=float, default=1.0, metavar="RATIO")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=cmd_gateway)
+
+
+def _fail(message: str) -> int:
+    print(f"meshgate gateway: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    """Bootstrap the SVID into the cache (so that workers never need the token), then serve."""
+    from gateway.middleware.hygiene import HygieneSettings
+    from gateway.state import GatewayConfig
+    from shared.registry.client import ControlPlaneUnavailable, RegistryClient
+
+    setup_logging(args.log_level)
+    if args.workers < 1:
+        return _fail("--workers must be at least 1")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return _fail("--tls-cert and --tls-key go together")
+    if args.client_ca is not None and args.tls_cert is None:
+        return _fail("--client-ca needs --tls-cert and --tls-key")
+    for path in (args.tls_cert, args.tls_key, args.client_ca):
+        if path is not None and not path.is_file():
+            return _fail(f"cannot read {path}")
+    token = None
+    if args.token is not None:
+        try:
+            token = args.token.read_text().strip()
+        except OSError as exc:
+            return _fail(f"cannot read token file {args.token}: {exc.strerror}")
+    cache_dir = args.cache_dir or Path(".meshgate") / args.service
+
+    async def bootstrap() -> None:
+        client = RegistryClient(
+            args.control_plane,
+            service=args.service,
+            namespace=args.namespace,
+            token=token,
+            cache_dir=cache_dir,
+        )
+        try:
+            await client.bootstrap()
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(bootstrap())
+    except ControlPlaneUnavailable as exc:
+        return _fail(str(exc))
+    config = GatewayConfig(
+        control_plane=args.control_plane,
+        cache_dir=cache_dir,
+        service=args.service,
+        namespace=args.namespace,
+        redis=args.redis,
+        admin=args.admin,
+        hygiene=HygieneSettings(max_header_bytes=args.max_header_bytes, trusted_hops=args.trusted_hops),
+        trace_file=args.trace_file,
+        trace_sample=args.trace_sample,
+    )
+    os.environ["MESHGATE_GATEWAY_CONFIG"] = config.to_json()
+    os.environ["MESHGATE_LOG_LEVEL"] = args.log_level
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run granian until SIGTERM/SIGINT (it drains its workers)."""
+    from granian import Granian  # type: ignore[attr-defined]
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings, HTTP2Settings
+    from granian.log import LogLevels
+
+    host, port = args.listen
+    server = Granian(
+        "gateway.asgi:app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        factory=True,
+        workers=args.workers,
+        loop=Loops.uvloop,
+        http=HTTPModes.auto,
+        websockets=False,
+        backlog=2048,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=10_000, max_buffer_size=args.max_header_bytes + 8192
+        ),
+        http2_settings=HTTP2Settings(max_headers_size=args.max_header_bytes, max_concurrent_streams=128),
+        log_level=LogLevels(args.log_level if args.log_level != "debug" else "debug"),
+        ssl_cert=args.tls_cert,
+        ssl_key=args.tls_key,
+        ssl_ca=args.client_ca,
+        ssl_client_verify=args.client_ca is not None,
+    )
+    server.serve()
+    return 0

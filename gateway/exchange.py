@@ -1,0 +1,66 @@
+"""One edge request on its way through the gateway's steps (``gateway/middleware/*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.auth.base import EdgeRequest, Identity
+from gateway.routing import Match
+from mesh.transport.messages import Headers, Response, body_of
+
+
+@dataclass
+class Exchange:
+    """What the steps read and fill in; ``response_headers`` are added to whatever answer goes back."""
+
+    method: str
+    path: str  # raw path as sent, without the query
+    query: str
+    host: str  # lower case, without the port
+    scheme: str
+    headers: Headers  # cleaned by the hygiene step (hop-by-hop, identity headers removed)
+    client_address: str
+    http_version: str
+    client_spiffe_id: str | None = None
+    match: Match | None = None
+    identity: Identity | None = None
+    response_headers: Headers = field(default_factory=list)
+    span: Any = None
+    body: bytes | None = None  # read ahead only when an auth provider needs it
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (lower case)."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def edge_request(self) -> EdgeRequest:
+        """The view authenticators get."""
+        return EdgeRequest(
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            host=self.host,
+            headers=self.headers,
+            client_address=self.client_address,
+            scheme=self.scheme,
+            body=self.body,
+            client_spiffe_id=self.client_spiffe_id,
+        )
+
+
+def local_error(status: int, code: str, message: str, headers: Headers | None = None) -> Response:
+    """A gateway-made answer: ``x-meshgate-error: code`` and a short text body."""
+    body = f"{message}\n".encode()
+    return Response(
+        status,
+        [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(body))),
+            ("x-meshgate-error", code),
+            *(headers or []),
+        ],
+        body_of(body),
+    )

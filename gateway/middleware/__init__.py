@@ -1,0 +1,1 @@
+"""The gateway's steps, one per file, run in the order ``gateway/app.py`` lists them."""

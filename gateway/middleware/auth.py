@@ -1,0 +1,67 @@
+"""Authentication: the route's providers, any-of, in the order the route lists them.
+
+The first provider that accepts wins: its identity becomes the principal the policy engine sees and
+``x-meshgate-principal`` upstream. A final denial (ext_authz's own answer) is relayed as it is. When
+credentials were offered but none was accepted, or none were offered, the answer is 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from gateway.auth.base import Authenticator
+from gateway.exchange import Exchange, local_error
+from mesh.transport.messages import Response, body_of
+from shared.telemetry.tracing import Tracing
+
+log = logging.getLogger("meshgate.gateway.auth")
+
+
+async def authenticate(
+    ex: Exchange, providers: Mapping[str, Authenticator], tracing: Tracing
+) -> Response | None:
+    """None when the request may go on (``ex.identity`` set when the route asks for auth)."""
+    assert ex.match is not None
+    names = ex.match.route.auth
+    if not names:
+        return None
+    request = ex.edge_request()
+    reasons: list[str] = []
+    for name in names:
+        provider = providers.get(name)
+        if provider is None:  # the loader checks references; a provider that failed to build
+            reasons.append(f"{name}: not available")
+            continue
+        with tracing.internal("auth", {"meshgate.auth.provider": name}) as span:
+            verdict = await provider.authenticate(request)
+            if span is not None:
+                span.set_attribute(
+                    "meshgate.auth.outcome",
+                    "accept"
+                    if verdict.identity
+                    else "deny"
+                    if verdict.denial
+                    else "reject"
+                    if verdict.reason
+                    else "absent",
+                )
+        if verdict.identity is not None:
+            ex.identity = verdict.identity
+            return None
+        if verdict.denial is not None:
+            log.info("auth %s denied %s %s: %s", name, ex.method, ex.path, verdict.reason)
+            denial = verdict.denial
+            return Response(
+                denial.status,
+                [*denial.headers, ("content-length", str(len(denial.body)))],
+                body_of(denial.body),
+            )
+        if verdict.reason:
+            reasons.append(f"{name}: {verdict.reason}")
+    if reasons:
+        log.info("authentication failed for %s %s: %s", ex.method, ex.path, "; ".join(reasons))
+        message = "authentication failed: " + "; ".join(reasons)
+    else:
+        message = "authentication required"
+    return local_error(401, "unauthenticated", message, [("www-authenticate", 'Bearer realm="meshgate"')])

@@ -1,0 +1,52 @@
+"""Authorization: the route's AccessPolicy rules through the shared policy engine (principals, claims,
+methods, paths, headers), with the authenticated end user as the caller's principal."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from gateway.exchange import Exchange, local_error
+from mesh.transport.messages import Response
+from shared.policy.engine import PolicyEngine
+from shared.policy.request import Caller
+from shared.policy.request import Request as PolicyRequest
+
+log = logging.getLogger("meshgate.gateway.authorize")
+
+
+def authorize(ex: Exchange, engine: PolicyEngine) -> Response | None:
+    """None when allowed; 403 ``policy_denied`` otherwise (audit rules are logged, not enforced)."""
+    assert ex.match is not None
+    identity = ex.identity
+    try:
+        ipaddress.ip_address(ex.client_address)
+        address: str | None = ex.client_address
+    except ValueError:
+        address = None  # a Unix socket peer, say: no address rules can match it
+    caller = Caller.from_identity(
+        ex.client_spiffe_id,
+        principal=identity.principal if identity else None,
+        claims=identity.claims if identity else None,
+        address=address,
+    )
+    path = f"{ex.path}?{ex.query}" if ex.query else ex.path
+    decision = engine.decide_route(
+        caller, ex.match.route.name, PolicyRequest(ex.method, path, dict(ex.headers))
+    )
+    if decision.audit is not None and not decision.audit.allowed:
+        log.info(
+            "audit: route %s would deny %s %s (%s)", ex.match.route.name, ex.method, ex.path, decision.audit
+        )
+    if decision.allowed:
+        return None
+    log.info(
+        "route %s denied %s %s for %s: %s (%s)",
+        ex.match.route.name,
+        ex.method,
+        ex.path,
+        caller.principal or "anonymous",
+        decision.reason,
+        decision.rule,
+    )
+    return local_error(403, "policy_denied", f"denied by policy ({decision.rule})")

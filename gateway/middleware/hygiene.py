@@ -1,0 +1,134 @@
+"""Edge hygiene (STANDARDS "HTTP/1.1 at the edge"), before anything else looks at the request.
+
+Common ASGI servers accept requests without Host, with two Hosts and with 100 KB of headers, and some
+pass Content-Length next to Transfer-Encoding: this step refuses those itself. It also removes
+hop-by-hop headers (and every header ``Connection`` names, except the ones the gateway itself relies
+on), strips identity headers a client might forge (``x-meshgate-*``, ``x-forwarded-client-cert``),
+and rebuilds ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id``: a client-sent
+``X-Forwarded-For`` counts only through ``trusted_hops`` proxies in front of the gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.exchange import Exchange, local_error
+from mesh.transport.messages import HOP_BY_HOP, Headers, Response
+
+#: Headers a client could use to impersonate someone, or to pass for the mesh: never taken from outside.
+IDENTITY_PREFIXES = ("x-meshgate-",)
+IDENTITY_HEADERS = frozenset({"x-forwarded-client-cert", "x-request-id", "forwarded"})
+#: What ``Connection`` may not remove: the gateway reads these itself.
+PROTECTED = frozenset({"host", "content-length", "authorization"})
+FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+
+
+@dataclass(frozen=True)
+class HygieneSettings:
+    """Caps and trust, from the command line."""
+
+    max_header_bytes: int = 65536
+    max_headers: int = 200
+    trusted_hops: int = 0
+
+
+def _decode(raw: list[tuple[bytes, bytes]]) -> Headers:
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+
+
+def _bad(message: str) -> Response:
+    response = local_error(400, "bad_request", message)
+    response.headers.append(("connection", "close"))
+    return response
+
+
+def _client_address(forwarded_for: list[str], peer: str, trusted_hops: int) -> tuple[str, list[str]]:
+    """The client address and the X-Forwarded-For chain to send on. Untrusted chains are dropped."""
+    if trusted_hops <= 0:
+        return peer, [peer]
+    chain = []
+    for part in forwarded_for:
+        for item in part.split(","):
+            item = item.strip()
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                continue  # junk is not an address: never a rate-limit key
+            chain.append(item)
+    chain.append(peer)
+    client = chain[-(trusted_hops + 1)] if len(chain) > trusted_hops else chain[0]
+    return client, chain
+
+
+def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Response:
+    """The cleaned exchange, or the answer that refuses the request (400 / 431)."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    if len(raw) > settings.max_headers:
+        return local_error(431, "headers_too_large", f"more than {settings.max_headers} header fields")
+    size = 0
+    for k, v in raw:
+        size += len(k) + len(v) + 4
+    if size > settings.max_header_bytes:
+        return local_error(431, "headers_too_large", f"header block over {settings.max_header_bytes} bytes")
+    headers = _decode(raw)
+    hosts = [v for k, v in headers if k == "host"]
+    if len(hosts) > 1:
+        return _bad("more than one Host header")
+    host_value = hosts[0].strip() if hosts else ""
+    if not host_value:
+        return _bad("missing Host header")
+    if any(c in host_value for c in " /\\@\t") or "," in host_value:
+        return _bad("malformed Host header")
+    lengths = {v.strip() for k, v in headers if k == "content-length"}
+    encodings = [v for k, v in headers if k == "transfer-encoding"]
+    if encodings and lengths:
+        return _bad("Content-Length together with Transfer-Encoding")
+    if len(lengths) > 1:
+        return _bad("conflicting Content-Length headers")
+    if lengths and not next(iter(lengths)).isdigit():
+        return _bad("malformed Content-Length")
+    if encodings and [e.strip().lower() for e in ",".join(encodings).split(",")][-1] != "chunked":
+        return _bad("unsupported Transfer-Encoding")
+    named = {
+        token.strip().lower()
+        for key, value in headers
+        if key == "connection"
+        for token in value.split(",")
+        if token.strip()
+    } - PROTECTED
+    forwarded_for = [v for k, v in headers if k == "x-forwarded-for"]
+    kept: Headers = []
+    for key, value in headers:
+        if key in HOP_BY_HOP or key in named or key == "host" or key in FORWARDED:
+            continue
+        if key in IDENTITY_HEADERS or key.startswith(IDENTITY_PREFIXES):
+            continue
+        kept.append((key, value))
+    peer = (scope.get("client") or ("", 0))[0] or ""
+    client, chain = _client_address(forwarded_for, peer, settings.trusted_hops)
+    scheme = str(scope.get("scheme") or "http")
+    kept.append(("x-forwarded-for", ", ".join(chain)))
+    kept.append(("x-forwarded-proto", scheme))
+    kept.append(("x-forwarded-host", host_value))
+    kept.append(("x-request-id", uuid.uuid4().hex))
+    host = host_value.lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1]
+    elif ":" in host:
+        host = host.rsplit(":", 1)[0]
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1").split("?", 1)[0] if raw_path else str(scope.get("path") or "/")
+    return Exchange(
+        method=str(scope["method"]),
+        path=path or "/",
+        query=(scope.get("query_string") or b"").decode("latin-1"),
+        host=host,
+        scheme=scheme,
+        headers=kept,
+        client_address=client,
+        http_version=str(scope.get("http_version") or "1.1"),
+    )

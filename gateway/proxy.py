@@ -1,0 +1,104 @@
+"""The last step: the route's rewrite and header operations, the body cap, then the mesh client
+(mTLS HTTP/2 to the backend service's sidecar, in-process) with the route's timeout and retries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from gateway.exchange import Exchange, local_error
+from mesh.outbound.client import MeshClient
+from mesh.transport.messages import Request, Response, body_of
+from shared.config.model.edge import Route
+from shared.config.model.mesh import TrafficPolicy
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class BodyTooLarge(Exception):
+    """The client sent more than the route allows."""
+
+
+def route_policy(route: Route, service_policy: TrafficPolicy) -> TrafficPolicy | None:
+    """The service's traffic policy with the route's timeout and retries, or None when the route sets
+    neither (the service's own policy then applies as it is)."""
+    if route.timeout is None and route.retries is None:
+        return None
+    update: dict[str, Any] = {}
+    if route.timeout is not None:
+        update["timeout"] = route.timeout
+    if route.retries is not None:
+        update["retries"] = service_policy.retries.model_copy(
+            update={"attempts": route.retries.attempts, "per_try_timeout": route.retries.per_try_timeout}
+        )
+    return service_policy.model_copy(update=update)
+
+
+async def request_body(receive: Receive, limit: int, first: bytes | None = None) -> AsyncIterator[bytes]:
+    """The client's body from ASGI ``receive``, at most ``limit`` bytes (BodyTooLarge beyond)."""
+    seen = 0
+    if first is not None:
+        seen = len(first)
+        if first:
+            yield first
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client went away mid-body")
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge(f"request body over {limit} bytes")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body (for providers that need it), or None when it is over ``limit``."""
+    parts = []
+    try:
+        async for chunk in request_body(receive, limit):
+            parts.append(chunk)
+    except BodyTooLarge:
+        return None
+    return b"".join(parts)
+
+
+async def forward(
+    ex: Exchange, receive: Receive, client: MeshClient, service_policy: TrafficPolicy | None
+) -> Response:
+    """Send the request to the chosen backend through the mesh; 413 before sending when the declared
+    length is over the route's cap."""
+    assert ex.match is not None
+    route = ex.match.route
+    cap = route.max_body_size
+    length = ex.header("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        return local_error(413, "body_too_large", f"request body over {cap} bytes")
+    headers = ex.headers
+    ops = route.request_headers
+    if ops.set or ops.remove or ex.identity is not None:
+        drop = {name.lower() for name in ops.remove} | {name.lower() for name in ops.set}
+        identity = ex.identity
+        if identity is not None:
+            drop |= {name.lower() for name in identity.remove_headers}
+            drop |= {name.lower() for name, _ in identity.upstream_headers}
+        headers = [(k, v) for k, v in headers if k not in drop]
+        headers.extend((k.lower(), v) for k, v in ops.set.items())
+        if identity is not None:
+            headers.extend((k.lower(), v) for k, v in identity.upstream_headers)
+            headers.append(("x-meshgate-principal", identity.principal))
+    body = body_of(ex.body) if ex.body is not None else request_body(receive, cap)
+    upstream = Request(
+        method=ex.method,
+        path=ex.match.upstream_path,
+        authority=ex.match.backend.service,
+        scheme="https",
+        headers=headers,
+        body=body,
+    )
+    policy = route_policy(route, service_policy or TrafficPolicy())
+    return await client.request(ex.match.backend.service, upstream, policy=policy)

@@ -1,0 +1,309 @@
+"""The gateway's configuration in force (``GatewayState``, swapped whole) and the per-process parts
+around it (``GatewayRuntime``: identity, mesh client, rate limiter, watch, admin port, metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.auth.base import Authenticator
+from gateway.middleware.hygiene import HygieneSettings
+from gateway.ratelimit.limiter import RateLimiter
+from gateway.routing import Router
+from mesh.outbound.client import MeshClient
+from mesh.transport.h1 import ClientInfo, H1Server
+from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.pool import H2Pool
+from shared.config.model.edge import AuthProvider, RateLimit
+from shared.config.model.mesh import TrafficPolicy
+from shared.config.policyset import PolicySet
+from shared.policy.engine import PolicyEngine
+from shared.registry.client import RegistryClient
+from shared.telemetry.metrics import Registry
+from shared.telemetry.tracing import JsonLinesExporter, Tracing
+
+log = logging.getLogger("meshgate.gateway")
+
+
+def build_authenticator(doc: AuthProvider, redis_url: str | None) -> Authenticator:
+    """The authenticator for one AuthProvider document."""
+    if doc.type == "jwt":
+        from gateway.auth.jwt import JwtAuthenticator
+
+        assert doc.jwt is not None
+        return JwtAuthenticator(doc.name, doc.jwt)
+    if doc.type == "apiKey":
+        from gateway.auth.apikey import ApiKeyAuthenticator
+
+        assert doc.api_key is not None
+        redis = None
+        if doc.api_key.redis_prefix is not None and redis_url:
+            import redis.asyncio as aioredis
+
+            redis = aioredis.Redis.from_url(redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        return ApiKeyAuthenticator(doc.name, doc.api_key, redis=redis)
+    if doc.type == "extAuthz":
+        from gateway.auth.extauthz import ExtAuthzAuthenticator
+
+        assert doc.ext_authz is not None
+        return ExtAuthzAuthenticator(doc.name, doc.ext_authz)
+    from gateway.auth.introspection import IntrospectionAuthenticator
+
+    assert doc.introspection is not None
+    return IntrospectionAuthenticator(doc.name, doc.introspection)
+
+
+@dataclass
+class GatewayState:
+    """One policy set compiled for the edge; requests keep the state they started with."""
+
+    policy_set: PolicySet
+    router: Router
+    engine: PolicyEngine
+    providers: Mapping[str, Authenticator]
+    rate_limits: Mapping[str, RateLimit]
+    _provider_docs: Mapping[str, AuthProvider] = field(default_factory=dict)
+
+    def needs_body(self, provider: str) -> bool:
+        """True when ``provider`` reads the request body (ext_authz with includeBody)."""
+        return bool(getattr(self.providers.get(provider), "needs_body", False))
+
+    def service_policy(self, service: str) -> TrafficPolicy | None:
+        """The Service document's traffic policy, when there is one."""
+        svc = self.policy_set.services.get(service)
+        return svc.traffic_policy if svc is not None else None
+
+
+@dataclass
+class GatewayConfig:
+    """What ``meshgate gateway`` takes, for each worker."""
+
+    control_plane: str | None = None
+    cache_dir: Path | None = None
+    token: str | None = None
+    service: str = "gateway"
+    namespace: str = "default"
+    redis: str | None = None
+    admin: tuple[str, int] | None = ("127.0.0.1", 15100)
+    hygiene: HygieneSettings = field(default_factory=HygieneSettings)
+    trace_file: Path | None = None
+    trace_sample: float = 1.0
+
+    def to_json(self) -> str:
+        """For the worker processes (environment variable)."""
+        data = {
+            "control_plane": self.control_plane,
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "service": self.service,
+            "namespace": self.namespace,
+            "redis": self.redis,
+            "admin": list(self.admin) if self.admin else None,
+            "hygiene": self.hygiene.__dict__,
+            "trace_file": str(self.trace_file) if self.trace_file else None,
+            "trace_sample": self.trace_sample,
+        }
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> GatewayConfig:
+        """The inverse of :meth:`to_json` (the token never travels: workers start from the cache)."""
+        data = json.loads(text)
+        return cls(
+            control_plane=data["control_plane"],
+            cache_dir=Path(data["cache_dir"]) if data["cache_dir"] else None,
+            service=data["service"],
+            namespace=data["namespace"],
+            redis=data["redis"],
+            admin=(data["admin"][0], int(data["admin"][1])) if data["admin"] else None,
+            hygiene=HygieneSettings(**data["hygiene"]),
+            trace_file=Path(data["trace_file"]) if data["trace_file"] else None,
+            trace_sample=float(data["trace_sample"]),
+        )
+
+
+class GatewayRuntime:
+    """Per worker process: started by the ASGI lifespan, stopped with it."""
+
+    def __init__(self, config: GatewayConfig, *, client: MeshClient | None = None) -> None:
+        self.config = config
+        self.hygiene = config.hygiene
+        self.state: GatewayState | None = None
+        self.metrics = Registry()
+        self.requests = self.metrics.counter(
+            "meshgate_gateway_requests_total", "Requests answered at the edge", ("route", "code")
+        )
+        self.duration = self.metrics.histogram(
+            "meshgate_gateway_request_duration_seconds", "Time to the response head", ("route",)
+        )
+        self.reloads = self.metrics.counter("meshgate_gateway_config_reloads_total", "Policy sets applied")
+        exporter = JsonLinesExporter(config.trace_file) if config.trace_file else None
+        self.tracing = Tracing(config.service, exporter, config.trace_sample)
+        self.limiter = RateLimiter(config.redis)
+        self._client = client
+        self.registry: RegistryClient | None = None
+        self.stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._admin: asyncio.Server | None = None
+        self.admin_port: int | None = None
+
+    @property
+    def client(self) -> MeshClient:
+        """The outbound mesh client (available once started)."""
+        assert self._client is not None, "gateway runtime not started"
+        return self._client
+
+    @property
+    def ready(self) -> bool:
+        """Ready with a mesh client (hence a certificate) and a configuration."""
+        return self._client is not None and self.state is not None
+
+    def observe(self, route: str, status: int, started: float) -> None:
+        """Count one answered request."""
+        self.requests.inc(route, str(status))
+        self.duration.observe(time.perf_counter() - started, route)
+
+    async def start(self) -> None:
+        """Identity from the cache (or token), the mesh client, the watch and the admin port."""
+        cfg = self.config
+        if self._client is None:
+            if cfg.control_plane is None or cfg.cache_dir is None:
+                raise RuntimeError("a gateway needs --control-plane and a cache directory")
+            self.registry = RegistryClient(
+                cfg.control_plane,
+                service=cfg.service,
+                namespace=cfg.namespace,
+                token=cfg.token,
+                cache_dir=cfg.cache_dir,
+            )
+            await self.registry.bootstrap()
+            certs = self.registry.certs
+            assert certs is not None and self.registry.bundle is not None
+            self._client = MeshClient(
+                H2Pool(certs.client_context, self.registry.bundle.trust_domain), self.tracing
+            )
+            self._tasks.append(asyncio.create_task(self.registry.watch(self._on_snapshot, self.stopping)))
+        if cfg.admin is not None:
+            self._admin = await asyncio.start_server(H1Server(self._serve_admin), *cfg.admin, reuse_port=True)
+            self.admin_port = int(self._admin.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop the watch, close authenticators, the limiter and connections."""
+        self.stopping.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        if self._admin is not None:
+            self._admin.close()
+        if self.state is not None:
+            for provider in self.state.providers.values():
+                with contextlib.suppress(Exception):
+                    await provider.close()
+        await self.limiter.close()
+        if self._client is not None:
+            self._client.pool.close()
+        if self.registry is not None:
+            await self.registry.close()
+        self.tracing.shutdown()
+
+    def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
+        policies = snapshot.get("policies")
+        policy_set = None
+        if policies:
+            try:
+                policy_set = PolicySet.from_json(policies)
+            except ValueError as exc:
+                log.error("snapshot carries unusable policies (%s); keeping the current ones", exc)
+        if policy_set is not None:
+            self.apply(policy_set)
+        services = self.state.policy_set.services if self.state is not None else {}
+        self.client.update(
+            snapshot.get("endpoints") or {}, {name: svc.traffic_policy for name, svc in services.items()}
+        )
+
+    def apply(self, policy_set: PolicySet) -> None:
+        """Compile ``policy_set`` and put it in force; unchanged auth providers are kept (their key
+        caches too), replaced ones are closed."""
+        old = self.state
+        if old is not None and old.policy_set.version == policy_set.version and policy_set.version:
+            return
+        providers: dict[str, Authenticator] = {}
+        docs: dict[str, AuthProvider] = {}
+        for name, doc in policy_set.auth_providers.items():
+            if old is not None and old._provider_docs.get(name) == doc and name in old.providers:
+                providers[name] = old.providers[name]
+            else:
+                try:
+                    providers[name] = build_authenticator(doc, self.config.redis)
+                except Exception as exc:  # a provider that cannot be built fails closed (401)
+                    log.error("auth provider %s cannot be used: %s", name, exc)
+                    continue
+            docs[name] = doc
+        self.state = GatewayState(
+            policy_set=policy_set,
+            router=Router(policy_set.routes.values()),
+            engine=PolicyEngine(policy_set),
+            providers=providers,
+            rate_limits=dict(policy_set.rate_limits),
+            _provider_docs=docs,
+        )
+        self.reloads.inc()
+        log.info("gateway policy version %s in force (%d routes)", policy_set.version, len(policy_set.routes))
+        if old is not None:
+            for name, provider in old.providers.items():
+                if providers.get(name) is not provider:
+                    asyncio.get_running_loop().create_task(provider.close())
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration, for ``/config``."""
+        state = self.state
+        return {
+            "service": self.config.service,
+            "identity": str(self.registry.identity) if self.registry else None,
+            "policy_version": state.policy_set.version if state else None,
+            "routes": sorted(state.router.routes) if state else [],
+            "auth_providers": sorted(state.providers) if state else [],
+            "rate_limits": sorted(state.rate_limits) if state else [],
+            "redis": bool(self.config.redis),
+            "redis_ok": self.limiter.redis_ok,
+            "endpoints": {k: len(v) for k, v in self._client.endpoints.items()} if self._client else {},
+        }
+
+    def render_metrics(self) -> str:
+        """Prometheus text."""
+        lines = [f"meshgate_ready {int(self.ready)}"]
+        for key, value in self.limiter.stats.items():
+            lines.append(f'meshgate_gateway_ratelimit_total{{kind="{key}"}} {value}')
+        return "\n".join(lines) + "\n" + self.metrics.render()
+
+    async def _serve_admin(self, request: Request, info: ClientInfo) -> Response:
+        path = request.path.split("?", 1)[0]
+        async for _ in request.body:
+            pass
+        if path == "/healthz":
+            return _text(200, "ok\n")
+        if path == "/readyz":
+            return (
+                _text(200, "ready\n")
+                if self.ready
+                else _text(503, "not ready: no certificate or configuration\n")
+            )
+        if path == "/metrics":
+            return _text(200, self.render_metrics(), "text/plain; version=0.0.4")
+        if path == "/config":
+            return _text(200, json.dumps(self.describe(), indent=2) + "\n", "application/json")
+        return _text(404, "not found\n")
+
+
+def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    data = text.encode()
+    return Response(
+        status, [("content-type", content_type), ("content-length", str(len(data)))], body_of(data)
+    )
