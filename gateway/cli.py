@@ -108,7 +108,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """Run granian until SIGTERM/SIGINT (it drains its workers)."""
-    from granian import Granian  # type: ignore[attr-defined]
+    from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings, HTTP2Settings
     from granian.log import LogLevels

@@ -34,14 +34,12 @@ def route_policy(route: Route, service_policy: TrafficPolicy) -> TrafficPolicy |
     return service_policy.model_copy(update=update)
 
 
-async def request_body(receive: Receive, limit: int, first: bytes | None = None) -> AsyncIterator[bytes]:
-    """The client's body from ASGI ``receive``, at most ``limit`` bytes (BodyTooLarge beyond)."""
+async def request_body(
+    receive: Receive, limit: int, overflow: list[bool] | None = None
+) -> AsyncIterator[bytes]:
+    """The client's body from ASGI ``receive``, at most ``limit`` bytes (BodyTooLarge beyond, and
+    ``overflow`` gets True: the mesh client reports a failed stream, the gateway answers 413)."""
     seen = 0
-    if first is not None:
-        seen = len(first)
-        if first:
-            yield first
-        return
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -49,6 +47,8 @@ async def request_body(receive: Receive, limit: int, first: bytes | None = None)
         chunk = message.get("body", b"")
         seen += len(chunk)
         if seen > limit:
+            if overflow is not None:
+                overflow.append(True)
             raise BodyTooLarge(f"request body over {limit} bytes")
         if chunk:
             yield chunk
@@ -91,7 +91,8 @@ async def forward(
         if identity is not None:
             headers.extend((k.lower(), v) for k, v in identity.upstream_headers)
             headers.append(("x-meshgate-principal", identity.principal))
-    body = body_of(ex.body) if ex.body is not None else request_body(receive, cap)
+    overflow: list[bool] = []
+    body = body_of(ex.body) if ex.body is not None else request_body(receive, cap, overflow)
     upstream = Request(
         method=ex.method,
         path=ex.match.upstream_path,
@@ -101,4 +102,9 @@ async def forward(
         body=body,
     )
     policy = route_policy(route, service_policy or TrafficPolicy())
-    return await client.request(ex.match.backend.service, upstream, policy=policy)
+    response = await client.request(ex.match.backend.service, upstream, policy=policy)
+    if overflow:
+        if response.on_close is not None:
+            response.on_close()
+        raise BodyTooLarge(f"request body over {cap} bytes")
+    return response

@@ -273,7 +273,11 @@ class GatewayRuntime:
             "rate_limits": sorted(state.rate_limits) if state else [],
             "redis": bool(self.config.redis),
             "redis_ok": self.limiter.redis_ok,
-            "endpoints": {k: len(v) for k, v in self._client.endpoints.items()} if self._client else {},
+            "endpoints": (
+                {svc: len(self._client.endpoints.get(svc)) for svc in self._client.endpoints.services()}
+                if self._client
+                else {}
+            ),
         }
 
     def render_metrics(self) -> str:

@@ -16,8 +16,13 @@ log = logging.getLogger("meshgate.gateway.authorize")
 
 
 def authorize(ex: Exchange, engine: PolicyEngine) -> Response | None:
-    """None when allowed; 403 ``policy_denied`` otherwise (audit rules are logged, not enforced)."""
+    """None when allowed; 403 ``policy_denied`` otherwise (audit rules are logged, not enforced).
+
+    A route no AccessPolicy targets is open to whoever passes its ``auth`` (publishing a Route is the
+    operator's decision to expose it; the Mesh's ``defaultAccess`` is about services)."""
     assert ex.match is not None
+    if not engine.guards_route(ex.match.route.name):
+        return None
     identity = ex.identity
     try:
         ipaddress.ip_address(ex.client_address)

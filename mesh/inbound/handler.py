@@ -11,7 +11,7 @@ from mesh.transport.h2c import H2cPool
 from mesh.transport.messages import Request, Response, error_response, for_caller
 from mesh.transport.tunnel import connect_app
 from shared.policy.engine import PolicyEngine
-from shared.policy.request import Caller
+from shared.policy.request import Caller, split_spiffe_id
 from shared.policy.request import Request as PolicyRequest
 
 log = logging.getLogger("meshgate.inbound")
@@ -49,7 +49,11 @@ class InboundHandler:
         engine = self.engine()
         if engine is None:
             return error_response(503, "no_configuration", "the sidecar has no policy yet")
-        decision = engine.decide(Caller.from_identity(caller_id), self.service, policy_request(request))
+        principal = None
+        if self._from_gateway(engine, caller_id):
+            principal = request.header("x-meshgate-principal")
+        caller = Caller.from_identity(caller_id, principal=principal)
+        decision = engine.decide(caller, self.service, policy_request(request))
         if decision.audit is not None and not decision.audit.allowed:
             self.stats["audit_denied"] += 1
             log.info(
@@ -81,8 +85,12 @@ class InboundHandler:
             # answer at once: the body is not read (a tunnel's never ends); whatever the caller still
             # sends on this stream is acknowledged and dropped by the transport once we have answered
             return for_caller(request, denied)
+        engine = self.engine()
+        principal = request.header("x-meshgate-principal")
         request.headers = [(k, v) for k, v in request.headers if k not in MESH_HEADERS]
         request.headers.append(("x-meshgate-peer", caller_id))
+        if principal is not None and engine is not None and self._from_gateway(engine, caller_id):
+            request.headers.append(("x-meshgate-principal", principal))
         try:
             if request.method == "CONNECT":  # a TCP tunnel, authorized above as it opens
                 return await connect_app(request, self.app.host, self.app.port)
@@ -94,6 +102,17 @@ class InboundHandler:
             log.warning("app unreachable for %s %s: %s", request.method, request.path, exc)
             failed = error_response(503 if exc.code == "connect_failure" else 502, exc.code, str(exc))
             return for_caller(request, failed)
+
+    @staticmethod
+    def _from_gateway(engine: PolicyEngine, caller_id: str) -> bool:
+        """True when the caller is an edge gateway of this mesh (``Mesh.edgeGateways``): only those may
+        pass on the end user's principal."""
+        mesh = engine.policy_set.mesh
+        try:
+            td, _ns, service = split_spiffe_id(caller_id)
+        except ValueError:
+            return False
+        return td == mesh.trust_domain and service in mesh.edge_gateways
 
     def _speaks_grpc(self) -> bool:
         """The app is reached over h2c when its ``Service`` says ``protocol: grpc``."""

@@ -93,7 +93,9 @@ class MeshClient:
             self._upstreams[service] = upstream
         return upstream
 
-    async def request(self, service: str, request: Request, *, policy: TrafficPolicy | None = None) -> Response:
+    async def request(
+        self, service: str, request: Request, *, policy: TrafficPolicy | None = None
+    ) -> Response:
         """Send ``request`` to some healthy instance of ``service``; never raises for upstream trouble.
 
         ``policy`` overrides the service's timeout and retries for this request (a gateway route's own);

@@ -512,8 +512,9 @@ class H2Protocol(asyncio.Protocol):
                     await self._send_body(stream, rest(), trailers, request.trailers)
                 except StreamError:
                     pass
-                except Exception as exc:  # the caller's body failed: cancel the stream
+                except Exception as exc:  # the caller's body failed: cancel the stream, fail the wait
                     log.debug("request body on stream %d failed: %s", sid, exc)
+                    self._fail(stream, StreamError(f"request body failed: {exc}", ErrorCode.CANCEL))
                     self._reset(sid, ErrorCode.CANCEL)
 
             stream.task = loop.create_task(pump())

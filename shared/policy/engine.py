@@ -186,6 +186,10 @@ class PolicyEngine:
         """Decide whether ``caller`` may make ``request`` to ``service``."""
         return self._decide(self._services.get(service), caller, request)
 
+    def guards_route(self, route: str) -> bool:
+        """True when some AccessPolicy targets gateway route ``route``."""
+        return route in self._routes
+
     def decide_route(self, caller: Caller, route: str, request: Request) -> Decision:
         """Decide whether ``caller`` may use the gateway route ``route``."""
         return self._decide(self._routes.get(route), caller, request)

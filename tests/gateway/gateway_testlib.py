@@ -19,15 +19,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mesh" / "outbound"))
 
-from meshrig_testlib import TD, Rig, Upstream, engine_from, mesh, run  # noqa: E402
+from meshrig_testlib import TD, Rig, Upstream, engine_from, mesh, run
 
-from gateway.app import build_app  # noqa: E402
-from gateway.middleware.hygiene import HygieneSettings  # noqa: E402
-from gateway.state import GatewayConfig, GatewayRuntime  # noqa: E402
-from mesh.transport.h1 import ClientInfo  # noqa: E402
-from mesh.transport.messages import Request, Response, body_of  # noqa: E402
+from gateway.app import build_app
+from gateway.middleware.hygiene import HygieneSettings
+from gateway.state import GatewayConfig, GatewayRuntime
+from mesh.transport.h1 import ClientInfo
+from mesh.transport.messages import Request, Response, body_of
 
-__all__ = ["BASE", "Edge", "edge", "echo_app", "run"]
+__all__ = ["BASE", "Edge", "echo_app", "edge", "run"]
 
 BASE = f"""\
 apiVersion: meshgate/v1
@@ -76,7 +76,9 @@ async def echo_app(request: Request, info: ClientInfo) -> Response:
             "body": body.decode("latin-1"),
         }
     ).encode()
-    return Response(200, [("content-type", "application/json"), ("content-length", str(len(data)))], body_of(data))
+    return Response(
+        200, [("content-type", "application/json"), ("content-length", str(len(data)))], body_of(data)
+    )
 
 
 @dataclass

@@ -17,7 +17,9 @@ def route(name: str, **spec: Any) -> Route:
     return Route.model_validate({"apiVersion": "meshgate/v1", "kind": "Route", "name": name, **spec})
 
 
-def pick(router: Router, path: str, *, host: str = "any.test", method: str = "GET", **headers: str) -> str | None:
+def pick(
+    router: Router, path: str, *, host: str = "any.test", method: str = "GET", **headers: str
+) -> str | None:
     match = router.match(host, method, path, "", headers)
     return match.route.name if match else None
 
@@ -106,7 +108,11 @@ def test_prefix_rewrite(prefix: str, rewrite: str, path: str, expected: str) -> 
 
 def test_weighted_backends_split_traffic() -> None:
     router = Router(
-        [route("canary", backends=[{"service": "orders", "weight": 90}, {"service": "billing", "weight": 10}])],
+        [
+            route(
+                "canary", backends=[{"service": "orders", "weight": 90}, {"service": "billing", "weight": 10}]
+            )
+        ],
         rng=random.Random(7),
     )
     counts = Counter(router.match("h", "GET", "/", "", {}).backend.service for _ in range(5000))  # type: ignore[union-attr]

@@ -28,6 +28,9 @@ class Mesh(Document):
     namespace: Name = "default"
     mtls: MtlsSettings = Field(default_factory=MtlsSettings)
     certificate_ttl: Duration = Field(default=timedelta(hours=24), alias="certificateTTL")
+    #: Services whose workloads may tell a sidecar who the end user is (``x-meshgate-principal``):
+    #: the edge gateways. From any other caller the header is dropped.
+    edge_gateways: list[Name] = Field(default_factory=lambda: ["gateway"])
 
 
 class Backoff(Spec):
