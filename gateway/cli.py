@@ -83,6 +83,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         )
         try:
             await client.bootstrap()
+            # the snapshot carries the trust bundle: with it in the cache, workers start without a token
+            await client._accept(await client.fetch(), None)
         finally:
             await client.close()
 
