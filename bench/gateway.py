@@ -139,8 +139,9 @@ def _redis_ping(port: int) -> bool:
         return sock.recv(16).startswith(b"+PONG")
 
 
-def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[int, int, list[int], int]:
-    """Control plane, the app's sidecar, two gateways (plain; full): their ports and pids, the sidecar's."""
+def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[dict[str, tuple[int, int]], int]:
+    """Control plane, the app's sidecar, the gateways (plain, full, plain on uvicorn): name -> (port, pid),
+    and the sidecar's pid."""
     policies = stack.tmp / "policies"
     policies.mkdir()
     (policies / "bench.yaml").write_text(POLICIES)
@@ -198,9 +199,10 @@ def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[int, int, lis
         "warning",
     )
     bm.wait(lambda: bm.ok(f"http://127.0.0.1:{admin}/readyz"), what="orders sidecar")
-    ports, pids = [], []
+    gateways = {}
     for name, extra in (
         ("plain", ["--trace-sample", "0"]),
+        ("uvicorn", ["--trace-sample", "0", "--server", "uvicorn"]),
         (
             "full",
             ["--redis", redis_url, "--trace-sample", "0.01", "--trace-file", str(stack.tmp / "spans.jsonl")],
@@ -234,9 +236,8 @@ def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[int, int, lis
                 return bool(json.load(r)["endpoints"].get("orders"))
 
         bm.wait(knows, what=f"gateway {name} to learn orders")
-        ports.append(port)
-        pids.append(proc.pid)
-    return ports[0], ports[1], pids, sidecar.pid
+        gateways[name] = (port, proc.pid)
+    return gateways, sidecar.pid
 
 
 def start_reference(stack: Any, app_port: int) -> tuple[int, list[int]]:
@@ -347,15 +348,18 @@ def main() -> int:
         bm.start_nginx(stack, app)
         bm.wait(lambda: bm.ok(f"http://127.0.0.1:{app}/"), what="app")
         redis_url = start_redis(stack)
-        plain_port, full_port, gw_pids, sidecar_pid = start_mesh(stack, app, redis_url)
+        gateways, sidecar_pid = start_mesh(stack, app, redis_url)
+        (plain_port, plain_pid), (full_port, full_pid) = gateways["plain"], gateways["full"]
+        uv_port, uv_pid = gateways["uvicorn"]
         ref_port, ref_pids = start_reference(stack, app)
         hand_port, hand_pid = start_handrolled(stack, app)
         key = f"x-api-key: {API_KEY}"
         targets = {
             "direct": (f"http://127.0.0.1:{app}/x", (), []),
             "reference": (f"http://127.0.0.1:{ref_port}/x", (), ref_pids),
-            "plain": (f"http://127.0.0.1:{plain_port}/plain/x", (), [gw_pids[0], sidecar_pid]),
-            "full": (f"http://127.0.0.1:{full_port}/full/x", (key,), [gw_pids[1], sidecar_pid]),
+            "plain": (f"http://127.0.0.1:{plain_port}/plain/x", (), [plain_pid, sidecar_pid]),
+            "full": (f"http://127.0.0.1:{full_port}/full/x", (key,), [full_pid, sidecar_pid]),
+            "plain-uvicorn": (f"http://127.0.0.1:{uv_port}/plain/x", (), [uv_pid, sidecar_pid]),
             "handrolled": (f"http://127.0.0.1:{hand_port}/x", (), [hand_pid]),
         }
         for name, (url, headers, pids) in targets.items():
@@ -378,7 +382,7 @@ def main() -> int:
         "plain_vs_handrolled": round(results["plain"]["rps"] / results["handrolled"]["rps"], 2)
         if results["handrolled"]["rps"]
         else None,
-        **{f"{k}_rps": round(v["rps"]) for k, v in results.items()},
+        **{f"{k.replace('-', '_')}_rps": round(v["rps"]) for k, v in results.items()},
         "failed": int(sum(v["failed"] for k, v in results.items() if k != "direct")),
     }
     print(

@@ -15,7 +15,6 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 
 from gateway.exchange import Exchange, local_error
 from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
@@ -35,7 +34,7 @@ class EdgeGateway:
     """Pure ASGI: every HTTP request goes through the steps; nothing else of Starlette runs per request."""
 
     def __init__(self, app: Any, runtime: GatewayRuntime) -> None:
-        self.app = app  # Starlette's own stack: lifespan only
+        self.app = app  # the Starlette application: lifespan (and whatever is not HTTP)
         self.runtime = runtime
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,8 +150,10 @@ async def _send(send: Send, response: Response, extra: list[tuple[str, str]]) ->
             await anext(body)  # let the body see its end (connection back to the pool, counts released)
 
 
-def build_app(runtime: GatewayRuntime) -> Starlette:
-    """The Starlette application: lifespan starts and stops the runtime; EdgeGateway serves requests."""
+def build_app(runtime: GatewayRuntime) -> EdgeGateway:
+    """The application: EdgeGateway serves every HTTP request; the Starlette application inside it
+    runs the lifespan (start and stop the runtime). EdgeGateway is outermost so that no Starlette
+    middleware wraps ``send`` on the proxy path."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -162,4 +163,4 @@ def build_app(runtime: GatewayRuntime) -> Starlette:
         finally:
             await runtime.stop()
 
-    return Starlette(lifespan=lifespan, middleware=[Middleware(EdgeGateway, runtime=runtime)])
+    return EdgeGateway(Starlette(lifespan=lifespan), runtime)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 
-from starlette.applications import Starlette
-
-from gateway.app import build_app
+from gateway.app import EdgeGateway, build_app
 from gateway.state import GatewayConfig, GatewayRuntime
 from shared.telemetry.logs import setup_logging
 
 
-def app() -> Starlette:
+def app() -> EdgeGateway:
     """Build this worker's application from the environment."""
     setup_logging(os.environ.get("MESHGATE_LOG_LEVEL", "info"))
     config = GatewayConfig.from_json(os.environ["MESHGATE_GATEWAY_CONFIG"])

@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     p.add_argument("--admin", type=host_port, default=("127.0.0.1", 15100), metavar="HOST:PORT")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (one per core)")
     p.add_argument(
+        "--server",
+        choices=["granian", "uvicorn"],
+        default="granian",
+        help="granian (HTTP/1.1 and HTTP/2; default) or uvicorn (HTTP/1.1 only); see docs/gateway.md",
+    )
+    p.add_argument(
         "--tls-cert", type=Path, metavar="FILE", help="serve HTTPS (HTTP/2 by ALPN) with this chain"
     )
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PKCS#8 PEM)")
@@ -109,7 +115,42 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run granian until SIGTERM/SIGINT (it drains its workers)."""
+    """Run the chosen ASGI server until SIGTERM/SIGINT (it drains its workers)."""
+    if args.server == "uvicorn":
+        return serve_uvicorn(args)
+    return serve_granian(args)
+
+
+def serve_uvicorn(args: argparse.Namespace) -> int:
+    """uvicorn with httptools: HTTP/1.1 only (no HTTP/2, no h2c)."""
+    import ssl
+
+    import uvicorn
+
+    host, port = args.listen
+    uvicorn.run(
+        "gateway.asgi:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=args.log_level,
+        access_log=False,
+        backlog=2048,
+        ssl_certfile=str(args.tls_cert) if args.tls_cert else None,
+        ssl_keyfile=str(args.tls_key) if args.tls_key else None,
+        ssl_ca_certs=str(args.client_ca) if args.client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if args.client_ca else ssl.CERT_NONE,
+        timeout_keep_alive=60,
+    )
+    return 0
+
+
+def serve_granian(args: argparse.Namespace) -> int:
+    """granian: HTTP/1.1, HTTP/2 by ALPN over TLS and h2c in plaintext, on one port."""
     from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings, HTTP2Settings

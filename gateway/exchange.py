@@ -28,6 +28,7 @@ class Exchange:
     response_headers: Headers = field(default_factory=list)
     span: Any = None
     body: bytes | None = None  # read ahead only when an auth provider needs it
+    has_body: bool = True  # False: HTTP/1.x without Content-Length or Transfer-Encoding (nothing to read)
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (lower case)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.exchange import Exchange, local_error
 from mesh.outbound.client import MeshClient
-from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.messages import Request, Response, body_of, empty_body
 from shared.config.model.edge import Route
 from shared.config.model.mesh import TrafficPolicy
 
@@ -92,7 +92,12 @@ async def forward(
             headers.extend((k.lower(), v) for k, v in identity.upstream_headers)
             headers.append(("x-meshgate-principal", identity.principal))
     overflow: list[bool] = []
-    body = body_of(ex.body) if ex.body is not None else request_body(receive, cap, overflow)
+    if ex.body is not None:
+        body = body_of(ex.body)
+    elif ex.has_body:
+        body = request_body(receive, cap, overflow)
+    else:
+        body = empty_body()  # HTTP/1.x with neither Content-Length nor Transfer-Encoding: no body
     upstream = Request(
         method=ex.method,
         path=ex.match.upstream_path,

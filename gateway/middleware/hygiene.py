@@ -122,7 +122,12 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         host = host.rsplit(":", 1)[0]
     raw_path = scope.get("raw_path")
     path = raw_path.decode("latin-1").split("?", 1)[0] if raw_path else str(scope.get("path") or "/")
+    version = str(scope.get("http_version") or "1.1")
+    has_body = (
+        bool(encodings) or (bool(lengths) and next(iter(lengths)) != "0") or not version.startswith("1")
+    )
     return Exchange(
+        has_body=has_body,
         method=str(scope["method"]),
         path=path or "/",
         query=(scope.get("query_string") or b"").decode("latin-1"),
@@ -130,5 +135,5 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         scheme=scheme,
         headers=kept,
         client_address=client,
-        http_version=str(scope.get("http_version") or "1.1"),
+        http_version=version,
     )
