@@ -10,7 +10,7 @@ app (nginx returning 1 KiB), so that like is compared with like (an edge proxy p
 Last stdout line: {"plain_vs_reference": ..., "full_vs_reference": ..., "plain_vs_handrolled": ...}.
 Everything on 127.0.0.1; every run bounded by wrk's duration.
 
-    .venv/bin/python bench/gateway.py [--seconds 10] [--connections 32]
+    .venv/bin/python bench/gateway.py [--seconds 5] [--rounds 3] [--connections 32]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,7 @@ def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[dict[str, tup
     for name, extra in (
         ("plain", ["--trace-sample", "0"]),
         ("uvicorn", ["--trace-sample", "0", "--server", "uvicorn"]),
+        ("meshgate", ["--trace-sample", "0", "--server", "meshgate"]),
         (
             "full",
             ["--redis", redis_url, "--trace-sample", "0.01", "--trace-file", str(stack.tmp / "spans.jsonl")],
@@ -334,7 +336,8 @@ def wrk(url: str, seconds: int, connections: int, *headers: str) -> tuple[float,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5, help="length of each run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per target (median kept)")
     parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     for tool in ("wrk", "nghttpx", "nginx", "redis-server"):
@@ -351,6 +354,7 @@ def main() -> int:
         gateways, sidecar_pid = start_mesh(stack, app, redis_url)
         (plain_port, plain_pid), (full_port, full_pid) = gateways["plain"], gateways["full"]
         uv_port, uv_pid = gateways["uvicorn"]
+        own_port, own_pid = gateways["meshgate"]
         ref_port, ref_pids = start_reference(stack, app)
         hand_port, hand_pid = start_handrolled(stack, app)
         key = f"x-api-key: {API_KEY}"
@@ -360,18 +364,28 @@ def main() -> int:
             "plain": (f"http://127.0.0.1:{plain_port}/plain/x", (), [plain_pid, sidecar_pid]),
             "full": (f"http://127.0.0.1:{full_port}/full/x", (key,), [full_pid, sidecar_pid]),
             "plain-uvicorn": (f"http://127.0.0.1:{uv_port}/plain/x", (), [uv_pid, sidecar_pid]),
+            "plain-meshgate": (f"http://127.0.0.1:{own_port}/plain/x", (), [own_pid, sidecar_pid]),
             "handrolled": (f"http://127.0.0.1:{hand_port}/x", (), [hand_pid]),
         }
-        for name, (url, headers, pids) in targets.items():
+        for url, headers, _ in targets.values():
             wrk(url, 2, 8, *headers)  # warm-up: connections, sessions, caches
-            before = [bm.process_cpu(p) for p in pids]
-            rps, total, failed = wrk(url, args.seconds, args.connections, *headers)
-            after = [bm.process_cpu(p) for p in pids]
-            cpu = [round((a - b) / max(total, 1) * 1000, 3) for a, b in zip(after, before, strict=True)]
-            results[name] = {"rps": rps, "total": total, "failed": failed}
+        runs: dict[str, list[tuple[float, int, int, list[float]]]] = {name: [] for name in targets}
+        for _round in range(args.rounds):  # interleaved rounds: a noisy neighbour hits every target alike
+            for name, (url, headers, pids) in targets.items():
+                before = [bm.process_cpu(p) for p in pids]
+                rps, total, failed = wrk(url, args.seconds, args.connections, *headers)
+                after = [bm.process_cpu(p) for p in pids]
+                cpu = [(a - b) / max(total, 1) * 1000 for a, b in zip(after, before, strict=True)]
+                runs[name].append((rps, total, failed, cpu))
+        for name, samples in runs.items():
+            rates = sorted(r for r, _, _, _ in samples)
+            median = rates[len(rates) // 2]
+            cpus = [round(statistics.median(c[i] for *_, c in samples), 3) for i in range(len(samples[0][3]))]
+            failed = sum(f for _, _, f, _ in samples)
+            results[name] = {"rps": median, "failed": failed}
             print(
-                f"{name:10s} {rps:9.0f} req/s  ({total} requests, {failed} failed; "
-                f"CPU s/1000 per process {cpu})"
+                f"{name:15s} median {median:8.0f} req/s  (runs {', '.join(f'{r:.0f}' for r in rates)}; "
+                f"{failed} failed; CPU s/1000 per process {cpus})"
             )
     finally:
         stack.stop()
@@ -387,7 +401,7 @@ def main() -> int:
     }
     print(
         f"python {platform.python_version()}, {os.cpu_count()} cores, {args.connections} connections, "
-        f"{args.seconds}s per run, 1 KiB responses, wrk HTTP/1.1 keep-alive"
+        f"{args.rounds} rounds of {args.seconds}s per target, 1 KiB responses, wrk HTTP/1.1 keep-alive"
     )
     print(json.dumps(figures))
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,10 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (one per core)")
     p.add_argument(
         "--server",
-        choices=["granian", "uvicorn"],
+        choices=["granian", "meshgate", "uvicorn"],
         default="granian",
-        help="granian (HTTP/1.1 and HTTP/2; default) or uvicorn (HTTP/1.1 only); see docs/gateway.md",
+        help="ASGI server: granian (default), meshgate (own transport: client certificate identity, "
+        "trailers) or uvicorn (HTTP/1.1 only); see docs/gateway.md",
     )
     p.add_argument(
         "--tls-cert", type=Path, metavar="FILE", help="serve HTTPS (HTTP/2 by ALPN) with this chain"
@@ -118,7 +121,76 @@ def serve(args: argparse.Namespace) -> int:
     """Run the chosen ASGI server until SIGTERM/SIGINT (it drains its workers)."""
     if args.server == "uvicorn":
         return serve_uvicorn(args)
+    if args.server == "meshgate":
+        return serve_meshgate(args)
     return serve_granian(args)
+
+
+def serve_meshgate(args: argparse.Namespace) -> int:
+    """Our own transport; ``--workers`` forked processes share the port (SO_REUSEPORT)."""
+    children: list[int] = []
+    if args.workers > 1:
+        for _ in range(args.workers):
+            pid = os.fork()
+            if pid == 0:
+                code = _meshgate_worker(args)
+                os._exit(code)
+            children.append(pid)
+
+        def forward(signum: int, _frame: object) -> None:
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        status = 0
+        for child in children:
+            _, code = os.waitpid(child, 0)
+            status = status or os.waitstatus_to_exitcode(code)
+        return status
+    return _meshgate_worker(args)
+
+
+def _meshgate_worker(args: argparse.Namespace) -> int:
+    from gateway.asgi import app as make_app
+    from gateway.server import Lifespan, serve, tls_context
+    from mesh.cli import run_loop
+
+    async def main() -> int:
+        application = make_app()
+        lifespan = Lifespan(application)
+        try:
+            await lifespan.startup()
+        except RuntimeError as exc:
+            print(f"meshgate gateway: {exc}", file=sys.stderr)
+            return 1
+        ctx = None
+        if args.tls_cert is not None:
+            ctx = tls_context(
+                str(args.tls_cert),
+                str(args.tls_key),
+                str(args.client_ca) if args.client_ca else None,
+                require_client_cert=args.client_cert == "required",
+            )
+        host, port = args.listen
+        try:
+            server = await serve(application, host, port, ssl_context=ctx, reuse_port=args.workers > 1)
+        except OSError as exc:
+            print(f"meshgate gateway: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+            await lifespan.shutdown()
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.close()  # no new connections; requests in flight finish while the lifespan shuts down
+        await asyncio.sleep(0.2)
+        await lifespan.shutdown()
+        return 0
+
+    return int(run_loop(main()))
 
 
 def serve_uvicorn(args: argparse.Namespace) -> int:

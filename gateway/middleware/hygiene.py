@@ -10,14 +10,18 @@ and rebuilds ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id``: a client-sen
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+
 from gateway.exchange import Exchange, local_error
 from mesh.transport.messages import HOP_BY_HOP, Headers, Response
+from shared.identity.spiffeid import InvalidSpiffeId, SpiffeId
 
 #: Headers a client could use to impersonate someone, or to pass for the mesh: never taken from outside.
 IDENTITY_PREFIXES = ("x-meshgate-",)
@@ -62,6 +66,24 @@ def _client_address(forwarded_for: list[str], peer: str, trusted_hops: int) -> t
     chain.append(peer)
     client = chain[-(trusted_hops + 1)] if len(chain) > trusted_hops else chain[0]
     return client, chain
+
+
+@functools.lru_cache(maxsize=1024)
+def spiffe_id_of(pem: str) -> str | None:
+    """The SPIFFE ID in a (server-verified) client certificate's URI SAN, or None."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    spiffe = [u for u in uris if u.startswith("spiffe://")]
+    if len(spiffe) != 1:
+        return None
+    try:
+        return str(SpiffeId.parse(spiffe[0]))
+    except InvalidSpiffeId:
+        return None
 
 
 def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Response:
@@ -126,7 +148,10 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     has_body = (
         bool(encodings) or (bool(lengths) and next(iter(lengths)) != "0") or not version.startswith("1")
     )
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
     return Exchange(
+        client_spiffe_id=spiffe_id_of(chain[0]) if chain else None,
         has_body=has_body,
         method=str(scope["method"]),
         path=path or "/",

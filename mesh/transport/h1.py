@@ -30,10 +30,23 @@ class UpstreamError(Exception):
 
 @dataclass(frozen=True)
 class ClientInfo:
-    """Who is on the other end of a plaintext connection."""
+    """Who is on the other end of a connection; over TLS, the client's certificate (DER, verified by
+    the server's context) and the negotiated protocol."""
 
     address: str
     port: int
+    peer_cert: bytes | None = None
+    tls: bool = False
+    protocol: str = "1.1"  # "1.1" or "2"
+
+
+def client_info(transport_like: object, protocol: str = "1.1") -> ClientInfo:
+    """The ClientInfo of a transport or StreamWriter (anything with ``get_extra_info``)."""
+    get = transport_like.get_extra_info  # type: ignore[attr-defined]
+    peer = get("peername") or ("", 0)
+    ssl_object = get("ssl_object")
+    cert = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return ClientInfo(str(peer[0]), int(peer[1]), cert or None, ssl_object is not None, protocol)
 
 
 H1Handler = Callable[[Request, ClientInfo], Awaitable[Response]]
@@ -89,8 +102,7 @@ class H1Server:
         task = asyncio.current_task()
         if task is not None:
             self.connections.add(task)
-        peer = writer.get_extra_info("peername") or ("", 0)
-        info = ClientInfo(str(peer[0]), int(peer[1]))
+        info = client_info(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         try:
             while True:
@@ -163,7 +175,19 @@ class H1Server:
         info: ClientInfo,
     ) -> bool:
         headers = _decode(event.headers)
-        authority = next((v for k, v in headers if k == "host"), "")
+        hosts = [v for k, v in headers if k == "host"]
+        if len(hosts) > 1:  # RFC 9112 section 3.2: 400 for more than one Host (h11 lets it pass)
+            await self._refuse(conn, writer, h11.RemoteProtocolError("more than one Host header", 400))
+            return False
+        names = {k for k, _ in headers}
+        if "content-length" in names and "transfer-encoding" in names:
+            # RFC 9112 section 6.1: a smuggling attempt (h11 would go by Transfer-Encoding and read the
+            # rest as the next request): refuse and close
+            await self._refuse(
+                conn, writer, h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
+            )
+            return False
+        authority = hosts[0] if hosts else ""
         target = event.target.decode("latin-1")
         done = asyncio.Event()
 
@@ -219,7 +243,15 @@ class H1Server:
         finally:
             if response.on_close is not None:
                 response.on_close()
-        # a handler that did not read the whole request body leaves the connection unusable
+        # a handler that did not read the request body: what is already buffered may finish it (a GET
+        # has nothing to read but its end); otherwise the connection is unusable and closes
+        while conn.their_state is h11.SEND_BODY:
+            try:
+                leftover = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if not isinstance(leftover, h11.Data | h11.EndOfMessage):
+                break  # NEED_DATA: the rest is not here yet
         return conn.their_state is not h11.SEND_BODY
 
 

@@ -8,11 +8,12 @@ connection preface, so that an app's gRPC client can use the same outbound port 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh.h2 import Limits
-from mesh.transport.h1 import ClientInfo, H1Server, UpstreamError
+from mesh.transport.h1 import ClientInfo, H1Server, UpstreamError, client_info
 from mesh.transport.h2conn import H2Protocol, StreamError
 from mesh.transport.messages import Request, Response
 
@@ -112,9 +113,8 @@ class _Sniffer(asyncio.Protocol):
         if len(self.buffer) < len(PREFACE) and PREFACE.startswith(self.buffer):
             return  # could still be HTTP/2: wait for the rest of the preface
         transport, buffer = self.transport, self.buffer
-        peer = transport.get_extra_info("peername") or ("", 0)
-        info = ClientInfo(str(peer[0]), int(peer[1]))
         if buffer.startswith(PREFACE):
+            info = client_info(transport, "2")
 
             async def handle(request: Request, _proto: H2Protocol) -> Response:
                 return await self.h2(request, info)
@@ -139,12 +139,21 @@ async def serve_sniffing(
     port: int,
     limits: Limits | None = None,
     tcp: TcpMode | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
-    """A plaintext listener serving HTTP/1.1 and h2c (prior knowledge) with the same ``handler``; when
+    """A listener serving HTTP/1.1 and HTTP/2 with the same ``handler``, told apart by the HTTP/2
+    preface (h2c with prior knowledge in plaintext; over TLS the preface follows ALPN h2); when
     ``tcp()`` returns a connection handler (the upstream is a TCP service), connections go to it as
     they are, unsniffed."""
     h1 = H1Server(handler)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Sniffer(h1, handler, limits or Limits(), tcp), host, port, backlog=1024
+        lambda: _Sniffer(h1, handler, limits or Limits(), tcp),
+        host,
+        port,
+        backlog=1024,
+        ssl=ssl_context,
+        reuse_port=reuse_port or None,
     )

@@ -8,6 +8,7 @@ forwarded unchanged (a proxy that makes no span must not change it).
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,10 +19,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from shared.telemetry.tracecontext import TraceContext, extract
+from shared.telemetry.tracecontext import TraceContext, extract, new_span_id, new_trace_id
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
@@ -49,11 +50,12 @@ class Tracing:
 
     def __init__(self, service: str, exporter: SpanExporter | None = None, sample_ratio: float = 1.0) -> None:
         self.enabled = exporter is not None
+        self.sample_ratio = min(max(sample_ratio, 0.0), 1.0)
         self._provider: TracerProvider | None = None
         if exporter is not None:
+            # new traces are sampled here (see span): the SDK only sees the ones that will be recorded
             self._provider = TracerProvider(
-                resource=Resource.create({"service.name": service}),
-                sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+                resource=Resource.create({"service.name": service}), sampler=ParentBased(ALWAYS_ON)
             )
             self._provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
             self._tracer = self._provider.get_tracer("meshgate")
@@ -74,6 +76,13 @@ class Tracing:
             return
         incoming = dict((k, v) for k, v in headers if k in ("traceparent", "tracestate"))
         ctx, continued = extract(incoming.get("traceparent"), incoming.get("tracestate"))
+        # not recorded (a parent that is not sampled, or a new trace outside the ratio): no SDK span at
+        # all, only the context passed on with the sampled flag off, so that the next hops agree
+        if (continued and not ctx.sampled) or (not continued and random.random() >= self.sample_ratio):
+            unsampled = ctx.child() if continued else TraceContext(new_trace_id(), new_span_id(), False, "")
+            others = [(k, v) for k, v in headers if k not in ("traceparent", "tracestate")]
+            yield None, others + unsampled.headers()
+            return
         parent = (
             trace.set_span_in_context(
                 NonRecordingSpan(
@@ -107,7 +116,7 @@ class Tracing:
     def internal(self, name: str, attributes: dict[str, Any] | None = None) -> Iterator[Any]:
         """A span for a step of the current request (an auth or rate-limit decision), a child of the
         span that is current; yields None when tracing is off."""
-        if not self.enabled:
+        if not self.enabled or not trace.get_current_span().is_recording():
             yield None
             return
         with self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes) as span:

@@ -24,9 +24,9 @@ class Edge:
     admin: str
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    tmp = tmp_path_factory.mktemp("edge")
+@pytest.fixture(scope="module", params=["granian", "meshgate"])
+def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    tmp = tmp_path_factory.mktemp(f"edge-{request.param}")
     procs = Processes(tmp)
     try:
         stack = MeshStack(procs, tmp)
@@ -52,6 +52,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             f"127.0.0.1:{port}",
             "--admin",
             f"127.0.0.1:{admin}",
+            "--server",
+            request.param,
         )
         admin_url = f"http://127.0.0.1:{admin}"
         wait_until(lambda: http_ok(f"{admin_url}/readyz"), what="gateway ready")

@@ -1,0 +1,256 @@
+"""``--server meshgate``: an ASGI server on the mesh's own transport (``mesh/transport``).
+
+HTTP/1.1 (h11) and HTTP/2 (the ``mesh/h2`` core with its abuse counters) on one port, plaintext
+(h2c told apart by its preface) or TLS (ALPN h2 / http/1.1), with what the other servers do not give
+an edge gateway: the client certificate in ``scope["extensions"]["tls"]`` (ASGI TLS extension), and
+response trailers (``http.response.trailers``) for gRPC.
+
+Per request the bridge runs the ASGI app in a task: the response head comes back as soon as the app
+sends it, the body streams through a small bounded queue (back-pressure), trailers resolve a future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from mesh.h2 import Limits
+from mesh.transport.h1 import ClientInfo
+from mesh.transport.h2c import serve_sniffing
+from mesh.transport.messages import Headers, Request, Response
+
+log = logging.getLogger("meshgate.gateway.server")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Asgi = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
+]
+
+_END = object()
+
+
+_PEM = Encoding.PEM
+
+
+class AsgiBridge:
+    """Turns the transport's (Request, ClientInfo) -> Response calls into ASGI calls of ``app``."""
+
+    def __init__(self, app: Asgi, *, server: tuple[str, int], body_queue: int = 8) -> None:
+        self.app = app
+        self.server = server
+        self.body_queue = body_queue
+        self._tls_cache: dict[bytes, dict[str, Any]] = {}
+
+    def _tls(self, info: ClientInfo) -> dict[str, Any]:
+        if info.peer_cert is None:
+            return {"client_cert_chain": [], "client_cert_name": None, "client_cert_error": None}
+        cached = self._tls_cache.get(info.peer_cert)
+        if cached is None:
+            cert = x509.load_der_x509_certificate(info.peer_cert)
+            cached = {
+                "client_cert_chain": [cert.public_bytes(_PEM).decode()],
+                "client_cert_name": cert.subject.rfc4514_string(),
+                "client_cert_error": None,
+            }
+            if len(self._tls_cache) > 1024:
+                self._tls_cache.clear()
+            self._tls_cache[info.peer_cert] = cached
+        return cached
+
+    async def __call__(self, request: Request, info: ClientInfo) -> Response:
+        """Run the app for ``request``; return once it sent the response head."""
+        path, _, query = request.path.partition("?")
+        headers = [(b"host", request.authority.encode("latin-1"))] if request.authority else []
+        headers += [
+            (k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers if not k.startswith(":")
+        ]
+        extensions: dict[str, Any] = {"http.response.trailers": {}}
+        if info.tls:
+            extensions["tls"] = self._tls(info)
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": info.protocol,
+            "method": request.method,
+            "scheme": "https" if info.tls else "http",
+            "path": unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": headers,
+            "client": (info.address, info.port),
+            "server": self.server,
+            "extensions": extensions,
+        }
+        loop = asyncio.get_running_loop()
+        head: asyncio.Future[tuple[int, Headers, bool]] = loop.create_future()
+        chunks: asyncio.Queue[object] = asyncio.Queue(self.body_queue)
+        trailers: asyncio.Future[Headers] = loop.create_future()
+        finished = asyncio.Event()
+        body_iter = request.body.__aiter__()
+        body_done = False
+
+        async def receive() -> Message:
+            nonlocal body_done
+            if not body_done:
+                try:
+                    chunk = await anext(body_iter)
+                except StopAsyncIteration:
+                    body_done = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                except Exception:
+                    body_done = True
+                    return {"type": "http.disconnect"}
+                return {"type": "http.request", "body": chunk, "more_body": True}
+            await finished.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                if head.done():
+                    raise RuntimeError("response already started")
+                raw = message.get("headers") or []
+                out = [(bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1")) for k, v in raw]
+                head.set_result((int(message["status"]), out, bool(message.get("trailers", False))))
+            elif kind == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    await chunks.put(bytes(body))
+                if not message.get("more_body", False):
+                    await chunks.put(_END)
+            elif kind == "http.response.trailers":
+                raw = message.get("headers") or []
+                if not trailers.done():
+                    trailers.set_result(
+                        [(bytes(k).decode("latin-1").lower(), bytes(v).decode("latin-1")) for k, v in raw]
+                    )
+
+        async def run() -> None:
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:
+                log.exception("ASGI app failed for %s %s", request.method, path)
+                if head.done():
+                    await chunks.put(exc)
+                else:
+                    head.set_exception(exc)
+            finally:
+                if head.done() and not head.cancelled():
+                    with contextlib.suppress(asyncio.QueueFull):
+                        chunks.put_nowait(_END)
+                if not trailers.done():
+                    trailers.set_result([])
+
+        task = loop.create_task(run())
+        try:
+            status, out_headers, has_trailers = await head
+        except Exception:
+            body = b"internal error\n"
+            return Response(
+                500, [("content-type", "text/plain"), ("content-length", str(len(body)))], _one(body)
+            )
+
+        async def response_body() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    item = await chunks.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, Exception):
+                        raise item
+                    assert isinstance(item, bytes)
+                    yield item
+            finally:
+                finished.set()
+
+        def closed() -> None:
+            finished.set()
+            if not task.done():
+                task.cancel()
+
+        return Response(
+            status,
+            out_headers,
+            response_body(),
+            trailers=trailers if has_trailers else None,
+            on_close=closed,
+        )
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def serve(
+    app: Asgi,
+    host: str,
+    port: int,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: Limits | None = None,
+    reuse_port: bool = False,
+) -> asyncio.AbstractServer:
+    """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``."""
+    bridge = AsgiBridge(app, server=(host, port))
+    return await serve_sniffing(bridge, host, port, limits, ssl_context=ssl_context, reuse_port=reuse_port)
+
+
+class Lifespan:
+    """Drives an ASGI app's lifespan protocol (startup before serving, shutdown after)."""
+
+    def __init__(self, app: Asgi) -> None:
+        self.app = app
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}, "state": {}}
+        try:
+            await self.app(scope, self._inbox.get, self._outbox.put)
+        except Exception as exc:
+            await self._outbox.put({"type": "lifespan.startup.failed", "message": str(exc)})
+
+    async def startup(self) -> None:
+        """Start the app; raises RuntimeError with the app's message when its startup fails."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._inbox.put({"type": "lifespan.startup"})
+        answer = await self._outbox.get()
+        if answer["type"] != "lifespan.startup.complete":
+            raise RuntimeError(answer.get("message") or "startup failed")
+
+    async def shutdown(self) -> None:
+        """Stop the app (its shutdown handlers run)."""
+        if self._task is None or self._task.done():
+            return
+        await self._inbox.put({"type": "lifespan.shutdown"})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._outbox.get(), 10)
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+def tls_context(
+    cert: str, key: str, client_ca: str | None = None, *, require_client_cert: bool = True
+) -> ssl.SSLContext:
+    """The edge's TLS context: TLS 1.2+, ALPN h2 and http/1.1, client certificates from ``client_ca``
+    (required, or optional and then only verified when presented)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    if client_ca is not None:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    return ctx

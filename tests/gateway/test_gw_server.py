@@ -1,0 +1,204 @@
+"""``--server meshgate``: the ASGI bridge on the mesh transport, with real clients (curl over HTTP/1.1,
+h2c and TLS with a client certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from gateway_testlib import edge, run
+
+from gateway.server import AsgiBridge, Lifespan, serve, tls_context
+from shared.identity.ca import CertificateAuthority, chain_pem
+from shared.identity.spiffeid import workload_id
+
+ROUTES = """\
+apiVersion: meshgate/v1
+kind: Route
+name: orders-api
+match: {path: {prefix: /api/orders}}
+backends: [{service: orders}]
+---
+apiVersion: meshgate/v1
+kind: Route
+name: partners
+match: {path: {prefix: /partners}}
+backends: [{service: orders}]
+---
+apiVersion: meshgate/v1
+kind: AccessPolicy
+name: partners-by-certificate
+target: {route: partners}
+rules:
+  - action: allow
+    from: {principals: ["spiffe://partners.test/ns/default/sa/acme"]}
+"""
+
+
+async def curl(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl",
+        "-s",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--max-time",
+        "10",
+        *argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    body, _, code = out.decode().rpartition("\n")
+    return int(code or 0), body
+
+
+def test_http11_and_h2c_through_the_bridge(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with edge(tmp_path, ROUTES) as gw:
+            server = await serve(gw.http._transport.app, "127.0.0.1", 0)  # type: ignore[attr-defined]
+            port = server.sockets[0].getsockname()[1]
+            try:
+                for extra in ((), ("--http2-prior-knowledge",)):
+                    code, body = await curl(*extra, f"http://127.0.0.1:{port}/api/orders/1?x=2")
+                    assert code == 200, body
+                    seen = json.loads(body)
+                    assert seen["path"] == "/api/orders/1?x=2"
+                code, _ = await curl(f"http://127.0.0.1:{port}/partners")
+                assert code == 403  # no certificate: the route's policy wants one
+            finally:
+                server.close()
+
+    run(go())
+
+
+def _pki(tmp: Path) -> dict[str, Path]:
+    files = {}
+    server_ca = CertificateAuthority.init(tmp / "edge-ca", "edge.test")
+    partner_ca = CertificateAuthority.init(tmp / "partner-ca", "partners.test")
+    for name, ca, td in (
+        ("server", server_ca, "edge.test"),
+        ("acme", partner_ca, "partners.test"),
+        ("other", partner_ca, "partners.test"),
+    ):
+        chain, key = ca.issue(workload_id(td, name))
+        files[f"{name}.pem"] = tmp / f"{name}.pem"
+        files[f"{name}.key"] = tmp / f"{name}.key"
+        files[f"{name}.pem"].write_bytes(chain_pem(chain))
+        files[f"{name}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    files["partners-root.pem"] = tmp / "partners-root.pem"
+    files["partners-root.pem"].write_text(partner_ca.bundle().to_pem())
+    return files
+
+
+def test_client_certificate_identity_reaches_the_route_policy(tmp_path: Path) -> None:
+    files = _pki(tmp_path / "pki")
+
+    async def go() -> None:
+        async with edge(tmp_path, ROUTES) as gw:
+            ctx = tls_context(
+                str(files["server.pem"]),
+                str(files["server.key"]),
+                str(files["partners-root.pem"]),
+                require_client_cert=False,
+            )
+            server = await serve(gw.http._transport.app, "127.0.0.1", 0, ssl_context=ctx)  # type: ignore[attr-defined]
+            port = server.sockets[0].getsockname()[1]
+            url = f"https://127.0.0.1:{port}/partners/x"
+            try:
+                for proto in ("--http1.1", "--http2"):
+                    code, body = await curl(
+                        "-k", proto, "--cert", str(files["acme.pem"]), "--key", str(files["acme.key"]), url
+                    )
+                    assert code == 200, body
+                    code, _ = await curl(
+                        "-k", proto, "--cert", str(files["other.pem"]), "--key", str(files["other.key"]), url
+                    )
+                    assert code == 403
+                    code, _ = await curl("-k", proto, url)  # optional: no certificate, no identity
+                    assert code == 403
+            finally:
+                server.close()
+
+    run(go())
+
+
+def test_a_required_client_certificate_is_enforced_by_tls(tmp_path: Path) -> None:
+    files = _pki(tmp_path / "pki")
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def go() -> None:
+        ctx = tls_context(str(files["server.pem"]), str(files["server.key"]), str(files["partners-root.pem"]))
+        server = await serve(app, "127.0.0.1", 0, ssl_context=ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            code, _ = await curl("-k", f"https://127.0.0.1:{port}/")
+            assert code == 0  # handshake refused
+            code, _ = await curl(
+                "-k",
+                "--cert",
+                str(files["acme.pem"]),
+                "--key",
+                str(files["acme.key"]),
+                f"https://127.0.0.1:{port}/",
+            )
+            assert code == 204
+        finally:
+            server.close()
+
+    run(go())
+
+
+def test_trailers_and_streaming_through_the_bridge() -> None:
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        assert "http.response.trailers" in scope["extensions"]
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")], "trailers": True}
+        )
+        for part in (b"one ", b"two"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send(
+            {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False}
+        )
+
+    async def go() -> None:
+        from mesh.transport.h1 import ClientInfo
+        from mesh.transport.messages import Request
+
+        bridge = AsgiBridge(app, server=("127.0.0.1", 1))
+        response = await bridge(
+            Request("GET", "/", "h", headers=[]), ClientInfo("127.0.0.1", 5, protocol="2")
+        )
+        assert response.status == 200 and response.header("x-a") == "1"
+        assert b"".join([c async for c in response.body]) == b"one two"
+        assert response.trailers is not None and await response.trailers == [("grpc-status", "0")]
+
+    run(go())
+
+
+def test_lifespan_failure_is_reported() -> None:
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.failed", "message": "no control plane"})
+
+    async def go() -> str:
+        try:
+            await Lifespan(app).startup()
+        except RuntimeError as exc:
+            return str(exc)
+        return ""
+
+    assert run(go()) == "no control plane"
