@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mesh" / "outbound"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "ratelimit"))
 
 from meshrig_testlib import TD, Rig, Upstream, engine_from, mesh, run
 
@@ -106,6 +107,7 @@ async def edge(
     redis: str | None = None,
     hygiene: HygieneSettings | None = None,
     client_address: str = "203.0.113.7",
+    trace_file: Path | None = None,
 ) -> AsyncIterator[Edge]:
     """The gateway with ``policies`` (YAML documents added to BASE) in front of ``orders`` and
     ``billing`` echo apps."""
@@ -116,9 +118,11 @@ async def edge(
             up = await rig.upstream(echo_app, name=name, engine=engine)
             upstreams[name] = up
         rig.update({name: [up.endpoint()] for name, up in upstreams.items()})
-        runtime = GatewayRuntime(
-            GatewayConfig(admin=None, redis=redis, hygiene=hygiene or HygieneSettings()), client=rig.client
+        config = GatewayConfig(
+            admin=None, redis=redis, hygiene=hygiene or HygieneSettings(), trace_file=trace_file
         )
+        runtime = GatewayRuntime(config, client=rig.client)
+        rig.client.tracing = runtime.tracing  # one tracer for the gateway's spans and the mesh client's
         runtime.apply(engine.policy_set)
         app = build_app(runtime)
         transport = httpx.ASGITransport(app=app, client=(client_address, 50000))
@@ -131,3 +135,4 @@ async def edge(
                 for provider in runtime.state.providers.values():
                     await provider.close()
             await runtime.limiter.close()
+            runtime.tracing.shutdown()
