@@ -17,6 +17,7 @@ def make_handler(name: str) -> type[BaseHTTPRequestHandler]:
 
     class Echo(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # head and body are two writes: without this, 40 ms delayed ACKs
 
         def _answer(self) -> None:
             length = int(self.headers.get("content-length") or 0)
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
+    ThreadingHTTPServer.request_queue_size = 1024  # socketserver's default backlog of 5 drops bursts
     server = ThreadingHTTPServer((args.host, args.port), make_handler(args.name))
     server.daemon_threads = True
     with contextlib.suppress(KeyboardInterrupt):

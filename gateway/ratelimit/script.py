@@ -25,8 +25,11 @@ Redis time, ``%.17g`` so no precision is lost). Emission interval ``T = period /
 cost ``n`` is admitted when ``max(TAT, now) + n*T - tau <= now``. The key expires when the TAT is in
 the past (then it carries no information).
 
-Sliding window (one hash per limit: ``w`` window index, ``c`` count in window ``w``, ``p`` count in the
-window before): the two-window weighted counter. The previous window's count is weighted by the part
+Sliding window (one hash per limit: ``a`` the key's anchor, ``w`` window index, ``c`` count in window
+``w``, ``p`` count in the window before): the two-window weighted counter. Windows start at the key's
+first request (``a``), not at multiples of the period since the epoch: a client's first ``requests``
+within its first period are exactly its quota, with no window boundary falling at a random point in
+its burst (which would let the weighted count admit more during the burst). The previous window's count is weighted by the part
 of it still inside the sliding window, ``used = p * (1 - elapsed/period) + c``. Chosen over a
 sorted-set log because it is O(1) in memory and time per key (three integers, whatever the quota: a
 ``10000 per 1d`` log would hold 10,000 members per key and trim on every request); the price is that
@@ -69,8 +72,10 @@ for i = 1, n do
       if wait <= 1 then wait = 0 end
     end
   else
-    local idx = math.floor(now / s.period)
-    local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
+    local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p', 'a')
+    local anchor = tonumber(h[4]) or now
+    local idx = math.floor((now - anchor) / s.period)
+    s.anchor = anchor
     local w = tonumber(h[1])
     local c = tonumber(h[2]) or 0
     local p = tonumber(h[3]) or 0
@@ -84,7 +89,7 @@ for i = 1, n do
     s.idx = idx
     s.cur = cur
     s.prev = prev
-    s.elapsed = now - idx * s.period
+    s.elapsed = now - (anchor + idx * s.period)
     s.used = prev * (1 - s.elapsed / s.period) + cur
     if cost > s.requests then
       wait = s.period
@@ -118,8 +123,8 @@ if allowed then
       s.cur = s.cur + cost
       s.used = s.used + cost
       redis.call('HSET', KEYS[i], 'w', string.format('%.17g', s.idx), 'c', string.format('%.17g', s.cur),
-        'p', string.format('%.17g', s.prev))
-      local ttl = math.ceil(((s.idx + 2) * s.period - now) / 1000)
+        'p', string.format('%.17g', s.prev), 'a', string.format('%.17g', s.anchor))
+      local ttl = math.ceil((s.anchor + (s.idx + 2) * s.period - now) / 1000)
       if ttl < 1 then ttl = 1 end
       redis.call('PEXPIRE', KEYS[i], ttl)
     end

@@ -68,6 +68,8 @@ class H2Pool:
             return conn
         if len(self._conns.get(endpoint.id, [])) >= self.max_per_endpoint:
             return conn
+        if endpoint.id not in self._connecting:
+            return conn  # nothing is being opened: :meth:`connection` shares this one at once
         return conn if may_open is not None and not may_open() else None
 
     async def connection(self, endpoint: Endpoint, may_open: Callable[[], bool] | None = None) -> H2Protocol:

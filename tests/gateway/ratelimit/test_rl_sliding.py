@@ -26,7 +26,8 @@ def test_admits_the_quota_in_a_window(redis_url: str) -> None:
             with redis.Redis.from_url(redis_url, decode_responses=True) as r:
                 state = r.hgetall(key0)
                 assert state["c"] == "5" and state["p"] == "0"
-                assert int(state["w"]) == math.floor(redis_time_s(redis_url) / 3600)
+                assert state["w"] == "0"  # windows start at the key's first request ...
+                assert abs(float(state["a"]) / 1e6 - redis_time_s(redis_url)) < 5  # ... anchored here
                 assert r.hget(key1, "c") == "5"
                 assert 3600_000 < r.pttl(key0) <= 2 * 3600_000  # gone two windows after the last write
                 assert r.pttl(key1) > 86400_000
@@ -43,11 +44,11 @@ def test_previous_window_is_weighted_by_its_overlap(redis_url: str) -> None:
             doc = make_doc([(100, "1h")], algorithm="sliding-window")
             (key,) = redis_keys(limiter.key_prefix, key_digest("api", "k"), ["s0"])
             now = redis_time_s(redis_url)
-            index = math.floor(now / 3600)
+            fraction = 0.3  # the key's second window is 30% through
             with redis.Redis.from_url(redis_url) as r:
-                r.hset(key, mapping={"w": index - 1, "c": 100, "p": 0})
+                anchor_us = int((now - 3600 - fraction * 3600) * 1e6)
+                r.hset(key, mapping={"a": anchor_us, "w": 0, "c": 100, "p": 0})
                 r.pexpire(key, 60_000)
-            fraction = (now - index * 3600) / 3600
             admitted = 0
             for _ in range(101):  # bounded: at most the quota
                 decision = await limiter.check(doc, "k")
@@ -58,7 +59,7 @@ def test_previous_window_is_weighted_by_its_overlap(redis_url: str) -> None:
             assert expected - 1 <= admitted <= expected + 1, (admitted, fraction)
             assert decision.retry_after_s >= 1
             # retry_after: when 100 * (1 - f') + admitted + 1 <= 100
-            wait_s = (1 - (100 - admitted - 1) / 100) * 3600 - (now - index * 3600)
+            wait_s = (1 - (100 - admitted - 1) / 100) * 3600 - fraction * 3600
             assert abs(decision.retry_after_s - wait_s) <= 2
 
     asyncio.run(main())
