@@ -3,7 +3,8 @@ app (nginx returning 1 KiB), so that like is compared with like (an edge proxy p
 
 - reference: nginx (edge) -> HTTPS with a client certificate -> nghttpx (client certificate verified)
   -> app; one worker each;
-- meshgate plain: gateway route (granian, 1 worker) -> mTLS HTTP/2 -> the app's sidecar inbound -> app;
+- meshgate plain: gateway route (default server, 1 worker) -> mTLS HTTP/2 -> the app's sidecar
+  inbound -> app; also under granian and uvicorn (the server comparison of docs/gateway.md);
 - meshgate full: the same with API-key auth + Redis rate limit (never triggered) + 1% trace sampling;
 - hand-rolled: the Starlette + httpx proxy most Python teams write (uvicorn, 1 worker), straight to the app.
 
@@ -141,8 +142,8 @@ def _redis_ping(port: int) -> bool:
 
 
 def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[dict[str, tuple[int, int]], int]:
-    """Control plane, the app's sidecar, the gateways (plain, full, plain on uvicorn): name -> (port, pid),
-    and the sidecar's pid."""
+    """Control plane, the app's sidecar, the gateways (plain, full, plain on uvicorn and on granian):
+    name -> (port, pid), and the sidecar's pid."""
     policies = stack.tmp / "policies"
     policies.mkdir()
     (policies / "bench.yaml").write_text(POLICIES)
@@ -204,7 +205,7 @@ def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[dict[str, tup
     for name, extra in (
         ("plain", ["--trace-sample", "0"]),
         ("uvicorn", ["--trace-sample", "0", "--server", "uvicorn"]),
-        ("meshgate", ["--trace-sample", "0", "--server", "meshgate"]),
+        ("granian", ["--trace-sample", "0", "--server", "granian"]),
         (
             "full",
             ["--redis", redis_url, "--trace-sample", "0.01", "--trace-file", str(stack.tmp / "spans.jsonl")],
@@ -354,7 +355,7 @@ def main() -> int:
         gateways, sidecar_pid = start_mesh(stack, app, redis_url)
         (plain_port, plain_pid), (full_port, full_pid) = gateways["plain"], gateways["full"]
         uv_port, uv_pid = gateways["uvicorn"]
-        own_port, own_pid = gateways["meshgate"]
+        gr_port, gr_pid = gateways["granian"]
         ref_port, ref_pids = start_reference(stack, app)
         hand_port, hand_pid = start_handrolled(stack, app)
         key = f"x-api-key: {API_KEY}"
@@ -364,7 +365,7 @@ def main() -> int:
             "plain": (f"http://127.0.0.1:{plain_port}/plain/x", (), [plain_pid, sidecar_pid]),
             "full": (f"http://127.0.0.1:{full_port}/full/x", (key,), [full_pid, sidecar_pid]),
             "plain-uvicorn": (f"http://127.0.0.1:{uv_port}/plain/x", (), [uv_pid, sidecar_pid]),
-            "plain-meshgate": (f"http://127.0.0.1:{own_port}/plain/x", (), [own_pid, sidecar_pid]),
+            "plain-granian": (f"http://127.0.0.1:{gr_port}/plain/x", (), [gr_pid, sidecar_pid]),
             "handrolled": (f"http://127.0.0.1:{hand_port}/x", (), [hand_pid]),
         }
         for url, headers, _ in targets.values():

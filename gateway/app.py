@@ -20,7 +20,7 @@ from gateway.exchange import Exchange, local_error
 from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
 from gateway.proxy import BodyTooLarge, forward, read_body
 from gateway.state import GatewayRuntime
-from mesh.transport.messages import HOP_BY_HOP, Response
+from mesh.transport.messages import HOP_BY_HOP, Response, grpc_error
 from shared.telemetry.tracing import finish
 
 log = logging.getLogger("meshgate.gateway")
@@ -61,6 +61,8 @@ class EdgeGateway:
             ex.headers = headers
             ex.span = span
             response = await self._handle(ex, receive)
+            if ex.grpc:
+                response = _for_grpc(ex, response)
             finish(span, response.status, client=False)
             route = ex.match.route.name if ex.match else "-"
             if span is not None and ex.match is not None:
@@ -73,7 +75,7 @@ class EdgeGateway:
                 response.headers = [(k, v) for k, v in response.headers if k not in drop]
                 extra = [*extra, *((k.lower(), v) for k, v in ops.set.items())]
         try:
-            await _send(send, response, extra)
+            await _send(send, response, extra, ex.trailers_ok)
         finally:
             if response.on_close is not None:
                 response.on_close()
@@ -88,6 +90,8 @@ class EdgeGateway:
         if ex.match is None:
             return local_error(404, "route_not_found", f"no route for {ex.method} {ex.host}{ex.path}")
         route = ex.match.route
+        if route.translate == "grpc" and not ex.grpc:
+            return local_error(415, "unsupported_media_type", "this route takes gRPC (application/grpc)")
         answer = cors.preflight(ex)
         if answer is not None:
             return answer
@@ -115,17 +119,56 @@ class EdgeGateway:
             return local_error(400, "client_disconnected", str(exc))
 
 
-async def _send(send: Send, response: Response, extra: list[tuple[str, str]]) -> None:
-    """Response head, then the body as it comes (more_body until the declared length or the end)."""
+def _for_grpc(ex: Exchange, response: Response) -> Response:
+    """gRPC callers get the gateway's own errors as Trailers-Only with the mapped ``grpc-status``, and
+    an error instead of a response whose trailers the server cannot carry."""
+    code = response.header("x-meshgate-error")
+    if code is not None and response.status != 200:
+        if response.on_close is not None:
+            response.on_close()
+        return grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
+    if response.trailers is not None and not ex.trailers_ok and not response.headers_only:
+        if response.on_close is not None:
+            response.on_close()
+        return grpc_error(
+            "trailers_unsupported", "this gateway's server cannot send trailers: use --server meshgate"
+        )
+    return response
+
+
+async def _send(
+    send: Send, response: Response, extra: list[tuple[str, str]], trailers_ok: bool = False
+) -> None:
+    """Response head, then the body as it comes (more_body until the declared length or the end), then
+    the trailers when the server carries them."""
     raw = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in (*response.headers, *extra)
         if k not in HOP_BY_HOP and not k.startswith(":")
     ]
-    await send({"type": "http.response.start", "status": response.status, "headers": raw})
+    trailers = response.trailers if trailers_ok and not response.headers_only else None
+    start: dict[str, Any] = {"type": "http.response.start", "status": response.status, "headers": raw}
+    if trailers is not None:
+        start["trailers"] = True
+    await send(start)
+    if trailers is not None:
+        await _send_body(send, response.body, None)
+        sent = await trailers
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in sent],
+                "more_trailers": False,
+            }
+        )
+        return
     length = response.header("content-length")
-    remaining = int(length) if length is not None and length.isdigit() else None
-    body: AsyncIterator[bytes] = response.body
+    await _send_body(send, response.body, int(length) if length is not None and length.isdigit() else None)
+
+
+async def _send_body(send: Send, body: AsyncIterator[bytes], remaining: int | None) -> None:
+    """The body as it comes; ``more_body`` stays true until ``remaining`` bytes (the declared length)
+    were sent, or until the end."""
     sent_last = False
     try:
         async for chunk in body:

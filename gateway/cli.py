@@ -31,10 +31,10 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (one per core)")
     p.add_argument(
         "--server",
-        choices=["granian", "meshgate", "uvicorn"],
-        default="granian",
-        help="ASGI server: granian (default), meshgate (own transport: client certificate identity, "
-        "trailers) or uvicorn (HTTP/1.1 only); see docs/gateway.md",
+        choices=["meshgate", "granian", "uvicorn"],
+        default="meshgate",
+        help="ASGI server: meshgate (default: the mesh's own transport, HTTP/2 with trailers, client "
+        "certificate identity), granian, or uvicorn (HTTP/1.1 only); see docs/gateway.md",
     )
     p.add_argument(
         "--tls-cert", type=Path, metavar="FILE", help="serve HTTPS (HTTP/2 by ALPN) with this chain"

@@ -29,6 +29,14 @@ class Exchange:
     span: Any = None
     body: bytes | None = None  # read ahead only when an auth provider needs it
     has_body: bool = True  # False: HTTP/1.x without Content-Length or Transfer-Encoding (nothing to read)
+    te_trailers: bool = False  # the client sent ``te: trailers`` (gRPC): forwarded as such
+    trailers_ok: bool = False  # the server carries response trailers (ASGI http.response.trailers)
+
+    @property
+    def grpc(self) -> bool:
+        """A gRPC call (``content-type: application/grpc``, ``+proto`` etc.; not gRPC-Web)."""
+        ctype = self.header("content-type") or ""
+        return ctype.startswith("application/grpc") and not ctype.startswith("application/grpc-web")
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (lower case)."""

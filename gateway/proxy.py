@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from gateway.exchange import Exchange, local_error
@@ -19,14 +20,32 @@ class BodyTooLarge(Exception):
     """The client sent more than the route allows."""
 
 
-def route_policy(route: Route, service_policy: TrafficPolicy) -> TrafficPolicy | None:
-    """The service's traffic policy with the route's timeout and retries, or None when the route sets
-    neither (the service's own policy then applies as it is)."""
-    if route.timeout is None and route.retries is None:
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def grpc_timeout(value: str | None) -> float | None:
+    """Seconds from a ``grpc-timeout`` header (at most 8 digits and a unit), None when absent or bad."""
+    if not value or len(value) < 2 or len(value) > 9:
+        return None
+    digits, unit = value[:-1], value[-1]
+    if not digits.isdigit() or unit not in _GRPC_UNITS:
+        return None
+    return int(digits) * _GRPC_UNITS[unit]
+
+
+def route_policy(
+    route: Route, service_policy: TrafficPolicy, deadline: float | None = None
+) -> TrafficPolicy | None:
+    """The service's traffic policy with the route's timeout and retries (and a client's gRPC deadline
+    when shorter), or None when none of them applies (the service's own policy is used as it is)."""
+    if route.timeout is None and route.retries is None and deadline is None:
         return None
     update: dict[str, Any] = {}
-    if route.timeout is not None:
-        update["timeout"] = route.timeout
+    timeout = route.timeout.total_seconds() if route.timeout is not None else None
+    if deadline is not None:
+        timeout = min(timeout, deadline) if timeout is not None else deadline
+    if timeout is not None:
+        update["timeout"] = timedelta(seconds=timeout)
     if route.retries is not None:
         update["retries"] = service_policy.retries.model_copy(
             update={"attempts": route.retries.attempts, "per_try_timeout": route.retries.per_try_timeout}
@@ -98,6 +117,11 @@ async def forward(
         body = request_body(receive, cap, overflow)
     else:
         body = empty_body()  # HTTP/1.x with neither Content-Length nor Transfer-Encoding: no body
+    deadline = None
+    if ex.grpc:
+        if ex.te_trailers:
+            headers = [*headers, ("te", "trailers")]
+        deadline = grpc_timeout(ex.header("grpc-timeout"))
     upstream = Request(
         method=ex.method,
         path=ex.match.upstream_path,
@@ -106,7 +130,7 @@ async def forward(
         headers=headers,
         body=body,
     )
-    policy = route_policy(route, service_policy or TrafficPolicy())
+    policy = route_policy(route, service_policy or TrafficPolicy(), deadline)
     response = await client.request(ex.match.backend.service, upstream, policy=policy)
     if overflow:
         if response.on_close is not None:

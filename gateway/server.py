@@ -98,6 +98,9 @@ class AsgiBridge:
         finished = asyncio.Event()
         body_iter = request.body.__aiter__()
         body_done = False
+        # a response whose end came with its head (no body bytes, no trailers): sent as one HEADERS
+        # frame with END_STREAM over HTTP/2 (what gRPC's Trailers-Only needs)
+        progress = {"head_taken": False, "bytes": 0, "ended_early": False}
 
         async def receive() -> Message:
             nonlocal body_done
@@ -125,8 +128,11 @@ class AsgiBridge:
             elif kind == "http.response.body":
                 body = message.get("body", b"")
                 if body:
+                    progress["bytes"] += len(body)
                     await chunks.put(bytes(body))
                 if not message.get("more_body", False):
+                    if not progress["head_taken"] and not progress["bytes"]:
+                        progress["ended_early"] = True
                     await chunks.put(_END)
             elif kind == "http.response.trailers":
                 raw = message.get("headers") or []
@@ -154,6 +160,7 @@ class AsgiBridge:
         task = loop.create_task(run())
         try:
             status, out_headers, has_trailers = await head
+            progress["head_taken"] = True
         except Exception:
             body = b"internal error\n"
             return Response(
@@ -184,6 +191,7 @@ class AsgiBridge:
             response_body(),
             trailers=trailers if has_trailers else None,
             on_close=closed,
+            headers_only=bool(progress["ended_early"]) and not has_trailers and info.protocol == "2",
         )
 
 

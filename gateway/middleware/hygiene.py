@@ -148,11 +148,15 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     has_body = (
         bool(encodings) or (bool(lengths) and next(iter(lengths)) != "0") or not version.startswith("1")
     )
-    tls = (scope.get("extensions") or {}).get("tls") or {}
+    extensions = scope.get("extensions") or {}
+    tls = extensions.get("tls") or {}
+    te_trailers = any(k == "te" and "trailers" in v.lower() for k, v in headers)
     chain = tls.get("client_cert_chain") or []
     return Exchange(
         client_spiffe_id=spiffe_id_of(chain[0]) if chain else None,
         has_body=has_body,
+        te_trailers=te_trailers,
+        trailers_ok="http.response.trailers" in extensions,
         method=str(scope["method"]),
         path=path or "/",
         query=(scope.get("query_string") or b"").decode("latin-1"),

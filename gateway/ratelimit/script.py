@@ -29,8 +29,9 @@ Sliding window (one hash per limit: ``a`` the key's anchor, ``w`` window index, 
 ``w``, ``p`` count in the window before): the two-window weighted counter. Windows start at the key's
 first request (``a``), not at multiples of the period since the epoch: a client's first ``requests``
 within its first period are exactly its quota, with no window boundary falling at a random point in
-its burst (which would let the weighted count admit more during the burst). The previous window's count is weighted by the part
-of it still inside the sliding window, ``used = p * (1 - elapsed/period) + c``. Chosen over a
+its burst (which would let the weighted count admit more during the burst). The previous window's
+count is weighted by the part of it still inside the sliding window, ``used = p * (1 - elapsed/period)
++ c``. Chosen over a
 sorted-set log because it is O(1) in memory and time per key (three integers, whatever the quota: a
 ``10000 per 1d`` log would hold 10,000 members per key and trim on every request); the price is that
 it assumes the previous window's requests were spread evenly, a small error in either direction that

@@ -109,6 +109,15 @@ GRPC_STATUS = {
     "upstream_timeout": 4,
     "policy_denied": 7,
     "not_implemented": 12,
+    # the gateway's own answers
+    "route_not_found": 12,
+    "unauthenticated": 16,
+    "rate_limited": 8,
+    "body_too_large": 8,
+    "headers_too_large": 8,
+    "bad_request": 3,
+    "client_disconnected": 1,
+    "trailers_unsupported": 13,
 }
 
 
