@@ -1,0 +1,227 @@
+"""gRPC at the edge with real grpcio on both ends: client -> gateway (h2c, our server) -> mTLS HTTP/2
+-> the service's sidecar -> the grpcio server over h2c. Unary, the three streaming kinds, deadlines,
+errors with details and binary metadata, Trailers-Only, an unreachable upstream, a wrong content type."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from e2e_lib import MESHGATE, MeshStack, Processes, dump_logs, free_port, http_ok, wait_until
+
+POLICIES = """
+apiVersion: meshgate/v1
+kind: Mesh
+trustDomain: grpc-edge.test
+defaultAccess: deny
+---
+apiVersion: meshgate/v1
+kind: Service
+name: gateway
+---
+apiVersion: meshgate/v1
+kind: Service
+name: echo
+protocol: grpc
+---
+apiVersion: meshgate/v1
+kind: Service
+name: nowhere
+protocol: grpc
+---
+apiVersion: meshgate/v1
+kind: AccessPolicy
+name: echo-from-gateway
+target: {service: echo}
+rules:
+  - action: allow
+    from: {services: [gateway]}
+---
+apiVersion: meshgate/v1
+kind: Route
+name: echo-grpc
+match: {path: {prefix: /echo.Echo}}
+backends: [{service: echo}]
+translate: grpc
+---
+apiVersion: meshgate/v1
+kind: Route
+name: nowhere-grpc
+match: {path: {prefix: /nowhere.Nowhere}}
+backends: [{service: nowhere}]
+translate: grpc
+"""
+
+
+@dataclass
+class Edge:
+    channel: grpc.Channel
+    url: str
+    cancelled: threading.Event
+
+
+def _say(request: bytes, context: grpc.ServicerContext) -> bytes:
+    meta = dict(context.invocation_metadata())
+    return request.upper() + b" via " + meta.get("x-meshgate-peer", "").encode()
+
+
+def _fail(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.set_trailing_metadata((("detail-bin", b"\x00\x01\xff"), ("why", "because")))
+    context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now: " + request.decode())
+
+
+def _stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    for i in range(int(request)):
+        yield f"item {i}".encode()
+
+
+def _collect(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    return b",".join(requests)
+
+
+def _chat(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    for message in requests:
+        yield b"re: " + message
+
+
+def make_slow(cancelled: threading.Event):  # type: ignore[no-untyped-def]
+    def _slow(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.add_callback(cancelled.set)
+        deadline = time.monotonic() + 10
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return b"late"
+
+    return _slow
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    tmp = tmp_path_factory.mktemp("grpc-edge")
+    cancelled = threading.Event()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handlers = {
+        "Say": grpc.unary_unary_rpc_method_handler(_say),
+        "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+        "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+        "Collect": grpc.stream_unary_rpc_method_handler(_collect),
+        "Chat": grpc.stream_stream_rpc_method_handler(_chat),
+        "Slow": grpc.unary_unary_rpc_method_handler(make_slow(cancelled)),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("echo.Echo", handlers),))
+    app_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    procs = Processes(tmp)
+    try:
+        policies = tmp / "policies"
+        policies.mkdir()
+        (policies / "mesh.yaml").write_text(POLICIES)
+        stack = MeshStack(procs, tmp)
+        stack.start_control_plane(policies)
+        stack.start_sidecar("echo", app_port)
+        port, admin = free_port(), free_port()
+        procs.start(
+            "gateway",
+            MESHGATE,
+            "gateway",
+            "--control-plane",
+            stack.cp_url,
+            "--token",
+            str(stack.token("gateway")),
+            "--cache-dir",
+            str(tmp / "cache-gateway"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin",
+            f"127.0.0.1:{admin}",
+        )
+        admin_url = f"http://127.0.0.1:{admin}"
+        wait_until(lambda: http_ok(f"{admin_url}/readyz"), what="gateway ready")
+
+        def knows() -> bool:
+            with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
+                return bool(json.load(response)["endpoints"].get("echo"))
+
+        wait_until(knows, what="gateway to learn echo")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield Edge(channel, f"http://127.0.0.1:{port}", cancelled)
+    except BaseException:
+        dump_logs(procs)
+        raise
+    finally:
+        procs.stop_all()
+        server.stop(None)
+
+
+def test_unary_call_through_the_edge_and_the_mesh(edge: Edge) -> None:
+    reply = edge.channel.unary_unary("/echo.Echo/Say")(b"hello", timeout=10)
+    assert reply == b"HELLO via spiffe://grpc-edge.test/ns/default/sa/gateway"
+
+
+def test_status_message_and_binary_trailers_arrive_byte_for_byte(edge: Edge) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        edge.channel.unary_unary("/echo.Echo/Fail")(b"widget", timeout=10)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert error.details() == "not now: widget"  # type: ignore[attr-defined]
+    trailers = dict(error.trailing_metadata())  # type: ignore[attr-defined]
+    assert trailers["detail-bin"] == b"\x00\x01\xff" and trailers["why"] == "because"
+
+
+def test_server_client_and_bidirectional_streaming(edge: Edge) -> None:
+    items = list(edge.channel.unary_stream("/echo.Echo/Stream")(b"200", timeout=10))
+    assert items == [f"item {i}".encode() for i in range(200)]
+    joined = edge.channel.stream_unary("/echo.Echo/Collect")(iter([b"a", b"b" * 70000, b"c"]), timeout=10)
+    assert joined == b"a," + b"b" * 70000 + b",c"
+    replies = list(
+        edge.channel.stream_stream("/echo.Echo/Chat")(iter([b"one", b"two", b"three"]), timeout=10)
+    )
+    assert replies == [b"re: one", b"re: two", b"re: three"]
+
+
+def test_the_deadline_is_honoured_and_the_upstream_call_cancelled(edge: Edge) -> None:
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        edge.channel.unary_unary("/echo.Echo/Slow")(b"x", timeout=0.5)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 3
+    assert edge.cancelled.wait(5), "the app's call was never cancelled"
+
+
+def test_an_unreachable_upstream_is_unavailable(edge: Edge) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        edge.channel.unary_unary("/nowhere.Nowhere/Call")(b"x", timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def test_wrong_content_type_on_a_grpc_route_is_415(edge: Edge) -> None:
+    out = subprocess.run(
+        [
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            "{}",
+            f"{edge.url}/echo.Echo/Say",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.stdout == "415"
