@@ -20,6 +20,7 @@ from gateway.exchange import Exchange, local_error
 from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
 from gateway.proxy import BodyTooLarge, forward, read_body
 from gateway.state import GatewayRuntime
+from gateway.translate import grpcweb
 from mesh.transport.messages import HOP_BY_HOP, Response, grpc_error
 from shared.telemetry.tracing import finish
 
@@ -63,6 +64,8 @@ class EdgeGateway:
             response = await self._handle(ex, receive)
             if ex.grpc:
                 response = _for_grpc(ex, response)
+            elif ex.grpc_web and response.header("x-meshgate-error") is not None and response.status != 200:
+                response = _for_grpc_web(ex, response)
             finish(span, response.status, client=False)
             route = ex.match.route.name if ex.match else "-"
             if span is not None and ex.match is not None:
@@ -92,6 +95,8 @@ class EdgeGateway:
         route = ex.match.route
         if route.translate == "grpc" and not ex.grpc:
             return local_error(415, "unsupported_media_type", "this route takes gRPC (application/grpc)")
+        if route.translate == "grpc-web" and not (ex.grpc or ex.grpc_web) and ex.method != "OPTIONS":
+            return local_error(415, "unsupported_media_type", "this route takes gRPC-Web or gRPC")
         answer = cors.preflight(ex)
         if answer is not None:
             return answer
@@ -134,6 +139,16 @@ def _for_grpc(ex: Exchange, response: Response) -> Response:
             "trailers_unsupported", "this gateway's server cannot send trailers: use --server meshgate"
         )
     return response
+
+
+def _for_grpc_web(ex: Exchange, response: Response) -> Response:
+    """The gateway's own errors for gRPC-Web callers: 200, ``grpc-status`` in the headers and in the
+    trailer frame of the body."""
+    code = response.header("x-meshgate-error") or "internal"
+    if response.on_close is not None:
+        response.on_close()
+    error = grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
+    return grpcweb.translate_response(error, ex.header("content-type") or grpcweb.GRPC_WEB)
 
 
 async def _send(

@@ -38,6 +38,11 @@ class Exchange:
         ctype = self.header("content-type") or ""
         return ctype.startswith("application/grpc") and not ctype.startswith("application/grpc-web")
 
+    @property
+    def grpc_web(self) -> bool:
+        """A gRPC-Web call (``application/grpc-web``, ``-text``, ``+proto``)."""
+        return (self.header("content-type") or "").startswith("application/grpc-web")
+
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (lower case)."""
         for key, value in self.headers:

@@ -8,8 +8,9 @@ from datetime import timedelta
 from typing import Any
 
 from gateway.exchange import Exchange, local_error
+from gateway.translate import grpcweb
 from mesh.outbound.client import MeshClient
-from mesh.transport.messages import Request, Response, body_of, empty_body
+from mesh.transport.messages import Request, Response, body_of, empty_body, for_caller
 from shared.config.model.edge import Route
 from shared.config.model.mesh import TrafficPolicy
 
@@ -118,9 +119,16 @@ async def forward(
     else:
         body = empty_body()  # HTTP/1.x with neither Content-Length nor Transfer-Encoding: no body
     deadline = None
+    web_type = None
     if ex.grpc:
         if ex.te_trailers:
             headers = [*headers, ("te", "trailers")]
+        deadline = grpc_timeout(ex.header("grpc-timeout"))
+    elif ex.grpc_web and route.translate == "grpc-web":
+        web_type = ex.header("content-type") or grpcweb.GRPC_WEB
+        headers = grpcweb.request_headers(headers, web_type)
+        if grpcweb.is_text(web_type):
+            body = grpcweb.decode_text(body)
         deadline = grpc_timeout(ex.header("grpc-timeout"))
     upstream = Request(
         method=ex.method,
@@ -136,4 +144,6 @@ async def forward(
         if response.on_close is not None:
             response.on_close()
         raise BodyTooLarge(f"request body over {cap} bytes")
+    if web_type is not None:
+        return grpcweb.translate_response(for_caller(upstream, response), web_type)
     return response

@@ -2,7 +2,8 @@
 
 Order, most specific first: hosts (exact name, then ``*.suffix`` wildcards by length, then ``*``), then
 within a host exact paths, then templates (more literal segments first), then prefixes (longest
-first); ties keep the order of the policy documents (by name). Prefixes match whole segments:
+first); among equal paths, routes with more header matches, then with a method list, first; remaining
+ties keep the order of the policy documents (by name). Prefixes match whole segments:
 ``/api`` takes ``/api`` and ``/api/x`` but not ``/apix``. Templates: ``{name}`` is one segment,
 ``{name=**}`` (last only) the rest of the path.
 """
@@ -133,14 +134,16 @@ class Router:
         entries: list[tuple[tuple[int, int], str, _Entry]] = []
         for route in sorted(routes, key=lambda r: r.name):
             pm = route.match.path
+            # among equal paths, the route with more conditions (headers, methods) is tried first
+            narrower = (-len(route.match.headers), -int(bool(route.match.methods)))
             if pm.exact is not None:
-                entry = _Entry(route, 0, (0, -len(pm.exact)))
+                entry = _Entry(route, 0, (0, -len(pm.exact), *narrower))
             elif pm.template is not None:
                 template = _Template(pm.template)
-                entry = _Entry(route, 1, (1, -template.literals, -len(template.parts)), template)
+                entry = _Entry(route, 1, (1, -template.literals, -len(template.parts), *narrower), template)
             else:
                 assert pm.prefix is not None
-                entry = _Entry(route, 2, (2, -len(pm.prefix.rstrip("/"))))
+                entry = _Entry(route, 2, (2, -len(pm.prefix.rstrip("/")), *narrower))
             for host in route.hosts:
                 entries.append((_host_rank(host.lower()), host.lower(), entry))
         entries.sort(key=lambda e: (e[0], e[2].rank))

@@ -47,10 +47,15 @@ rules:
 ---
 apiVersion: meshgate/v1
 kind: Route
-name: echo-grpc
+name: echo
 match: {path: {prefix: /echo.Echo}}
 backends: [{service: echo}]
-translate: grpc
+translate: grpc-web  # gRPC passes as it is; gRPC-Web is translated
+cors:
+  allowOrigins: ["https://app.example"]
+  allowMethods: [POST]
+  allowHeaders: [content-type, x-grpc-web, x-user-agent, grpc-timeout]
+  exposeHeaders: [grpc-status, grpc-message]
 ---
 apiVersion: meshgate/v1
 kind: Route
@@ -225,3 +230,81 @@ def test_wrong_content_type_on_a_grpc_route_is_415(edge: Edge) -> None:
         timeout=20,
     )
     assert out.stdout == "415"
+
+
+# ----- gRPC-Web (hand-built frames over HTTP/1.1, as a browser sends them) ----------------------------
+
+
+def _frame(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def _frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    """Data frames and the trailers of a gRPC-Web response body."""
+    messages, trailers, i = [], {}, 0
+    while i < len(body):
+        flag, size = body[i], int.from_bytes(body[i + 1 : i + 5], "big")
+        payload = body[i + 5 : i + 5 + size]
+        i += 5 + size
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                if line:
+                    key, _, value = line.partition(":")
+                    trailers[key.strip()] = value.strip()
+        else:
+            messages.append(payload)
+    return messages, trailers
+
+
+def _web(edge: Edge, method: str, body: bytes, content_type: str = "application/grpc-web+proto"):  # type: ignore[no-untyped-def]
+    import httpx
+
+    headers = {"content-type": content_type, "x-grpc-web": "1", "x-user-agent": "grpc-web-javascript/0.1"}
+    return httpx.post(f"{edge.url}/echo.Echo/{method}", content=body, headers=headers, timeout=10)
+
+
+def test_grpc_web_unary_and_server_streaming(edge: Edge) -> None:
+    response = _web(edge, "Say", _frame(b"web"))
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/grpc-web+proto"
+    messages, trailers = _frames(response.content)
+    assert messages == [b"WEB via spiffe://grpc-edge.test/ns/default/sa/gateway"]
+    assert trailers["grpc-status"] == "0"
+    messages, trailers = _frames(_web(edge, "Stream", _frame(b"3")).content)
+    assert messages == [b"item 0", b"item 1", b"item 2"] and trailers["grpc-status"] == "0"
+
+
+def test_grpc_web_errors_travel_in_the_trailer_frame(edge: Edge) -> None:
+    response = _web(edge, "Fail", _frame(b"widget"))
+    assert response.status_code == 200
+    messages, trailers = _frames(response.content)
+    assert messages == []
+    assert trailers["grpc-status"] == "9" and trailers["grpc-message"] == "not now: widget"
+
+
+def test_grpc_web_text_is_base64_both_ways(edge: Edge) -> None:
+    import base64
+
+    body = base64.b64encode(_frame(b"ab")) + base64.b64encode(_frame(b"ignored"))[:0]
+    response = _web(edge, "Say", body, "application/grpc-web-text")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/grpc-web-text"
+    messages, trailers = _frames(base64.b64decode(response.content))
+    assert messages[0].startswith(b"AB via ") and trailers["grpc-status"] == "0"
+
+
+def test_grpc_web_cors_preflight_is_answered_at_the_edge(edge: Edge) -> None:
+    import httpx
+
+    response = httpx.options(
+        f"{edge.url}/echo.Echo/Say",
+        headers={
+            "origin": "https://app.example",
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type,x-grpc-web",
+        },
+        timeout=10,
+    )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-grpc-web" in response.headers["access-control-allow-headers"]

@@ -118,3 +118,19 @@ def test_weighted_backends_split_traffic() -> None:
     counts = Counter(router.match("h", "GET", "/", "", {}).backend.service for _ in range(5000))  # type: ignore[union-attr]
     assert 0.87 < counts["orders"] / 5000 < 0.93
     assert counts["billing"] > 0
+
+
+def test_among_equal_paths_the_narrower_route_is_tried_first() -> None:
+    router = Router(
+        [
+            route("a-any", match={"path": {"prefix": "/rpc"}}),
+            route(
+                "b-web",
+                match={"path": {"prefix": "/rpc"}, "headers": [{"name": "x-grpc-web", "present": True}]},
+            ),
+            route("c-post", match={"path": {"prefix": "/rpc"}, "methods": ["POST"]}),
+        ]
+    )
+    assert pick(router, "/rpc/x", **{"x-grpc-web": "1"}) == "b-web"
+    assert pick(router, "/rpc/x", method="POST") == "c-post"
+    assert pick(router, "/rpc/x") == "a-any"
