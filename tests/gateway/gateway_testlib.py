@@ -14,6 +14,7 @@ import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -108,6 +109,7 @@ async def edge(
     hygiene: HygieneSettings | None = None,
     client_address: str = "203.0.113.7",
     trace_file: Path | None = None,
+    apps: dict[str, Any] | None = None,
 ) -> AsyncIterator[Edge]:
     """The gateway with ``policies`` (YAML documents added to BASE) in front of ``orders`` and
     ``billing`` echo apps."""
@@ -115,7 +117,7 @@ async def edge(
         engine = engine_from(tmp / "gw-policies", BASE + "---\n" + textwrap.dedent(policies))
         upstreams = {}
         for name in ("orders", "billing"):
-            up = await rig.upstream(echo_app, name=name, engine=engine)
+            up = await rig.upstream((apps or {}).get(name, echo_app), name=name, engine=engine)
             upstreams[name] = up
         rig.update({name: [up.endpoint()] for name, up in upstreams.items()})
         config = GatewayConfig(
