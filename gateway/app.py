@@ -21,6 +21,7 @@ from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
 from gateway.proxy import BodyTooLarge, forward, read_body
 from gateway.state import GatewayRuntime
 from gateway.translate import grpcweb
+from gateway.translate.transcode import forward_json
 from mesh.transport.messages import HOP_BY_HOP, Response, grpc_error
 from shared.telemetry.tracing import finish
 
@@ -114,10 +115,16 @@ class EdgeGateway:
         answer = await ratelimit.limit(ex, state.rate_limits, self.runtime.limiter, self.runtime.tracing)
         if answer is not None:
             return answer
+        policy = state.service_policy(ex.match.backend.service)
         try:
-            return await forward(
-                ex, receive, self.runtime.client, state.service_policy(ex.match.backend.service)
-            )
+            if route.translate == "grpc-json":
+                transcoder = state.transcoders.get(route.name)
+                if transcoder is None:
+                    return local_error(
+                        503, "no_configuration", f"route {route.name} has no usable descriptor set"
+                    )
+                return await forward_json(ex, receive, self.runtime.client, transcoder, policy)
+            return await forward(ex, receive, self.runtime.client, policy)
         except BodyTooLarge:
             return local_error(413, "body_too_large", f"request body over {route.max_body_size} bytes")
         except ConnectionError as exc:

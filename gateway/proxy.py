@@ -10,7 +10,7 @@ from typing import Any
 from gateway.exchange import Exchange, local_error
 from gateway.translate import grpcweb
 from mesh.outbound.client import MeshClient
-from mesh.transport.messages import Request, Response, body_of, empty_body, for_caller
+from mesh.transport.messages import Headers, Request, Response, body_of, empty_body, for_caller
 from shared.config.model.edge import Route
 from shared.config.model.mesh import TrafficPolicy
 
@@ -87,17 +87,11 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-async def forward(
-    ex: Exchange, receive: Receive, client: MeshClient, service_policy: TrafficPolicy | None
-) -> Response:
-    """Send the request to the chosen backend through the mesh; 413 before sending when the declared
-    length is over the route's cap."""
+def upstream_headers(ex: Exchange) -> Headers:
+    """The client's cleaned headers with the route's header operations and the caller's identity
+    (``x-meshgate-principal``, the provider's headers) applied."""
     assert ex.match is not None
     route = ex.match.route
-    cap = route.max_body_size
-    length = ex.header("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:
-        return local_error(413, "body_too_large", f"request body over {cap} bytes")
     headers = ex.headers
     ops = route.request_headers
     if ops.set or ops.remove or ex.identity is not None:
@@ -111,6 +105,21 @@ async def forward(
         if identity is not None:
             headers.extend((k.lower(), v) for k, v in identity.upstream_headers)
             headers.append(("x-meshgate-principal", identity.principal))
+    return headers
+
+
+async def forward(
+    ex: Exchange, receive: Receive, client: MeshClient, service_policy: TrafficPolicy | None
+) -> Response:
+    """Send the request to the chosen backend through the mesh; 413 before sending when the declared
+    length is over the route's cap."""
+    assert ex.match is not None
+    route = ex.match.route
+    cap = route.max_body_size
+    length = ex.header("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        return local_error(413, "body_too_large", f"request body over {cap} bytes")
+    headers = upstream_headers(ex)
     overflow: list[bool] = []
     if ex.body is not None:
         body = body_of(ex.body)

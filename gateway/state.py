@@ -4,6 +4,7 @@ around it (``GatewayRuntime``: identity, mesh client, rate limiter, watch, admin
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -70,6 +71,7 @@ class GatewayState:
     providers: Mapping[str, Authenticator]
     rate_limits: Mapping[str, RateLimit]
     _provider_docs: Mapping[str, AuthProvider] = field(default_factory=dict)
+    transcoders: Mapping[str, Any] = field(default_factory=dict)  # route name -> grpcjson.Transcoder
 
     def needs_body(self, provider: str) -> bool:
         """True when ``provider`` reads the request body (ext_authz with includeBody)."""
@@ -246,7 +248,27 @@ class GatewayRuntime:
                     log.error("auth provider %s cannot be used: %s", name, exc)
                     continue
             docs[name] = doc
+        transcoders: dict[str, Any] = {}
+        for route in policy_set.routes.values():
+            if route.grpc_json is None or route.grpc_json.descriptor is None:
+                continue
+            previous = old.transcoders.get(route.name) if old is not None else None
+            old_route = old.policy_set.routes.get(route.name) if old is not None else None
+            if previous is not None and old_route is not None and old_route.grpc_json == route.grpc_json:
+                transcoders[route.name] = previous
+                continue
+            try:
+                from gateway.translate.grpcjson import Transcoder
+
+                transcoders[route.name] = Transcoder(
+                    base64.b64decode(route.grpc_json.descriptor),
+                    route.grpc_json.services,
+                    preserve_names=route.grpc_json.preserve_proto_field_names,
+                )
+            except Exception as exc:  # the route then answers 503 no_configuration
+                log.error("route %s: cannot use its descriptor set: %s", route.name, exc)
         self.state = GatewayState(
+            transcoders=transcoders,
             policy_set=policy_set,
             router=Router(policy_set.routes.values()),
             engine=PolicyEngine(policy_set),

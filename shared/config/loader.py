@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import difflib
 import hashlib
 from collections.abc import Iterable, Sequence
@@ -204,6 +205,25 @@ def load_policy_set(paths: Sequence[str | Path]) -> LoadResult:
     return LoadResult(policy_set if not ordered else None, ordered, tuple(files))
 
 
+def _read_descriptor_set(folder: Path, name: str) -> tuple[bytes, str | None]:
+    """The bytes of a protobuf FileDescriptorSet file (relative to the policy file), or a problem."""
+    path = folder / name
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        return b"", f"cannot read descriptor set {str(path)!r}: {exc.strerror or exc}"
+    from google.protobuf import descriptor_pb2
+    from google.protobuf.message import DecodeError
+
+    try:
+        parsed = descriptor_pb2.FileDescriptorSet.FromString(content)
+    except DecodeError as exc:
+        return b"", f"{str(path)!r} is not a protobuf FileDescriptorSet: {exc}"
+    if not any(f.service for f in parsed.file):
+        return b"", f"{str(path)!r} declares no service (build it with protoc --descriptor_set_out)"
+    return content, None
+
+
 def _assemble(
     parsed: list[tuple[Document, RawDocument]], files: list[str], version: str, mesh_may_exist: bool = False
 ) -> tuple[list[PolicyError], PolicySet | None]:
@@ -279,6 +299,20 @@ def _assemble(
                 missing(route, ("auth", i), "AuthProvider", provider, providers)
         if route.rate_limit is not None and route.rate_limit not in limits:
             missing(route, ("rateLimit",), "RateLimit", route.rate_limit, limits)
+        if route.grpc_json is not None and route.grpc_json.descriptor is None:
+            raw = raws[("Route", route.name)]
+            content, problem = _read_descriptor_set(
+                Path(raw.file).parent, route.grpc_json.descriptor_set or ""
+            )
+            if problem is not None:
+                path = ("grpcJson", "descriptorSet")
+                errors.append(PolicyError(raw.file, raw.line_of(path), route.ref, dotted(path), problem))
+                continue
+            embedded = route.grpc_json.model_copy(update={"descriptor": base64.b64encode(content).decode()})
+            routes[route.name] = route.model_copy(update={"grpc_json": embedded})
+            version = hashlib.sha256(f"{version}:{hashlib.sha256(content).hexdigest()}".encode()).hexdigest()[
+                :16
+            ]
 
     if errors or not meshes:
         return errors, None

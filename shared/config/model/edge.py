@@ -75,6 +75,23 @@ class RouteRetries(Spec):
     per_try_timeout: Duration | None = None
 
 
+class GrpcJson(Spec):
+    """JSON <-> gRPC transcoding: the methods with ``google.api.http`` rules in a descriptor set
+    (``protoc --include_imports --descriptor_set_out=FILE``). ``descriptorSet`` is a path relative to
+    the policy file; the loader reads it and ships its content (``descriptor``, base64) with the set."""
+
+    descriptor_set: str | None = None
+    descriptor: str | None = None
+    services: list[str] = Field(default_factory=list)
+    preserve_proto_field_names: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GrpcJson:
+        if self.descriptor_set is None and self.descriptor is None:
+            raise ValueError("give descriptorSet (a file made by protoc --descriptor_set_out)")
+        return self
+
+
 class Route(Document):
     """A gateway route: match -> backends, with auth, rate limit and translation."""
 
@@ -93,6 +110,15 @@ class Route(Document):
     response_headers: HeaderOps = Field(default_factory=HeaderOps)
     cors: Cors | None = None
     max_body_size: Size = 10 * 1024 * 1024
+    grpc_json: GrpcJson | None = None
+
+    @model_validator(mode="after")
+    def _transcoding_settings(self) -> Route:
+        if self.translate == "grpc-json" and self.grpc_json is None:
+            raise ValueError("translate grpc-json needs a grpcJson block (descriptorSet)")
+        if self.grpc_json is not None and self.translate != "grpc-json":
+            raise ValueError("grpcJson is only for translate: grpc-json")
+        return self
 
 
 class ClaimToHeader(Spec):
