@@ -2,7 +2,9 @@
 
 - gRPC: unary calls per second through gateway (h2c) -> mTLS HTTP/2 -> the service's sidecar -> a
   grpcio server (h2c), against the same grpcio server called directly (target ratio >= 0.2);
-- JSON transcoding: not built yet (issue 7), reported as null.
+- JSON transcoding: GET calls per second (wrk, HTTP/1.1) of a route transcoded to gRPC (a grpcio
+  server behind its sidecar) against a plain JSON route through the same gateway (nginx answering the
+  same JSON behind its sidecar) (target ratio >= 0.5).
 
 Last stdout line: {"grpc_vs_direct": ..., "transcoded_vs_plain": ...}. Everything on 127.0.0.1.
 
@@ -31,6 +33,12 @@ _spec = importlib.util.spec_from_file_location("bench_mesh", HERE / "mesh.py")
 assert _spec is not None and _spec.loader is not None
 bm: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bm)
+_gw_spec = importlib.util.spec_from_file_location("bench_gateway", HERE / "gateway.py")
+assert _gw_spec is not None and _gw_spec.loader is not None
+gw: Any = importlib.util.module_from_spec(_gw_spec)
+_gw_spec.loader.exec_module(gw)
+sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
+from protos_testlib import compile_protos  # noqa: E402  (the test protos: shop.proto)
 
 TD = "bench.meshgate.local"
 POLICIES = f"""\
@@ -62,7 +70,67 @@ name: echo
 match: {{path: {{prefix: /echo.Echo}}}}
 backends: [{{service: echo}}]
 translate: grpc
+---
+apiVersion: meshgate/v1
+kind: Service
+name: shop
+protocol: grpc
+---
+apiVersion: meshgate/v1
+kind: Service
+name: books
+---
+apiVersion: meshgate/v1
+kind: AccessPolicy
+name: shop
+target: {{service: shop}}
+rules:
+  - action: allow
+    from: {{services: [gateway]}}
+---
+apiVersion: meshgate/v1
+kind: AccessPolicy
+name: books
+target: {{service: books}}
+rules:
+  - action: allow
+    from: {{services: [gateway]}}
+---
+apiVersion: meshgate/v1
+kind: Route
+name: transcoded
+match: {{path: {{prefix: /v1}}}}
+backends: [{{service: shop}}]
+translate: grpc-json
+grpcJson: {{descriptorSet: shop.pb}}
+---
+apiVersion: meshgate/v1
+kind: Route
+name: plain-json
+match: {{path: {{prefix: /plain}}}}
+backends: [{{service: books}}]
 """
+
+SHOP_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+sys.path.insert(0, sys.argv[2])
+import shop_pb2 as pb
+
+def get_book(request, context):
+    return pb.Book(id=request.id, title="fiction-%d" % request.id, in_stock=True)
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+handler = grpc.unary_unary_rpc_method_handler(
+    get_book, pb.GetBookRequest.FromString, pb.Book.SerializeToString)
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.v1.Shop", {"GetBook": handler}),))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+BOOK_JSON = '{"id": "42", "title": "fiction-42", "inStock": true}'
 
 GRPC_SERVER = """
 import sys, time
@@ -79,6 +147,21 @@ server.add_insecure_port("127.0.0.1:" + sys.argv[1])
 server.start()
 server.wait_for_termination()
 """
+
+
+def start_json_app(stack: Any, port: int) -> None:
+    """nginx answering every request with the book as JSON (the plain route's app)."""
+    conf = stack.tmp / "json-nginx.conf"
+    conf.write_text(
+        f"""daemon off; worker_processes 1; pid {stack.tmp}/json.pid; error_log {stack.tmp}/json.err;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000;
+  server {{ listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{BOOK_JSON}'; }} }} }}
+"""
+    )
+    stack.start("json-app", "nginx", "-c", str(conf), "-e", str(stack.tmp / "json.err"))
+    bm.wait(lambda: bm.ok(f"http://127.0.0.1:{port}/"), what="json app")
 
 
 def h2load(url: str, data: Path, seconds: int, clients: int, streams: int) -> tuple[float, int, int]:
@@ -115,8 +198,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams per connection")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        raise SystemExit("h2load is missing: apt-get install nghttp2-client")
+    for tool in ("h2load", "wrk", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install nghttp2-client wrk nginx-light")
     tmp = Path(tempfile.mkdtemp(prefix="mg-trbench-"))
     stack = bm.Stack(tmp)
     message = b"x" * 100
@@ -129,6 +213,7 @@ def main() -> int:
         policies = tmp / "policies"
         policies.mkdir()
         (policies / "bench.yaml").write_text(POLICIES)
+        compile_protos(policies)
         cp_port = bm.free_port()
         cp = f"https://127.0.0.1:{cp_port}"
         stack.start(
@@ -157,31 +242,24 @@ def main() -> int:
             path.write_text(out)
             return str(path)
 
-        admin = bm.free_port()
-        sidecar = stack.start(
-            "sidecar-echo",
-            bm.MESHGATE,
-            "sidecar",
-            "--service",
-            "echo",
-            "--app",
-            f"http://127.0.0.1:{app}",
-            "--control-plane",
-            cp,
-            "--token",
-            token("echo"),
-            "--cache-dir",
-            str(tmp / "cache-echo"),
-            "--inbound",
-            f"127.0.0.1:{bm.free_port()}",
-            "--outbound",
-            f"127.0.0.1:{bm.free_port()}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--log-level",
-            "warning",
-        )
-        bm.wait(lambda: bm.ok(f"http://127.0.0.1:{admin}/readyz"), what="echo sidecar")
+        def sidecar_for(service: str, app_port: int) -> Any:
+            admin = bm.free_port()
+            proc = stack.start(
+                f"sidecar-{service}", bm.MESHGATE, "sidecar", "--service", service,
+                "--app", f"http://127.0.0.1:{app_port}", "--control-plane", cp, "--token", token(service),
+                "--cache-dir", str(tmp / f"cache-{service}"), "--inbound", f"127.0.0.1:{bm.free_port()}",
+                "--outbound", f"127.0.0.1:{bm.free_port()}", "--admin", f"127.0.0.1:{admin}",
+                "--log-level", "warning",
+            )  # fmt: skip
+            bm.wait(lambda: bm.ok(f"http://127.0.0.1:{admin}/readyz"), what=f"{service} sidecar")
+            return proc
+
+        sidecar = sidecar_for("echo", app)
+        shop_port, books_port = bm.free_port(), bm.free_port()
+        stack.start("shop-app", sys.executable, "-c", SHOP_SERVER, str(shop_port), str(policies))
+        start_json_app(stack, books_port)
+        shop_sidecar = sidecar_for("shop", shop_port)
+        books_sidecar = sidecar_for("books", books_port)
         gw_port, gw_admin = bm.free_port(), bm.free_port()
         gateway = stack.start(
             "gateway",
@@ -206,9 +284,10 @@ def main() -> int:
 
         def knows() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{gw_admin}/config", timeout=2) as r:
-                return bool(json.load(r)["endpoints"].get("echo"))
+                endpoints = json.load(r)["endpoints"]
+            return all(endpoints.get(s) for s in ("echo", "shop", "books"))
 
-        bm.wait(knows, what="gateway to learn echo")
+        bm.wait(knows, what="gateway to learn its services")
         targets = {
             "direct": (f"http://127.0.0.1:{app}/echo.Echo/Say", []),
             "gateway": (f"http://127.0.0.1:{gw_port}/echo.Echo/Say", [gateway.pid, sidecar.pid]),
@@ -238,6 +317,26 @@ def main() -> int:
                 f"grpc {name:8s} median {results[name]:8.0f} calls/s (runs {listed}; "
                 f"CPU s/1000 per process {per})"
             )
+        json_targets = {
+            "transcoded": (
+                f"http://127.0.0.1:{gw_port}/v1/shelves/fiction/books/42",
+                [gateway.pid, shop_sidecar.pid],
+            ),
+            "plain-json": (f"http://127.0.0.1:{gw_port}/plain/books/42", [gateway.pid, books_sidecar.pid]),
+        }
+        for url, _ in json_targets.values():
+            gw.wrk(url, 2, 8)  # warm-up
+        json_runs: dict[str, list[float]] = {name: [] for name in json_targets}
+        for _round in range(args.rounds):
+            for name, (url, _pids) in json_targets.items():
+                rps, _total, failed = gw.wrk(url, args.seconds, args.clients * args.streams)
+                if failed:
+                    print(f"{name}: {failed} requests failed")
+                json_runs[name].append(rps)
+        for name, rates in json_runs.items():
+            results[name] = statistics.median(rates)
+            listed = ", ".join(f"{r:.0f}" for r in sorted(rates))
+            print(f"json {name:10s} median {results[name]:8.0f} req/s (runs {listed})")
     finally:
         stack.stop()
     print(
@@ -246,7 +345,11 @@ def main() -> int:
     )
     figures = {
         "grpc_vs_direct": round(results["gateway"] / results["direct"], 3) if results.get("direct") else None,
-        "transcoded_vs_plain": None,
+        "transcoded_vs_plain": round(results["transcoded"] / results["plain-json"], 3)
+        if results.get("plain-json")
+        else None,
+        "transcoded_rps": round(results["transcoded"]),
+        "plain_json_rps": round(results["plain-json"]),
         "grpc_gateway_cps": round(results["gateway"]),
         "grpc_direct_cps": round(results["direct"]),
     }
