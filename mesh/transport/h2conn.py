@@ -39,6 +39,10 @@ log = logging.getLogger("meshgate.transport.h2")
 _END = object()
 
 
+#: Seconds a peer may go on sending a request body nobody reads before RST_STREAM(NO_ERROR).
+ABANDON_GRACE = 0.5
+
+
 class StreamError(Exception):
     """A stream ended abnormally; ``error_code`` is the HTTP/2 code, ``code`` an x-meshgate-error."""
 
@@ -442,8 +446,18 @@ class H2Protocol(asyncio.Protocol):
             else:
                 self.endpoint.ack(stream.stream_id, item[1])
         if not ended and stream.error is None and not stream.body_done:
-            with contextlib.suppress(Exception):
-                self.endpoint.reset(stream.stream_id, ErrorCode.NO_ERROR)
+            # a moment's grace first: a short body is usually on its way, and some clients (curl 7.88)
+            # report an error for RST_STREAM that arrives while they are still sending, even after a
+            # complete response. What arrives meanwhile is acknowledged and dropped; a stream the peer
+            # finished in time is gone from the core and the reset is then a no-op.
+            sid = stream.stream_id
+
+            def stop() -> None:
+                with contextlib.suppress(Exception):
+                    self.endpoint.reset(sid, ErrorCode.NO_ERROR)
+                self._flush()
+
+            asyncio.get_running_loop().call_later(ABANDON_GRACE, stop)
         self._flush()
 
     def _reset(self, sid: int, code: int) -> None:

@@ -229,7 +229,7 @@ def test_wrong_content_type_on_a_grpc_route_is_415(edge: Edge) -> None:
         text=True,
         timeout=20,
     )
-    assert out.stdout == "415"
+    assert out.stdout == "415", out.stderr
 
 
 # ----- gRPC-Web (hand-built frames over HTTP/1.1, as a browser sends them) ----------------------------
