@@ -20,7 +20,7 @@ from gateway.exchange import Exchange, local_error
 from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
 from gateway.proxy import BodyTooLarge, forward, read_body
 from gateway.state import GatewayRuntime
-from gateway.translate import grpcweb
+from gateway.translate import grpcweb, websocket
 from gateway.translate.transcode import forward_json
 from mesh.transport.messages import HOP_BY_HOP, Response, grpc_error
 from shared.telemetry.tracing import finish
@@ -42,7 +42,7 @@ class EdgeGateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
+                await self._websocket(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -84,6 +84,47 @@ class EdgeGateway:
             if response.on_close is not None:
                 response.on_close()
             runtime.observe(route, response.status, started)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: the same steps as a request (hygiene, route, auth, policy, rate
+        limit), then the relay over the mesh (gateway/translate/websocket.py)."""
+        started = time.perf_counter()
+        runtime = self.runtime
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        checked = hygiene.check(scope, runtime.hygiene)
+        if isinstance(checked, Response):
+            await websocket.refuse(
+                send, checked.status, checked.header("x-meshgate-error") or "refused", scope
+            )
+            runtime.observe("-", checked.status, started)
+            return
+        ex = checked
+        state = runtime.state
+        route_name = "-"
+        answer: Response | None = None
+        if state is None:
+            answer = local_error(503, "no_configuration", "the gateway has no configuration yet")
+        else:
+            ex.match = state.router.match(ex.host, "GET", ex.path, ex.query, dict(ex.headers))
+            if ex.match is None or ex.match.route.translate != "websocket":
+                answer = local_error(404, "route_not_found", f"no WebSocket route for {ex.host}{ex.path}")
+            else:
+                route_name = ex.match.route.name
+                answer = (
+                    await auth.authenticate(ex, state.providers, runtime.tracing)
+                    or authorize.authorize(ex, state.engine)
+                    or await ratelimit.limit(ex, state.rate_limits, runtime.limiter, runtime.tracing)
+                )
+        if answer is not None:
+            await websocket.refuse(send, answer.status, answer.header("x-meshgate-error") or "refused", scope)
+            runtime.observe(route_name, answer.status, started)
+            return
+        assert ex.match is not None
+        timeout = ex.match.route.timeout.total_seconds() if ex.match.route.timeout else websocket.IDLE_TIMEOUT
+        status = await websocket.relay(ex, scope, receive, send, runtime.client, idle_timeout=timeout)
+        runtime.observe(route_name, status, started)
 
     async def _handle(self, ex: Exchange, receive: Receive) -> Response:
         state = self.runtime.state

@@ -238,7 +238,7 @@ def serve_granian(args: argparse.Namespace) -> int:
         workers=args.workers,
         loop=Loops.uvloop,
         http=HTTPModes.auto,
-        websockets=False,
+        websockets=True,
         backlog=2048,
         http1_settings=HTTP1Settings(
             header_read_timeout=10_000, max_buffer_size=args.max_header_bytes + 8192

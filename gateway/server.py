@@ -19,8 +19,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
+import h11
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    RejectData,
+    TextMessage,
+)
+from wsproto.events import Message as WsMessage
+from wsproto.events import Request as WsRequest
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from mesh.h2 import Limits
 from mesh.transport.h1 import ClientInfo
@@ -195,6 +210,154 @@ class AsgiBridge:
         )
 
 
+class WebSocketBridge:
+    """ASGI ``websocket`` scopes for connections the HTTP/1.1 server hands over (``Upgrade: websocket``):
+    the handshake and frames with ``wsproto``; ``websocket.http.response`` lets the app refuse with
+    any HTTP answer."""
+
+    def __init__(self, app: Asgi, bridge: AsgiBridge) -> None:
+        self.app = app
+        self.bridge = bridge
+
+    async def __call__(
+        self,
+        event: h11.Request,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        leftover: bytes,
+        info: ClientInfo,
+    ) -> None:
+        """Serve one WebSocket connection until it closes."""
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.initiate_upgrade_connection(list(event.headers), event.target)
+            request = next(iter(handshake.events()))
+        except (RemoteProtocolError, StopIteration) as exc:
+            writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            log.info("bad WebSocket handshake from %s: %s", info.address, exc)
+            writer.close()
+            return
+        assert isinstance(request, WsRequest)
+        path, _, query = event.target.decode("latin-1").partition("?")
+        extensions: dict[str, Any] = {"websocket.http.response": {}}
+        if info.tls:
+            extensions["tls"] = self.bridge._tls(info)
+        scope: Scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "scheme": "wss" if info.tls else "ws",
+            "path": unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "root_path": "",
+            "headers": [(bytes(k).lower(), bytes(v)) for k, v in event.headers],
+            "client": (info.address, info.port),
+            "server": self.bridge.server,
+            "subprotocols": list(request.subprotocols),
+            "extensions": extensions,
+        }
+        state: dict[str, Any] = {"connected": False, "conn": None, "closed": False, "pending": leftover}
+        text_parts: list[str] = []
+        byte_parts: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            if data and not writer.is_closing():
+                writer.write(data)
+                await writer.drain()
+
+        async def receive() -> Message:
+            if not state["connected"]:
+                state["connected"] = True
+                return {"type": "websocket.connect"}
+            conn = state["conn"]
+            while conn is not None and not state["closed"]:
+                for ws_event in conn.events():
+                    if isinstance(ws_event, TextMessage):
+                        text_parts.append(ws_event.data)
+                        if ws_event.message_finished:
+                            text = "".join(text_parts)
+                            text_parts.clear()
+                            return {"type": "websocket.receive", "text": text}
+                    elif isinstance(ws_event, BytesMessage):
+                        byte_parts.append(bytes(ws_event.data))
+                        if ws_event.message_finished:
+                            data = b"".join(byte_parts)
+                            byte_parts.clear()
+                            return {"type": "websocket.receive", "bytes": data}
+                    elif isinstance(ws_event, Ping):
+                        await write(conn.send(ws_event.response()))
+                    elif isinstance(ws_event, CloseConnection):
+                        with contextlib.suppress(LocalProtocolError):
+                            await write(conn.send(ws_event.response()))
+                        state["closed"] = True
+                        return {"type": "websocket.disconnect", "code": ws_event.code}
+                data = state["pending"] or await reader.read(65536)
+                state["pending"] = b""
+                if not data:
+                    state["closed"] = True
+                    return {"type": "websocket.disconnect", "code": 1006}
+                try:
+                    conn.receive_data(data)
+                except RemoteProtocolError:
+                    state["closed"] = True
+                    return {"type": "websocket.disconnect", "code": 1002}
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            conn = state["conn"]
+            if kind == "websocket.accept":
+                extra = [(bytes(k), bytes(v)) for k, v in message.get("headers") or []]
+                await write(
+                    handshake.send(
+                        AcceptConnection(subprotocol=message.get("subprotocol"), extra_headers=extra)
+                    )
+                )
+                state["conn"] = handshake.connection
+            elif kind == "websocket.send" and conn is not None and not state["closed"]:
+                data = message.get("text")
+                await write(
+                    conn.send(WsMessage(data=data if data is not None else message.get("bytes") or b""))
+                )
+            elif kind == "websocket.close":
+                if conn is None:
+                    await write(handshake.send(RejectConnection(status_code=403)))
+                elif not state["closed"]:
+                    with contextlib.suppress(LocalProtocolError):
+                        await write(
+                            conn.send(
+                                CloseConnection(
+                                    code=int(message.get("code", 1000)), reason=message.get("reason")
+                                )
+                            )
+                        )
+                state["closed"] = True
+            elif kind == "websocket.http.response.start" and conn is None:
+                raw = [(bytes(k), bytes(v)) for k, v in message.get("headers") or []]
+                await write(
+                    handshake.send(
+                        RejectConnection(status_code=int(message["status"]), headers=raw, has_body=True)
+                    )
+                )
+            elif kind == "websocket.http.response.body" and conn is None:
+                more = bool(message.get("more_body", False))
+                await write(
+                    handshake.send(RejectData(data=bytes(message.get("body", b"")), body_finished=not more))
+                )
+                if not more:
+                    state["closed"] = True
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            log.exception("ASGI app failed on a WebSocket from %s", info.address)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
@@ -210,7 +373,15 @@ async def serve(
 ) -> asyncio.AbstractServer:
     """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``."""
     bridge = AsgiBridge(app, server=(host, port))
-    return await serve_sniffing(bridge, host, port, limits, ssl_context=ssl_context, reuse_port=reuse_port)
+    return await serve_sniffing(
+        bridge,
+        host,
+        port,
+        limits,
+        ssl_context=ssl_context,
+        reuse_port=reuse_port,
+        upgrade=WebSocketBridge(app, bridge),
+    )
 
 
 class Lifespan:

@@ -157,7 +157,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         has_body=has_body,
         te_trailers=te_trailers,
         trailers_ok="http.response.trailers" in extensions,
-        method=str(scope["method"]),
+        method=str(scope.get("method") or "GET"),  # a WebSocket scope has none: its handshake is a GET
         path=path or "/",
         query=(scope.get("query_string") or b"").decode("latin-1"),
         host=host,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from mesh.transport.h1 import H1Pool, UpstreamError
 from mesh.transport.h2c import H2cPool
 from mesh.transport.messages import Request, Response, error_response, for_caller
-from mesh.transport.tunnel import connect_app
+from mesh.transport.tunnel import connect_app, websocket_app
 from shared.policy.engine import PolicyEngine
 from shared.policy.request import Caller, split_spiffe_id
 from shared.policy.request import Request as PolicyRequest
@@ -21,11 +21,15 @@ MESH_HEADERS = frozenset({"x-meshgate-peer", "x-meshgate-principal"})
 
 
 def policy_request(request: Request) -> PolicyRequest:
-    """The engine's view of a request: method, path, headers (repeated ones joined with commas)."""
+    """The engine's view of a request: method, path, headers (repeated ones joined with commas). A
+    WebSocket (extended CONNECT with ``:protocol websocket``) is seen as the GET of its handshake."""
     headers: dict[str, str] = {}
     for key, value in request.headers:
         headers[key] = f"{headers[key]},{value}" if key in headers else value
-    return PolicyRequest(request.method, request.path, headers)
+    method = request.method
+    if method == "CONNECT" and headers.get(":protocol") == "websocket":
+        method = "GET"
+    return PolicyRequest(method, request.path, headers)
 
 
 class InboundHandler:
@@ -92,6 +96,8 @@ class InboundHandler:
         if principal is not None and engine is not None and self._from_gateway(engine, caller_id):
             request.headers.append(("x-meshgate-principal", principal))
         try:
+            if request.method == "CONNECT" and request.header(":protocol") == "websocket":
+                return await websocket_app(request, self.app.host, self.app.port, self.service)
             if request.method == "CONNECT":  # a TCP tunnel, authorized above as it opens
                 return await connect_app(request, self.app.host, self.app.port)
             if self.grpc_app is not None and self._speaks_grpc():

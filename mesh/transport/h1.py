@@ -50,6 +50,17 @@ def client_info(transport_like: object, protocol: str = "1.1") -> ClientInfo:
 
 
 H1Handler = Callable[[Request, ClientInfo], Awaitable[Response]]
+#: Takes over a connection whose request asked for a WebSocket (request, reader, writer, bytes already
+#: read past the request, client).
+UpgradeHandler = Callable[
+    [h11.Request, asyncio.StreamReader, asyncio.StreamWriter, bytes, ClientInfo], Awaitable[None]
+]
+
+
+def _wants_websocket(headers: Headers) -> bool:
+    upgrade = any(k == "upgrade" and "websocket" in v.lower() for k, v in headers)
+    connection = any(k == "connection" and "upgrade" in v.lower() for k, v in headers)
+    return upgrade and connection
 
 
 def _reason(status: int) -> bytes:
@@ -90,8 +101,10 @@ class H1Server:
         max_header_bytes: int = 65536,
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
+        upgrade: UpgradeHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.upgrade = upgrade
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
@@ -179,6 +192,13 @@ class H1Server:
         if len(hosts) > 1:  # RFC 9112 section 3.2: 400 for more than one Host (h11 lets it pass)
             await self._refuse(conn, writer, h11.RemoteProtocolError("more than one Host header", 400))
             return False
+        if self.upgrade is not None and event.method == b"GET" and _wants_websocket(headers):
+            # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here
+            while conn.their_state is h11.SEND_BODY:
+                conn.next_event()
+            leftover, _ = conn.trailing_data
+            await self.upgrade(event, reader, writer, bytes(leftover), info)
+            return False
         names = {k for k, _ in headers}
         if "content-length" in names and "transfer-encoding" in names:
             # RFC 9112 section 6.1: a smuggling attempt (h11 would go by Transfer-Encoding and read the
@@ -247,10 +267,10 @@ class H1Server:
         # has nothing to read but its end); otherwise the connection is unusable and closes
         while conn.their_state is h11.SEND_BODY:
             try:
-                leftover = conn.next_event()
+                rest = conn.next_event()
             except h11.RemoteProtocolError:
                 return False
-            if not isinstance(leftover, h11.Data | h11.EndOfMessage):
+            if not isinstance(rest, h11.Data | h11.EndOfMessage):
                 break  # NEED_DATA: the rest is not here yet
         return conn.their_state is not h11.SEND_BODY
 

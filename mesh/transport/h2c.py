@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh.h2 import Limits
-from mesh.transport.h1 import ClientInfo, H1Server, UpstreamError, client_info
+from mesh.transport.h1 import ClientInfo, H1Server, UpgradeHandler, UpstreamError, client_info
 from mesh.transport.h2conn import H2Protocol, StreamError
 from mesh.transport.messages import Request, Response
 
@@ -142,12 +142,13 @@ async def serve_sniffing(
     *,
     ssl_context: ssl.SSLContext | None = None,
     reuse_port: bool = False,
+    upgrade: UpgradeHandler | None = None,
 ) -> asyncio.Server:
     """A listener serving HTTP/1.1 and HTTP/2 with the same ``handler``, told apart by the HTTP/2
     preface (h2c with prior knowledge in plaintext; over TLS the preface follows ALPN h2); when
     ``tcp()`` returns a connection handler (the upstream is a TCP service), connections go to it as
     they are, unsniffed."""
-    h1 = H1Server(handler)
+    h1 = H1Server(handler, upgrade=upgrade)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: _Sniffer(h1, handler, limits or Limits(), tcp),

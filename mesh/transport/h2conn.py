@@ -484,7 +484,16 @@ class H2Protocol(asyncio.Protocol):
         Raises StreamError (``retryable`` for REFUSED_STREAM and GOAWAY before processing).
         """
         tunnel = request.method == "CONNECT"
-        if tunnel:  # RFC 9113 section 8.5: only :method and :authority
+        protocol = request.header(":protocol") if tunnel else None
+        if protocol:  # extended CONNECT (RFC 8441): a WebSocket carried on this stream
+            head = [
+                (":method", "CONNECT"),
+                (":protocol", protocol),
+                (":scheme", request.scheme or "https"),
+                (":authority", request.authority),
+                (":path", request.path),
+            ]
+        elif tunnel:  # RFC 9113 section 8.5: only :method and :authority
             head = [(":method", "CONNECT"), (":authority", request.authority)]
         else:
             head = [

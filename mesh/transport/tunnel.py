@@ -85,3 +85,94 @@ def tcp_listener(
                 await writer.wait_closed()
 
     return handle
+
+
+#: Headers of the client's WebSocket handshake that the app gets (the mesh sets its own key, version
+#: and no extensions: frames pass through the gateway unchanged, so nothing may transform them).
+WS_FORWARD_SKIP = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "host", "content-length"}
+)
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+async def websocket_app(
+    request: Request, host: str, port: int, service: str, timeout: float = 10.0
+) -> Response:
+    """Inbound end of a WebSocket carried on an extended CONNECT stream (RFC 8441): the HTTP/1.1
+    upgrade to the app, then the stream and the socket joined. The app's answer other than 101 comes
+    back as it is (its status, headers and body); 200 with the chosen subprotocol means upgraded.
+
+    Raises UpstreamError(``connect_failure``) when the app cannot be reached, ``upstream_reset`` when
+    it breaks the handshake.
+    """
+    import base64
+    import hashlib
+    import os
+
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError) as exc:
+        raise UpstreamError("connect_failure", f"cannot connect to the app at {host}:{port}: {exc}") from exc
+    key = base64.b64encode(os.urandom(16))
+    lines = [
+        f"GET {request.path} HTTP/1.1".encode(),
+        f"Host: {service}".encode(),
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Key: " + key,
+        b"Sec-WebSocket-Version: 13",
+    ]
+    for name, value in request.headers:
+        if name.startswith(":") or name in WS_FORWARD_SKIP or "\r" in value or "\n" in value:
+            continue
+        lines.append(f"{name}: {value}".encode("latin-1"))
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError) as exc:
+        writer.close()
+        raise UpstreamError("upstream_reset", f"the app broke the WebSocket handshake: {exc}") from exc
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
+    headers = []
+    for line in header_lines:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers.append((name.strip().lower(), value.strip()))
+    values = dict(headers)
+    if status != 101:
+        length = (
+            int(values.get("content-length", "0") or 0) if values.get("content-length", "0").isdigit() else 0
+        )
+        body = await reader.read(min(length, 65536)) if length else b""
+        writer.close()
+        kept = [
+            (k, v)
+            for k, v in headers
+            if k not in ("connection", "upgrade", "transfer-encoding", "content-length")
+        ]
+        return Response(status, [*kept, ("content-length", str(len(body)))], _once(body))
+    accept = base64.b64encode(hashlib.sha1(key + WS_GUID, usedforsecurity=False).digest()).decode()
+    if values.get("sec-websocket-accept") != accept:
+        writer.close()
+        raise UpstreamError(
+            "upstream_reset", "the app answered the WebSocket handshake with a wrong accept key"
+        )
+    upstream = asyncio.get_running_loop().create_task(pump(request.body, writer))
+
+    def closed() -> None:
+        upstream.cancel()
+        writer.close()
+
+    out = (
+        [("sec-websocket-protocol", values["sec-websocket-protocol"])]
+        if "sec-websocket-protocol" in values
+        else []
+    )
+    return Response(200, out, socket_bytes(reader), on_close=closed)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
