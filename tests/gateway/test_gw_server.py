@@ -202,3 +202,91 @@ def test_lifespan_failure_is_reported() -> None:
         return ""
 
     assert run(go()) == "no control plane"
+
+
+def test_grpc_over_tls_with_alpn_h2_and_trailers(tmp_path: Path) -> None:
+    """A grpcio client over TLS (ALPN h2) to our server: messages, status and trailers arrive."""
+    import grpc
+
+    cert_file, key_file = _localhost_cert(tmp_path)
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        payload = body[5:].upper()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/grpc")],
+                "trailers": True,
+            }
+        )
+        await send(
+            {"type": "http.response.body", "body": b"\x00" + len(payload).to_bytes(4, "big") + payload}
+        )
+        await send(
+            {
+                "type": "http.response.trailers",
+                "headers": [(b"grpc-status", b"0"), (b"x-extra-bin", b"AAH/")],
+            }
+        )
+
+    async def go() -> tuple[bytes, dict[str, object]]:
+        ctx = tls_context(str(cert_file), str(key_file))
+        server = await serve(app, "127.0.0.1", 0, ssl_context=ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            credentials = grpc.ssl_channel_credentials(root_certificates=cert_file.read_bytes())
+            options = (("grpc.ssl_target_name_override", "localhost"),)
+
+            def call() -> tuple[bytes, dict[str, object]]:
+                with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options) as channel:
+                    reply, call_ = channel.unary_unary("/echo.Echo/Say").with_call(b"tls", timeout=10)
+                    return reply, dict(call_.trailing_metadata())
+
+            return await asyncio.get_running_loop().run_in_executor(None, call)
+        finally:
+            server.close()
+
+    reply, trailers = run(go())
+    assert reply == b"TLS"
+    assert trailers["x-extra-bin"] == b"\x00\x01\xff"
+
+
+def _localhost_cert(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for DNS name ``localhost`` (what grpcio checks)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "localhost.pem", tmp / "localhost.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
