@@ -18,9 +18,10 @@ from gateway.auth.base import Authenticator
 from gateway.middleware.hygiene import HygieneSettings
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
+from mesh.admin import admin_response
 from mesh.outbound.client import MeshClient
 from mesh.transport.h1 import ClientInfo, H1Server
-from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.messages import Request, Response
 from mesh.transport.pool import H2Pool
 from shared.config.model.edge import AuthProvider, RateLimit
 from shared.config.model.mesh import TrafficPolicy
@@ -310,26 +311,6 @@ class GatewayRuntime:
         return "\n".join(lines) + "\n" + self.metrics.render()
 
     async def _serve_admin(self, request: Request, info: ClientInfo) -> Response:
-        path = request.path.split("?", 1)[0]
-        async for _ in request.body:
-            pass
-        if path == "/healthz":
-            return _text(200, "ok\n")
-        if path == "/readyz":
-            return (
-                _text(200, "ready\n")
-                if self.ready
-                else _text(503, "not ready: no certificate or configuration\n")
-            )
-        if path == "/metrics":
-            return _text(200, self.render_metrics(), "text/plain; version=0.0.4")
-        if path == "/config":
-            return _text(200, json.dumps(self.describe(), indent=2) + "\n", "application/json")
-        return _text(404, "not found\n")
-
-
-def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
-    data = text.encode()
-    return Response(
-        status, [("content-type", content_type), ("content-length", str(len(data)))], body_of(data)
-    )
+        return await admin_response(
+            request, ready=lambda: self.ready, metrics=self.render_metrics, describe=self.describe
+        )

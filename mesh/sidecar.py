@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.admin import admin_response
 from mesh.inbound.handler import InboundHandler
 from mesh.inbound.server import InboundServer
 from mesh.measure import RequestMetrics
@@ -19,7 +19,7 @@ from mesh.outbound.client import MeshClient
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
 from mesh.transport.h2c import H2cPool, TcpHandler, TcpMode, serve_sniffing
-from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.messages import Request, Response
 from mesh.transport.pool import H2Pool
 from mesh.transport.tunnel import tcp_listener
 from shared.config.policyset import PolicySet
@@ -207,25 +207,13 @@ class Sidecar:
         await heartbeat_loop(self.registry, cfg.check, cfg.heartbeat_interval, self.stopping)
 
     async def _admin(self, request: Request, info: ClientInfo) -> Response:
-        path = request.path.split("?", 1)[0]
-        async for _ in request.body:
-            pass
-        if path == "/healthz":
-            return _text(200, "ok\n")
-        if path == "/readyz":
-            return (
-                _text(200, "ready\n")
-                if self.ready
-                else _text(503, "not ready: no certificate or configuration\n")
-            )
-        if path == "/metrics":
-            return _text(200, self.metrics(), "text/plain; version=0.0.4")
-        if path == "/config":
-            return _text(200, json.dumps(self.describe(), indent=2) + "\n", "application/json")
-        if path == "/quitquitquit" and request.method == "POST":
-            self.stopping.set()
-            return _text(200, "stopping\n")
-        return _text(404, "not found\n")
+        return await admin_response(
+            request,
+            ready=lambda: self.ready,
+            metrics=self.metrics,
+            describe=self.describe,
+            quit=self.stopping.set,
+        )
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, for ``/config``."""
@@ -289,10 +277,3 @@ class Sidecar:
         await self.grpc_app.close()
         await self.registry.close()
         self.tracing.shutdown()
-
-
-def _text(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
-    data = text.encode()
-    return Response(
-        status, [("content-type", content_type), ("content-length", str(len(data)))], body_of(data)
-    )
