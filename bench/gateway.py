@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,7 @@ assert _spec is not None and _spec.loader is not None
 bm: Any = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bm)
 
-MESHGATE = bm.MESHGATE
-TD = "bench.meshgate.local"
+TD = bm.TD
 API_KEY = "bench-key-0123456789"
 
 POLICIES = f"""\
@@ -147,60 +145,8 @@ def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[dict[str, tup
     policies = stack.tmp / "policies"
     policies.mkdir()
     (policies / "bench.yaml").write_text(POLICIES)
-    cp_port = bm.free_port()
-    cp = f"https://127.0.0.1:{cp_port}"
-    data = stack.tmp / "cp"
-    stack.start(
-        "cp",
-        MESHGATE,
-        "control-plane",
-        "--policies",
-        str(policies),
-        "--data-dir",
-        str(data),
-        "--listen",
-        f"127.0.0.1:{cp_port}",
-        "--log-level",
-        "warning",
-    )
-    bm.wait(lambda: bm.ok(f"{cp}/readyz"), what="control plane")
-
-    def token(service: str) -> Path:
-        out = subprocess.run(
-            [MESHGATE, "token", "create", "--data-dir", str(data), "--service", service],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        path = stack.tmp / f"{service}-{bm.free_port()}.token"
-        path.write_text(out)
-        return path
-
-    admin = bm.free_port()
-    sidecar = stack.start(
-        "sidecar-orders",
-        MESHGATE,
-        "sidecar",
-        "--service",
-        "orders",
-        "--app",
-        f"http://127.0.0.1:{app_port}",
-        "--control-plane",
-        cp,
-        "--token",
-        str(token("orders")),
-        "--cache-dir",
-        str(stack.tmp / "cache-orders"),
-        "--inbound",
-        f"127.0.0.1:{bm.free_port()}",
-        "--outbound",
-        f"127.0.0.1:{bm.free_port()}",
-        "--admin",
-        f"127.0.0.1:{admin}",
-        "--log-level",
-        "warning",
-    )
-    bm.wait(lambda: bm.ok(f"http://127.0.0.1:{admin}/readyz"), what="orders sidecar")
+    cp, data = bm.start_control_plane(stack, policies)
+    sidecar, _admin = bm.start_sidecar(stack, cp, data, "orders", app_port)
     gateways = {}
     for name, extra in (
         ("plain", ["--trace-sample", "0"]),
@@ -211,75 +157,16 @@ def start_mesh(stack: Any, app_port: int, redis_url: str) -> tuple[dict[str, tup
             ["--redis", redis_url, "--trace-sample", "0.01", "--trace-file", str(stack.tmp / "spans.jsonl")],
         ),
     ):
-        port, gw_admin = bm.free_port(), bm.free_port()
-        proc = stack.start(
-            f"gateway-{name}",
-            MESHGATE,
-            "gateway",
-            "--control-plane",
-            cp,
-            "--token",
-            str(token("gateway")),
-            "--cache-dir",
-            str(stack.tmp / f"cache-gw-{name}"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{gw_admin}",
-            "--log-level",
-            "warning",
-            *extra,
-        )
-        bm.wait(
-            lambda gw_admin=gw_admin: bm.ok(f"http://127.0.0.1:{gw_admin}/readyz"), what=f"gateway {name}"
-        )
-
-        def knows(gw_admin: int = gw_admin) -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{gw_admin}/config", timeout=2) as r:
-                return bool(json.load(r)["endpoints"].get("orders"))
-
-        bm.wait(knows, what=f"gateway {name} to learn orders")
+        proc, port = bm.start_gateway(stack, cp, data, *extra, name=f"gateway-{name}", learn=("orders",))
         gateways[name] = (port, proc.pid)
     return gateways, sidecar.pid
 
 
 def start_reference(stack: Any, app_port: int) -> tuple[int, list[int]]:
     """nginx edge -> HTTPS + client certificate -> nghttpx (verifies it) -> app."""
-    from cryptography.hazmat.primitives import serialization
-
-    from shared.identity.ca import CertificateAuthority, chain_pem
-    from shared.identity.spiffeid import workload_id
-
-    ca = CertificateAuthority.init(stack.tmp / "ref-ca", TD)
-    files = {}
-    for name in ("edge", "back"):
-        chain, key = ca.issue(workload_id(TD, f"ref-{name}"))
-        (stack.tmp / f"{name}.pem").write_bytes(chain_pem(chain))
-        (stack.tmp / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        files[name] = (stack.tmp / f"{name}.pem", stack.tmp / f"{name}.key")
-    (stack.tmp / "root.pem").write_bytes(ca.bundle().to_pem().encode())
+    files = bm.reference_certificates(stack, "ref", "edge", "back")
     back, edge = bm.free_port(), bm.free_port()
-    b = stack.start(
-        "nghttpx-back",
-        "nghttpx",
-        "--conf=/dev/null",
-        "--workers=1",
-        "--no-ocsp",
-        "--no-server-push",
-        f"--frontend=127.0.0.1,{back}",
-        f"--backend=127.0.0.1,{app_port};;proto=http/1.1",
-        "--verify-client",
-        f"--verify-client-cacert={stack.tmp / 'root.pem'}",
-        "--tls-min-proto-version=TLSv1.3",
-        "--pid-file",
-        str(stack.tmp / "back.pid"),
-        str(files["back"][1]),
-        str(files["back"][0]),
-    )
+    b = bm.start_nghttpx_back(stack, back, app_port, files["back"])
     conf = stack.tmp / "edge.conf"
     conf.write_text(
         f"""daemon off; worker_processes 1; pid {stack.tmp}/edge.pid; error_log {stack.tmp}/edge.err;

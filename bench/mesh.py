@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 MESHGATE = str(Path(sys.executable).parent / "meshgate")
 TD = "bench.meshgate.local"
 BODY = b"x" * 1024
+NGHTTPX_COMMON = ("--conf=/dev/null", "--workers=1", "--no-ocsp", "--no-server-push")
 
 
 def free_port() -> int:
@@ -110,17 +111,170 @@ class Stack:
                 proc.kill()
 
 
-def start_nginx(stack: Stack, port: int) -> None:
-    conf = stack.tmp / "nginx.conf"
+def start_nginx(
+    stack: Stack, port: int, body: str = BODY.decode(), content_type: str = "text/plain", name: str = "nginx"
+) -> subprocess.Popen[bytes]:
+    """nginx (one worker) answering every request with 200 and ``body``; its files are ``name.*``."""
+    conf = stack.tmp / f"{name}.conf"
     conf.write_text(
-        f"""daemon off; worker_processes 1; pid {stack.tmp}/nginx.pid; error_log {stack.tmp}/nginx.err;
+        f"""daemon off; worker_processes 1; pid {stack.tmp}/{name}.pid; error_log {stack.tmp}/{name}.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000;
   server {{ listen 127.0.0.1:{port};
-    location / {{ default_type text/plain; return 200 "{BODY.decode()}"; }} }} }}
+    location / {{ default_type {content_type}; return 200 '{body}'; }} }} }}
 """
     )
-    stack.start("nginx", "nginx", "-c", str(conf), "-e", str(stack.tmp / "nginx.err"))
+    return stack.start(name, "nginx", "-c", str(conf), "-e", str(stack.tmp / f"{name}.err"))
+
+
+def start_control_plane(stack: Stack, policies: Path) -> tuple[str, Path]:
+    """``meshgate control-plane`` on a free port with ``policies``: its URL once ready, its data folder."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    data = stack.tmp / "cp"
+    stack.start(
+        "cp",
+        MESHGATE,
+        "control-plane",
+        "--policies",
+        str(policies),
+        "--data-dir",
+        str(data),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+    )
+    wait(lambda: ok(f"{url}/readyz"), what="control plane")
+    return url, data
+
+
+def join_token(stack: Stack, data: Path, service: str) -> Path:
+    """A new join token file for ``service`` (``meshgate token create``; a fresh file every call)."""
+    out = subprocess.run(
+        [MESHGATE, "token", "create", "--data-dir", str(data), "--service", service],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    path = stack.tmp / f"{service}-{free_port()}.token"
+    path.write_text(out)
+    return path
+
+
+def knows(admin: int, *services: str) -> bool:
+    """True once the admin ``/config`` on port ``admin`` has endpoints for every one of ``services``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=2) as r:
+        endpoints = json.load(r)["endpoints"]
+    return all(endpoints.get(s) for s in services)
+
+
+def start_sidecar(
+    stack: Stack, cp: str, data: Path, service: str, app_port: int, *extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A sidecar for ``service`` in front of ``app_port`` (``extra``: more arguments): the process once
+    ready, and its admin port."""
+    admin = free_port()
+    proc = stack.start(
+        f"sidecar-{service}",
+        MESHGATE,
+        "sidecar",
+        "--service",
+        service,
+        "--app",
+        f"http://127.0.0.1:{app_port}",
+        "--control-plane",
+        cp,
+        "--token",
+        str(join_token(stack, data, service)),
+        "--cache-dir",
+        str(stack.tmp / f"cache-{service}"),
+        "--inbound",
+        f"127.0.0.1:{free_port()}",
+        "--outbound",
+        f"127.0.0.1:{free_port()}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--log-level",
+        "warning",
+        *extra,
+    )
+    wait(lambda: ok(f"http://127.0.0.1:{admin}/readyz"), what=f"{service} sidecar")
+    return proc, admin
+
+
+def start_gateway(
+    stack: Stack, cp: str, data: Path, *extra: str, name: str = "gateway", learn: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``meshgate gateway`` (service ``gateway``; ``extra``: more arguments): the process once ready and
+    once it has endpoints for every one of ``learn``, and its port."""
+    port, admin = free_port(), free_port()
+    proc = stack.start(
+        name,
+        MESHGATE,
+        "gateway",
+        "--control-plane",
+        cp,
+        "--token",
+        str(join_token(stack, data, "gateway")),
+        "--cache-dir",
+        str(stack.tmp / f"cache-{name}"),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--log-level",
+        "warning",
+        *extra,
+    )
+    wait(lambda: ok(f"http://127.0.0.1:{admin}/readyz"), what=name)
+    if learn:
+        wait(lambda: knows(admin, *learn), what=f"{name} to learn {', '.join(learn)}")
+    return proc, port
+
+
+def reference_certificates(stack: Stack, prefix: str, *names: str) -> dict[str, tuple[Path, Path]]:
+    """A private CA (its root in ``root.pem``) and, for each of ``names``, a certificate chain and key
+    (SPIFFE ID ``prefix-name``): name -> (chain file, key file)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from shared.identity.ca import CertificateAuthority, chain_pem
+    from shared.identity.spiffeid import workload_id
+
+    ca = CertificateAuthority.init(stack.tmp / "ref-ca", TD)
+    files = {}
+    for name in names:
+        chain, key = ca.issue(workload_id(TD, f"{prefix}-{name}"))
+        (stack.tmp / f"{name}.pem").write_bytes(chain_pem(chain))
+        (stack.tmp / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        files[name] = (stack.tmp / f"{name}.pem", stack.tmp / f"{name}.key")
+    (stack.tmp / "root.pem").write_bytes(ca.bundle().to_pem().encode())
+    return files
+
+
+def start_nghttpx_back(
+    stack: Stack, port: int, app_port: int, cert: tuple[Path, Path]
+) -> subprocess.Popen[bytes]:
+    """nghttpx (one worker) on ``port``: TLS 1.3 in with a client certificate verified against
+    ``root.pem``, HTTP/1.1 out to ``app_port``; ``cert``: its (chain file, key file)."""
+    return stack.start(
+        "nghttpx-back",
+        "nghttpx",
+        *NGHTTPX_COMMON,
+        f"--frontend=127.0.0.1,{port}",
+        f"--backend=127.0.0.1,{app_port};;proto=http/1.1",
+        "--verify-client",
+        f"--verify-client-cacert={stack.tmp / 'root.pem'}",
+        "--tls-min-proto-version=TLSv1.3",
+        "--pid-file",
+        str(stack.tmp / "back.pid"),
+        str(cert[1]),
+        str(cert[0]),
+    )
 
 
 def start_meshgate(stack: Stack, app_port: int) -> tuple[int, list[int]]:
@@ -134,112 +288,27 @@ def start_meshgate(stack: Stack, app_port: int) -> tuple[int, list[int]]:
         "rules:\n  - action: allow\n    from: {services: [bench]}\n"
         "    to: {methods: [GET, POST], paths: ['/*']}\n"
     )
-    cp_port = free_port()
-    cp = f"https://127.0.0.1:{cp_port}"
-    data = stack.tmp / "cp"
-    stack.start(
-        "cp",
-        MESHGATE,
-        "control-plane",
-        "--policies",
-        str(policies),
-        "--data-dir",
-        str(data),
-        "--listen",
-        f"127.0.0.1:{cp_port}",
-        "--log-level",
-        "warning",
-    )
-    wait(lambda: ok(f"{cp}/readyz"), what="control plane")
+    cp, data = start_control_plane(stack, policies)
     pids = []
     outbound = 0
-    for service, app in (("orders", app_port), ("bench", app_port)):
-        token = subprocess.run(
-            [MESHGATE, "token", "create", "--data-dir", str(data), "--service", service],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        (stack.tmp / f"{service}.token").write_text(token)
-        admin = free_port()
-        out = free_port()
+    for service in ("orders", "bench"):
         upstream = free_port()
-        proc = stack.start(
-            f"sidecar-{service}",
-            MESHGATE,
-            "sidecar",
-            "--service",
-            service,
-            "--app",
-            f"http://127.0.0.1:{app}",
-            "--control-plane",
-            cp,
-            "--token",
-            str(stack.tmp / f"{service}.token"),
-            "--cache-dir",
-            str(stack.tmp / f"cache-{service}"),
-            "--inbound",
-            f"127.0.0.1:{free_port()}",
-            "--outbound",
-            f"127.0.0.1:{out}",
-            "--upstream",
-            f"{upstream}=orders",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--log-level",
-            "warning",
-        )
+        proc, admin = start_sidecar(stack, cp, data, service, app_port, "--upstream", f"{upstream}=orders")
         pids.append(proc.pid)
-        wait(lambda admin=admin: ok(f"http://127.0.0.1:{admin}/readyz"), what=f"sidecar {service}")
         if service == "bench":
             outbound = upstream  # the per-upstream port: h2load cannot name the service in Host
-
-            def knows(admin: int = admin) -> bool:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=2) as r:
-                    return bool(json.load(r)["endpoints"].get("orders"))
-
-            wait(knows, what="bench sidecar to learn orders")
+            wait(lambda admin=admin: knows(admin, "orders"), what="bench sidecar to learn orders")
     return outbound, pids
 
 
 def start_nghttpx_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
-    from cryptography.hazmat.primitives import serialization
-
-    from shared.identity.ca import CertificateAuthority, chain_pem
-    from shared.identity.spiffeid import workload_id
-
-    ca = CertificateAuthority.init(stack.tmp / "ref-ca", TD)
-    files = {}
-    for name in ("front", "back"):
-        chain, key = ca.issue(workload_id(TD, f"nghttpx-{name}"))
-        (stack.tmp / f"{name}.pem").write_bytes(chain_pem(chain))
-        (stack.tmp / f"{name}.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        files[name] = (str(stack.tmp / f"{name}.pem"), str(stack.tmp / f"{name}.key"))
-    (stack.tmp / "root.pem").write_bytes(ca.bundle().to_pem().encode())
+    files = reference_certificates(stack, "nghttpx", "front", "back")
     front, back = free_port(), free_port()
-    common = ["--conf=/dev/null", "--workers=1", "--no-ocsp", "--no-server-push"]
-    b = stack.start(
-        "nghttpx-back",
-        "nghttpx",
-        *common,
-        f"--frontend=127.0.0.1,{back}",
-        f"--backend=127.0.0.1,{app_port};;proto=http/1.1",
-        "--verify-client",
-        f"--verify-client-cacert={stack.tmp / 'root.pem'}",
-        "--tls-min-proto-version=TLSv1.3",
-        "--pid-file",
-        str(stack.tmp / "back.pid"),
-        files["back"][1],
-        files["back"][0],
-    )
+    b = start_nghttpx_back(stack, back, app_port, files["back"])
     f = stack.start(
         "nghttpx-front",
         "nghttpx",
-        *common,
+        *NGHTTPX_COMMON,
         f"--frontend=127.0.0.1,{front};no-tls",
         f"--backend=127.0.0.1,{back};;tls;proto=h2",
         "--insecure",

@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ _gw_spec.loader.exec_module(gw)
 sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
 from protos_testlib import compile_protos  # noqa: E402  (the test protos: shop.proto)
 
-TD = "bench.meshgate.local"
+TD = bm.TD
 POLICIES = f"""\
 apiVersion: meshgate/v1
 kind: Mesh
@@ -151,16 +150,7 @@ server.wait_for_termination()
 
 def start_json_app(stack: Any, port: int) -> None:
     """nginx answering every request with the book as JSON (the plain route's app)."""
-    conf = stack.tmp / "json-nginx.conf"
-    conf.write_text(
-        f"""daemon off; worker_processes 1; pid {stack.tmp}/json.pid; error_log {stack.tmp}/json.err;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port};
-    location / {{ default_type application/json; return 200 '{BOOK_JSON}'; }} }} }}
-"""
-    )
-    stack.start("json-app", "nginx", "-c", str(conf), "-e", str(stack.tmp / "json.err"))
+    bm.start_nginx(stack, port, BOOK_JSON, "application/json", name="json-app")
     bm.wait(lambda: bm.ok(f"http://127.0.0.1:{port}/"), what="json app")
 
 
@@ -214,80 +204,16 @@ def main() -> int:
         policies.mkdir()
         (policies / "bench.yaml").write_text(POLICIES)
         compile_protos(policies)
-        cp_port = bm.free_port()
-        cp = f"https://127.0.0.1:{cp_port}"
-        stack.start(
-            "cp",
-            bm.MESHGATE,
-            "control-plane",
-            "--policies",
-            str(policies),
-            "--data-dir",
-            str(tmp / "cp"),
-            "--listen",
-            f"127.0.0.1:{cp_port}",
-            "--log-level",
-            "warning",
-        )
-        bm.wait(lambda: bm.ok(f"{cp}/readyz"), what="control plane")
-
-        def token(service: str) -> str:
-            out = subprocess.run(
-                [bm.MESHGATE, "token", "create", "--data-dir", str(tmp / "cp"), "--service", service],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            path = tmp / f"{service}.token"
-            path.write_text(out)
-            return str(path)
-
-        def sidecar_for(service: str, app_port: int) -> Any:
-            admin = bm.free_port()
-            proc = stack.start(
-                f"sidecar-{service}", bm.MESHGATE, "sidecar", "--service", service,
-                "--app", f"http://127.0.0.1:{app_port}", "--control-plane", cp, "--token", token(service),
-                "--cache-dir", str(tmp / f"cache-{service}"), "--inbound", f"127.0.0.1:{bm.free_port()}",
-                "--outbound", f"127.0.0.1:{bm.free_port()}", "--admin", f"127.0.0.1:{admin}",
-                "--log-level", "warning",
-            )  # fmt: skip
-            bm.wait(lambda: bm.ok(f"http://127.0.0.1:{admin}/readyz"), what=f"{service} sidecar")
-            return proc
-
-        sidecar = sidecar_for("echo", app)
+        cp, cp_data = bm.start_control_plane(stack, policies)
+        sidecar, _ = bm.start_sidecar(stack, cp, cp_data, "echo", app)
         shop_port, books_port = bm.free_port(), bm.free_port()
         stack.start("shop-app", sys.executable, "-c", SHOP_SERVER, str(shop_port), str(policies))
         start_json_app(stack, books_port)
-        shop_sidecar = sidecar_for("shop", shop_port)
-        books_sidecar = sidecar_for("books", books_port)
-        gw_port, gw_admin = bm.free_port(), bm.free_port()
-        gateway = stack.start(
-            "gateway",
-            bm.MESHGATE,
-            "gateway",
-            "--control-plane",
-            cp,
-            "--token",
-            token("gateway"),
-            "--cache-dir",
-            str(tmp / "cache-gw"),
-            "--listen",
-            f"127.0.0.1:{gw_port}",
-            "--admin",
-            f"127.0.0.1:{gw_admin}",
-            "--log-level",
-            "warning",
-            "--trace-sample",
-            "0",
+        shop_sidecar, _ = bm.start_sidecar(stack, cp, cp_data, "shop", shop_port)
+        books_sidecar, _ = bm.start_sidecar(stack, cp, cp_data, "books", books_port)
+        gateway, gw_port = bm.start_gateway(
+            stack, cp, cp_data, "--trace-sample", "0", learn=("echo", "shop", "books")
         )
-        bm.wait(lambda: bm.ok(f"http://127.0.0.1:{gw_admin}/readyz"), what="gateway")
-
-        def knows() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{gw_admin}/config", timeout=2) as r:
-                endpoints = json.load(r)["endpoints"]
-            return all(endpoints.get(s) for s in ("echo", "shop", "books"))
-
-        bm.wait(knows, what="gateway to learn its services")
         targets = {
             "direct": (f"http://127.0.0.1:{app}/echo.Echo/Say", []),
             "gateway": (f"http://127.0.0.1:{gw_port}/echo.Echo/Say", [gateway.pid, sidecar.pid]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,8 +12,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 MESHGATE = str(Path(sys.executable).parent / "meshgate")
@@ -169,6 +172,57 @@ class MeshStack:
         wait_until(lambda: http_ok(f"{sidecar.admin_url}/readyz"), what=f"{name} ready")
         return sidecar
 
+    def start_gateway(self, *extra: str, knows: Sequence[str] = (), name: str = "gateway") -> Gateway:
+        """Start ``meshgate gateway`` (joining as service ``gateway``) with ``extra`` arguments; returns
+        its ports once ready and once it has endpoints for every one of ``knows``."""
+        gateway = Gateway(name, free_port(), free_port())
+        self.procs.start(
+            name,
+            MESHGATE,
+            "gateway",
+            "--control-plane",
+            self.cp_url,
+            "--token",
+            str(self.token("gateway")),
+            "--cache-dir",
+            str(self.tmp / f"cache-{name}"),
+            "--listen",
+            f"127.0.0.1:{gateway.port}",
+            "--admin",
+            f"127.0.0.1:{gateway.admin_port}",
+            *extra,
+        )
+        wait_until(lambda: http_ok(f"{gateway.admin_url}/readyz"), what=f"{name} ready")
+        if knows:
+            wait_until(
+                lambda: admin_knows(gateway.admin_url, knows), what=f"{name} to learn {', '.join(knows)}"
+            )
+        return gateway
+
+
+def admin_knows(admin_url: str, services: Sequence[str]) -> bool:
+    """True once the admin ``/config`` at ``admin_url`` has endpoints for every one of ``services``."""
+    with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
+        endpoints = json.load(response)["endpoints"]
+    return all(endpoints.get(s) for s in services)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """The ports of a started gateway."""
+
+    name: str
+    port: int
+    admin_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
 
 class Sidecar:
     """The ports of a started sidecar."""
@@ -187,9 +241,7 @@ class Sidecar:
 
     def knows(self, *services: str) -> bool:
         """True once this sidecar has endpoints for every one of ``services``."""
-        with urllib.request.urlopen(f"{self.admin_url}/config", timeout=2) as response:
-            endpoints = json.load(response)["endpoints"]
-        return all(endpoints.get(s) for s in services)
+        return admin_knows(self.admin_url, services)
 
     def wait_knows(self, *services: str) -> None:
         """Wait until :meth:`knows` is true."""
@@ -200,6 +252,37 @@ def dump_logs(procs: Processes) -> None:
     """Every process's recent output on stderr (for a failing whole-stack test)."""
     for name in list(procs.procs):
         sys.stderr.write(f"--- {name} ---\n{procs.log(name)[-3000:]}\n")
+
+
+@contextlib.contextmanager
+def running(tmp: Path) -> Iterator[Processes]:
+    """:class:`Processes` logging to ``tmp``, every one stopped on exit; their output dumped on an error."""
+    procs = Processes(tmp)
+    try:
+        yield procs
+    except BaseException:
+        dump_logs(procs)
+        raise
+    finally:
+        procs.stop_all()
+
+
+@contextlib.contextmanager
+def grpc_server(service: str, handlers: Mapping[str, Any], workers: int = 8) -> Iterator[int]:
+    """A grpcio server (h2c on 127.0.0.1) for ``service`` with ``handlers`` (method name -> RPC method
+    handler); yields its port and stops it on exit."""
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(None)
 
 
 def start_echo_app(procs: Processes, name: str) -> int:

@@ -6,69 +6,23 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
-from e2e_lib import MESHGATE, MeshStack, Processes, copy_policies, dump_logs, free_port, http_ok, wait_until
-
-
-@dataclass
-class Edge:
-    procs: Processes
-    url: str
-    port: int
-    admin: str
+from e2e_lib import Gateway, MeshStack, copy_policies, running, start_echo_app
 
 
 @pytest.fixture(scope="module", params=["granian", "meshgate"])
-def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"edge-{request.param}")
-    procs = Processes(tmp)
-    try:
+    with running(tmp) as procs:
         stack = MeshStack(procs, tmp)
         stack.start_control_plane(copy_policies(tmp / "policies"))
         for name in ("orders", "web"):
-            port = free_port()
-            procs.start(
-                f"app-{name}", sys.executable, "examples/echo_app.py", "--name", name, "--port", str(port)
-            )
-            stack.start_sidecar(name, port)
-        port, admin = free_port(), free_port()
-        procs.start(
-            "gateway",
-            MESHGATE,
-            "gateway",
-            "--control-plane",
-            stack.cp_url,
-            "--token",
-            str(stack.token("gateway")),
-            "--cache-dir",
-            str(tmp / "cache-gateway"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--server",
-            request.param,
-        )
-        admin_url = f"http://127.0.0.1:{admin}"
-        wait_until(lambda: http_ok(f"{admin_url}/readyz"), what="gateway ready")
-
-        def knows_orders() -> bool:
-            with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
-                return bool(json.load(response)["endpoints"].get("orders"))
-
-        wait_until(knows_orders, what="gateway to learn orders")
-        yield Edge(procs, f"http://127.0.0.1:{port}", port, admin_url)
-    except BaseException:
-        dump_logs(procs)
-        raise
-    finally:
-        procs.stop_all()
+            stack.start_sidecar(name, start_echo_app(procs, name))
+        yield stack.start_gateway("--server", request.param, knows=["orders"])
 
 
 def curl(url: str, *extra: str) -> tuple[int, dict[str, str], str]:
@@ -101,7 +55,7 @@ def raw(port: int, data: bytes, wait: float = 2.0) -> bytes:
         return out
 
 
-def test_api_key_route_over_http11_and_h2c(edge: Edge) -> None:
+def test_api_key_route_over_http11_and_h2c(edge: Gateway) -> None:
     for extra in ((), ("--http2-prior-knowledge",)):
         status, headers, body = curl(f"{edge.url}/api/orders/7", "-H", "x-api-key: demo-key-alice", *extra)
         assert status == 200, body
@@ -112,21 +66,21 @@ def test_api_key_route_over_http11_and_h2c(edge: Edge) -> None:
         assert "ratelimit" in headers and "ratelimit-policy" in headers
 
 
-def test_missing_or_wrong_key_is_401_and_never_reaches_the_service(edge: Edge) -> None:
+def test_missing_or_wrong_key_is_401_and_never_reaches_the_service(edge: Gateway) -> None:
     status, headers, _ = curl(f"{edge.url}/api/orders/1")
     assert status == 401 and headers["x-meshgate-error"] == "unauthenticated"
     status, _, _ = curl(f"{edge.url}/api/orders/1", "-H", "x-api-key: guessed")
     assert status == 401
 
 
-def test_public_route_and_unknown_route(edge: Edge) -> None:
+def test_public_route_and_unknown_route(edge: Gateway) -> None:
     status, _, body = curl(f"{edge.url}/shop/cart")
     assert status == 200 and json.loads(body)["service"] == "web"
     status, headers, _ = curl(f"{edge.url}/nowhere")
     assert status == 404 and headers["x-meshgate-error"] == "route_not_found"
 
 
-def test_host_rules_and_header_cap_at_the_edge(edge: Edge) -> None:
+def test_host_rules_and_header_cap_at_the_edge(edge: Gateway) -> None:
     two = raw(edge.port, b"GET /shop/ HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     assert two.startswith(b"HTTP/1.1 400"), two[:80]
     none = raw(edge.port, b"GET /shop/ HTTP/1.1\r\n\r\n")
@@ -135,7 +89,7 @@ def test_host_rules_and_header_cap_at_the_edge(edge: Edge) -> None:
     assert big.startswith(b"HTTP/1.1 431") or big.startswith(b"HTTP/1.1 400") or big == b"", big[:80]
 
 
-def test_a_smuggled_request_never_reaches_the_service(edge: Edge) -> None:
+def test_a_smuggled_request_never_reaches_the_service(edge: Gateway) -> None:
     smuggle = (
         b"POST /shop/a HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"0\r\n\r\nGET /shop/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -145,8 +99,8 @@ def test_a_smuggled_request_never_reaches_the_service(edge: Edge) -> None:
     assert answer.startswith(b"HTTP/1.1 400") or answer.count(b"HTTP/1.1 ") <= 2
 
 
-def test_admin_metrics_count_requests_by_route(edge: Edge) -> None:
+def test_admin_metrics_count_requests_by_route(edge: Gateway) -> None:
     curl(f"{edge.url}/shop/x")
-    with urllib.request.urlopen(f"{edge.admin}/metrics", timeout=2) as response:
+    with urllib.request.urlopen(f"{edge.admin_url}/metrics", timeout=2) as response:
         text = response.read().decode()
     assert 'meshgate_gateway_requests_total{route="shop",code="200"}' in text

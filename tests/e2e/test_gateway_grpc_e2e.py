@@ -4,18 +4,15 @@ errors with details and binary metadata, Trailers-Only, an unreachable upstream,
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
 import pytest
-from e2e_lib import MESHGATE, MeshStack, Processes, dump_logs, free_port, http_ok, wait_until
+from e2e_lib import MeshStack, grpc_server, running
 
 POLICIES = """
 apiVersion: meshgate/v1
@@ -112,7 +109,6 @@ def make_slow(cancelled: threading.Event):  # type: ignore[no-untyped-def]
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     tmp = tmp_path_factory.mktemp("grpc-edge")
     cancelled = threading.Event()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     handlers = {
         "Say": grpc.unary_unary_rpc_method_handler(_say),
         "Fail": grpc.unary_unary_rpc_method_handler(_fail),
@@ -121,49 +117,16 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         "Chat": grpc.stream_stream_rpc_method_handler(_chat),
         "Slow": grpc.unary_unary_rpc_method_handler(make_slow(cancelled)),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("echo.Echo", handlers),))
-    app_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    procs = Processes(tmp)
-    try:
+    with grpc_server("echo.Echo", handlers) as app_port, running(tmp) as procs:
         policies = tmp / "policies"
         policies.mkdir()
         (policies / "mesh.yaml").write_text(POLICIES)
         stack = MeshStack(procs, tmp)
         stack.start_control_plane(policies)
         stack.start_sidecar("echo", app_port)
-        port, admin = free_port(), free_port()
-        procs.start(
-            "gateway",
-            MESHGATE,
-            "gateway",
-            "--control-plane",
-            stack.cp_url,
-            "--token",
-            str(stack.token("gateway")),
-            "--cache-dir",
-            str(tmp / "cache-gateway"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-        )
-        admin_url = f"http://127.0.0.1:{admin}"
-        wait_until(lambda: http_ok(f"{admin_url}/readyz"), what="gateway ready")
-
-        def knows() -> bool:
-            with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
-                return bool(json.load(response)["endpoints"].get("echo"))
-
-        wait_until(knows, what="gateway to learn echo")
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Edge(channel, f"http://127.0.0.1:{port}", cancelled)
-    except BaseException:
-        dump_logs(procs)
-        raise
-    finally:
-        procs.stop_all()
-        server.stop(None)
+        gateway = stack.start_gateway(knows=["echo"])
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+            yield Edge(channel, gateway.url, cancelled)
 
 
 def test_unary_call_through_the_edge_and_the_mesh(edge: Edge) -> None:

@@ -5,18 +5,15 @@ limiters). Real processes: control plane, the ``orders`` sidecar and app, Redis,
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import socket
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from e2e_lib import MESHGATE, MeshStack, Processes, copy_policies, dump_logs, free_port, http_ok, wait_until
+from e2e_lib import MeshStack, copy_policies, free_port, running, start_echo_app, wait_until
 
 LIMITS = """\
 apiVersion: meshgate/v1
@@ -78,8 +75,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server on PATH")
     tmp = tmp_path_factory.mktemp("edge-rl")
-    procs = Processes(tmp)
-    try:
+    with running(tmp) as procs:
         redis_port = free_port()
         procs.start(
             "redis",
@@ -98,51 +94,21 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
         (policies / "limits.yaml").write_text(LIMITS)
         stack = MeshStack(procs, tmp)
         stack.start_control_plane(policies)
-        app = free_port()
-        procs.start(
-            "app-orders", sys.executable, "examples/echo_app.py", "--name", "orders", "--port", str(app)
-        )
-        stack.start_sidecar("orders", app)
+        stack.start_sidecar("orders", start_echo_app(procs, "orders"))
         urls = []
         for i in range(2):
-            port, admin = free_port(), free_port()
-            procs.start(
-                f"gateway-{i}",
-                MESHGATE,
-                "gateway",
-                "--control-plane",
-                stack.cp_url,
-                "--token",
-                str(stack.token("gateway")),
-                "--cache-dir",
-                str(tmp / f"cache-gw-{i}"),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--admin",
-                f"127.0.0.1:{admin}",
+            gateway = stack.start_gateway(
                 "--redis",
                 f"redis://127.0.0.1:{redis_port}/0",
                 "--log-level",
                 "warning",
+                knows=["orders"],
+                name=f"gateway-{i}",
             )
-            admin_url = f"http://127.0.0.1:{admin}"
-            wait_until(lambda admin_url=admin_url: http_ok(f"{admin_url}/readyz"), what=f"gateway {i} ready")
-
-            def knows(admin_url: str = admin_url) -> bool:
-                with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
-                    return bool(json.load(response)["endpoints"].get("orders"))
-
-            wait_until(knows, what=f"gateway {i} to learn orders")
-            url = f"http://127.0.0.1:{port}"
             with httpx.Client(timeout=10) as client:  # warm: the gateway's mesh connection is open
-                assert client.get(f"{url}/warm/x").status_code == 200
-            urls.append(url)
+                assert client.get(f"{gateway.url}/warm/x").status_code == 200
+            urls.append(gateway.url)
         yield urls
-    except BaseException:
-        dump_logs(procs)
-        raise
-    finally:
-        procs.stop_all()
 
 
 async def _client(url: str, deadline: float, budget: list[int], counts: Counter[int]) -> None:

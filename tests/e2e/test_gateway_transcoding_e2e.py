@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.request
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from e2e_lib import MESHGATE, MeshStack, Processes, dump_logs, free_port, http_ok, wait_until
+from e2e_lib import MESHGATE, MeshStack, grpc_server, running
 from protos_testlib import compile_protos
 
 POLICIES = """
@@ -112,51 +110,15 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     tmp = tmp_path_factory.mktemp("json-edge")
     policies = tmp / "policies"
     descriptor, pb = compile_protos(policies)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("shop.v1.Shop", make_servicer(pb)),)
-    )
-    app_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    procs = Processes(tmp)
-    try:
+    with grpc_server("shop.v1.Shop", make_servicer(pb)) as app_port, running(tmp) as procs:
         (policies / "mesh.yaml").write_text(POLICIES)
         assert descriptor.name == "shop.pb"
         stack = MeshStack(procs, tmp)
         stack.start_control_plane(policies)
         stack.start_sidecar("shop", app_port)
-        port, admin = free_port(), free_port()
-        procs.start(
-            "gateway",
-            MESHGATE,
-            "gateway",
-            "--control-plane",
-            stack.cp_url,
-            "--token",
-            str(stack.token("gateway")),
-            "--cache-dir",
-            str(tmp / "cache-gateway"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-        )
-        admin_url = f"http://127.0.0.1:{admin}"
-        wait_until(lambda: http_ok(f"{admin_url}/readyz"), what="gateway ready")
-
-        def knows() -> bool:
-            with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
-                return bool(json.load(response)["endpoints"].get("shop"))
-
-        wait_until(knows, what="gateway to learn shop")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield Edge(f"http://127.0.0.1:{port}", http)
-    except BaseException:
-        dump_logs(procs)
-        raise
-    finally:
-        procs.stop_all()
-        server.stop(None)
+        gateway = stack.start_gateway(knows=["shop"])
+        with httpx.Client(base_url=gateway.url, timeout=10) as http:
+            yield Edge(gateway.url, http)
 
 
 def test_path_variables_and_additional_bindings(edge: Edge) -> None:

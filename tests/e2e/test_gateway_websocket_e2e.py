@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e_lib import MESHGATE, MeshStack, Processes, dump_logs, free_port, http_ok, wait_until
+from e2e_lib import MeshStack, free_port, running, wait_until
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -99,10 +99,9 @@ class Edge:
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     tmp = tmp_path_factory.mktemp("ws-edge")
-    procs = Processes(tmp)
     closes = tmp / "closes.txt"
     closes.write_text("")
-    try:
+    with running(tmp) as procs:
         policies = tmp / "policies"
         policies.mkdir()
         (policies / "mesh.yaml").write_text(POLICIES)
@@ -111,36 +110,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         stack = MeshStack(procs, tmp)
         stack.start_control_plane(policies)
         stack.start_sidecar("chat", app)
-        port, admin = free_port(), free_port()
-        procs.start(
-            "gateway",
-            MESHGATE,
-            "gateway",
-            "--control-plane",
-            stack.cp_url,
-            "--token",
-            str(stack.token("gateway")),
-            "--cache-dir",
-            str(tmp / "cache-gateway"),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-        )
-        admin_url = f"http://127.0.0.1:{admin}"
-        wait_until(lambda: http_ok(f"{admin_url}/readyz"), what="gateway ready")
-
-        def knows() -> bool:
-            with urllib.request.urlopen(f"{admin_url}/config", timeout=2) as response:
-                return bool(json.load(response)["endpoints"].get("chat"))
-
-        wait_until(knows, what="gateway to learn chat")
-        yield Edge(f"ws://127.0.0.1:{port}", closes, policies, admin_url)
-    except BaseException:
-        dump_logs(procs)
-        raise
-    finally:
-        procs.stop_all()
+        gateway = stack.start_gateway(knows=["chat"])
+        yield Edge(f"ws://127.0.0.1:{gateway.port}", closes, policies, gateway.admin_url)
 
 
 def test_messages_both_ways_with_a_subprotocol(edge: Edge) -> None:
