@@ -23,7 +23,7 @@ from gateway.state import GatewayRuntime
 from gateway.translate import grpcweb, websocket
 from gateway.translate.transcode import forward_json
 from mesh.transport.messages import HOP_BY_HOP, Response, grpc_error
-from shared.telemetry.tracing import finish
+from shared.telemetry.tracing import end, finish
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -59,10 +59,15 @@ class EdgeGateway:
             ex.method,
             ex.headers,
             {"url.path": ex.path, "url.scheme": ex.scheme, "network.protocol.version": ex.http_version},
+            end_on_exit=False,  # ended once the body is sent, below
         ) as (span, headers):
             ex.headers = headers
             ex.span = span
-            response = await self._handle(ex, receive)
+            try:
+                response = await self._handle(ex, receive)
+            except BaseException:
+                end(span)
+                raise
             if ex.grpc:
                 response = _for_grpc(ex, response)
             elif ex.grpc_web and response.header("x-meshgate-error") is not None and response.status != 200:
@@ -83,6 +88,7 @@ class EdgeGateway:
         finally:
             if response.on_close is not None:
                 response.on_close()
+            end(span)
             runtime.observe(route, response.status, started)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

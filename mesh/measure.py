@@ -1,6 +1,6 @@
 """Request telemetry for the sidecar: a thin wrapper around a handler that makes a span (continuing the
-caller's W3C trace context and passing ours on), counts requests by peer and status code, and records
-how long the handler took to produce the response head."""
+caller's W3C trace context and passing ours on; it ends when the response body is done), counts
+requests by peer and status code, and records how long the handler took to produce the response head."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import TypeVar
 
 from opentelemetry.trace import SpanKind
 
-from mesh.transport.messages import Request, Response
+from mesh.transport.messages import Request, Response, on_finish
 from shared.telemetry.metrics import Counter, Histogram, Registry
-from shared.telemetry.tracing import Tracing, finish
+from shared.telemetry.tracing import Tracing, end, finish
 
 Who = TypeVar("Who")
 
@@ -58,14 +58,24 @@ class RequestMetrics:
                     "url.path": request.path.split("?", 1)[0],
                     "url.scheme": "https" if direction == "inbound" else "http",
                 }
-            with self.tracing.span(kind, request.method, request.headers, attributes) as (span, headers):
+            # the span lasts until the response body is done (or the response is dropped)
+            with self.tracing.span(kind, request.method, request.headers, attributes, end_on_exit=False) as (
+                span,
+                headers,
+            ):
                 request.headers = headers
-                response = await handler(request, who)
+                try:
+                    response = await handler(request, who)
+                except BaseException:
+                    end(span)
+                    raise
                 peer = peer_of(request, who)
                 if span is not None:
                     span.set_attribute("meshgate.peer", peer)
                     span.set_attribute("meshgate.direction", direction)
                 finish(span, response.status, client=False)
+            if span is not None:
+                on_finish(response, lambda: end(span))
             self.duration.observe(time.perf_counter() - started, direction, peer)
             self.requests.inc(direction, peer, str(response.status))
             error = response.header("x-meshgate-error")

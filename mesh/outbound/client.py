@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,10 @@ from mesh.outbound.resilience import (
 )
 from mesh.transport.h1 import UpstreamError
 from mesh.transport.h2conn import H2Protocol, StreamError
-from mesh.transport.messages import Request, Response, body_of, error_response
+from mesh.transport.messages import Request, Response, body_of, error_response, on_finish
 from mesh.transport.pool import H2Pool
 from shared.config.model.mesh import TrafficPolicy
-from shared.telemetry.tracing import Tracing, finish
+from shared.telemetry.tracing import Tracing, end, finish
 
 log = logging.getLogger("meshgate.outbound")
 
@@ -119,7 +119,7 @@ class MeshClient:
         except BaseException:
             release()
             raise
-        _when_done(response, release)
+        on_finish(response, release)
         return response
 
     async def _replayable(self, request: Request) -> bytes | None:
@@ -306,7 +306,11 @@ class MeshClient:
             if attempt > 1:
                 attributes["http.request.resend_count"] = attempt - 1
             base = [(k, v) for k, v in request.headers if k not in TRACE_HEADERS] + list(trace_parent)
-        with self.tracing.span(SpanKind.CLIENT, request.method, base, attributes) as (span, headers):
+        # the span lasts until the response body is done (or the attempt failed), not just its head
+        with self.tracing.span(SpanKind.CLIENT, request.method, base, attributes, end_on_exit=False) as (
+            span,
+            headers,
+        ):
             request.headers = headers
             try:
                 # one task from choosing the connection to opening the stream: no other request can
@@ -317,26 +321,38 @@ class MeshClient:
             except UpstreamError as exc:
                 finished()
                 _failed(span, exc.code)
+                end(span)
                 return (exc.code, str(exc), exc.retryable), None
             except StreamError as exc:
                 finished()
                 # REFUSED_STREAM or GOAWAY before processing: never processed, safe whatever the method
                 code = "refused_stream" if exc.retryable else exc.code
                 _failed(span, code)
+                end(span)
                 return (code, str(exc), True), None
             except TimeoutError:
                 finished()
                 _failed(span, "upstream_timeout")
+                end(span)
                 return (
                     "upstream_timeout",
                     f"no response from {endpoint.id} within {timeout:.3g}s",
                     True,
                 ), None
+            except BaseException:  # cancelled: the caller went away
+                finished()
+                end(span)
+                raise
             finish(span, response.status, client=True)
         if not conn.session_saved:
             conn.session_saved = True
             self.pool.remember_session(conn)
-        _when_done(response, finished)
+
+        def body_done() -> None:
+            finished()
+            end(span)
+
+        on_finish(response, body_done)
         return None, response
 
 
@@ -346,30 +362,8 @@ def _failed(span: Any, code: str) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def _when_done(response: Response, callback: Callable[[], None]) -> None:
-    """Run ``callback`` once, when the body has been read or the response is closed unread
-    (Trailers-Only answers, errors replaced for gRPC callers): counts must never leak."""
-    response.body = _on_end(response.body, callback)
-    previous = response.on_close
-
-    def close() -> None:
-        callback()
-        if previous is not None:
-            previous()
-
-    response.on_close = close
-
-
 async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     for chunk in first:
         yield chunk
     async for chunk in rest:
         yield chunk
-
-
-async def _on_end(body: AsyncIterator[bytes], callback: Any) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        callback()

@@ -165,3 +165,34 @@ def error_response(status: int, code: str, message: str) -> Response:
         ],
         body_of(body),
     )
+
+
+def on_finish(response: Response, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once, when the body has been read to its end or abandoned, or the response is
+    closed unread (Trailers-Only answers, errors replaced for gRPC callers): counts and spans must
+    never leak."""
+    done = False
+
+    def once() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            callback()
+
+    response.body = _on_end(response.body, once)
+    previous = response.on_close
+
+    def close() -> None:
+        once()
+        if previous is not None:
+            previous()
+
+    response.on_close = close
+
+
+async def _on_end(body: AsyncIterator[bytes], callback: Callable[[], None]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        callback()

@@ -67,10 +67,17 @@ class Tracing:
 
     @contextmanager
     def span(
-        self, kind: SpanKind, method: str, headers: list[tuple[str, str]], attributes: dict[str, Any]
+        self,
+        kind: SpanKind,
+        method: str,
+        headers: list[tuple[str, str]],
+        attributes: dict[str, Any],
+        *,
+        end_on_exit: bool = True,
     ) -> Iterator[tuple[Any, list[tuple[str, str]]]]:
         """A span continuing the caller's W3C context in ``headers``; yields the span (None when
-        tracing is off) and ``headers`` with ``traceparent``/``tracestate`` set for the next hop."""
+        tracing is off) and ``headers`` with ``traceparent``/``tracestate`` set for the next hop.
+        With ``end_on_exit=False`` the caller ends it (when the response body is done)."""
         if not self.enabled:
             yield None, headers
             return
@@ -100,7 +107,7 @@ class Tracing:
         name = method if method in KNOWN_METHODS else "HTTP"
         attributes = {"http.request.method": method if method in KNOWN_METHODS else "_OTHER", **attributes}
         with self._tracer.start_as_current_span(
-            name, context=parent, kind=kind, attributes=attributes
+            name, context=parent, kind=kind, attributes=attributes, end_on_exit=end_on_exit
         ) as span:
             sc = span.get_span_context()
             own = TraceContext(
@@ -121,6 +128,12 @@ class Tracing:
             return
         with self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes) as span:
             yield span
+
+
+def end(span: Any) -> None:
+    """End a span made with ``end_on_exit=False`` (None: tracing off, nothing to do)."""
+    if span is not None:
+        span.end()
 
 
 def finish(span: Any, status: int, *, client: bool) -> None:
