@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.cliargs import host_port
+from shared.cliargs import add_otlp_arguments, host_port
 from shared.telemetry.logs import setup_logging
 
 
@@ -48,6 +48,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-header-bytes", type=int, default=65536, help="larger header blocks get 431")
     p.add_argument("--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines")
+    add_otlp_arguments(p)
     p.add_argument("--trace-sample", type=float, default=1.0, metavar="RATIO")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_gateway)
@@ -111,6 +112,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         hygiene=HygieneSettings(max_header_bytes=args.max_header_bytes, trusted_hops=args.trusted_hops),
         trace_file=args.trace_file,
         trace_sample=args.trace_sample,
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_headers=dict(args.otlp_header),
     )
     os.environ["MESHGATE_GATEWAY_CONFIG"] = config.to_json()
     os.environ["MESHGATE_LOG_LEVEL"] = args.log_level

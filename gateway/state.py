@@ -29,7 +29,7 @@ from shared.config.policyset import PolicySet
 from shared.policy.engine import PolicyEngine
 from shared.registry.client import RegistryClient
 from shared.telemetry.metrics import Registry
-from shared.telemetry.tracing import JsonLinesExporter, Tracing
+from shared.telemetry.tracing import Tracing, exporters
 
 log = logging.getLogger("meshgate.gateway")
 
@@ -98,6 +98,8 @@ class GatewayConfig:
     hygiene: HygieneSettings = field(default_factory=HygieneSettings)
     trace_file: Path | None = None
     trace_sample: float = 1.0
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """For the worker processes (environment variable)."""
@@ -111,6 +113,8 @@ class GatewayConfig:
             "hygiene": self.hygiene.__dict__,
             "trace_file": str(self.trace_file) if self.trace_file else None,
             "trace_sample": self.trace_sample,
+            "otlp_endpoint": self.otlp_endpoint,
+            "otlp_headers": self.otlp_headers,
         }
         return json.dumps(data)
 
@@ -128,6 +132,8 @@ class GatewayConfig:
             hygiene=HygieneSettings(**data["hygiene"]),
             trace_file=Path(data["trace_file"]) if data["trace_file"] else None,
             trace_sample=float(data["trace_sample"]),
+            otlp_endpoint=data.get("otlp_endpoint"),
+            otlp_headers=dict(data.get("otlp_headers") or {}),
         )
 
 
@@ -146,8 +152,8 @@ class GatewayRuntime:
             "meshgate_gateway_request_duration_seconds", "Time to the response head", ("route",)
         )
         self.reloads = self.metrics.counter("meshgate_gateway_config_reloads_total", "Policy sets applied")
-        exporter = JsonLinesExporter(config.trace_file) if config.trace_file else None
-        self.tracing = Tracing(config.service, exporter, config.trace_sample)
+        chosen = exporters(config.trace_file, config.otlp_endpoint, config.otlp_headers)
+        self.tracing = Tracing(config.service, chosen, config.trace_sample)
         self.limiter = RateLimiter(config.redis)
         self._client = client
         self.registry: RegistryClient | None = None

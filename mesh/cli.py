@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.cliargs import duration_seconds, host_port
+from shared.cliargs import add_otlp_arguments, duration_seconds, host_port
 from shared.telemetry.logs import setup_logging
 
 
@@ -58,9 +58,8 @@ def register(sub: Any) -> None:
         metavar="DURATION",
         help="check and heartbeat period",
     )
-    p.add_argument(
-        "--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines (OTLP: issue 8)"
-    )
+    p.add_argument("--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines")
+    add_otlp_arguments(p)
     p.add_argument(
         "--trace-sample", type=float, default=1.0, metavar="RATIO", help="share of new traces sampled"
     )
@@ -105,6 +104,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat,
         ttl=max(15.0, 3 * args.heartbeat),
         trace_file=args.trace_file,
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_headers=dict(args.otlp_header),
         trace_sample=args.trace_sample,
     )
 

@@ -27,7 +27,7 @@ from shared.policy.engine import PolicyEngine
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
 from shared.registry.health import AppCheck, heartbeat_loop
 from shared.telemetry.metrics import Registry
-from shared.telemetry.tracing import JsonLinesExporter, Tracing
+from shared.telemetry.tracing import Tracing, exporters
 
 log = logging.getLogger("meshgate.sidecar")
 
@@ -54,6 +54,8 @@ class SidecarConfig:
     ttl: float = 15.0
     drain_timeout: float = 10.0
     trace_file: Path | None = None
+    otlp_endpoint: str | None = None
+    otlp_headers: dict[str, str] = field(default_factory=dict)
     trace_sample: float = 1.0
 
 
@@ -79,8 +81,8 @@ class Sidecar:
         self.ports: dict[str, int] = {}
         self._bundle_sequence: int | None = None
         self.metrics_registry = Registry()
-        exporter = JsonLinesExporter(config.trace_file) if config.trace_file else None
-        self.tracing = Tracing(config.service, exporter, config.trace_sample)
+        chosen = exporters(config.trace_file, config.otlp_endpoint, config.otlp_headers)
+        self.tracing = Tracing(config.service, chosen, config.trace_sample)
         self.measure = RequestMetrics(self.metrics_registry, self.tracing)
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []

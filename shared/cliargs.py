@@ -21,3 +21,24 @@ def duration_seconds(text: str) -> float:
         return parse_duration(text).total_seconds()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def header_pair(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def add_otlp_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--otlp-endpoint URL`` and ``--otlp-header KEY=VALUE`` (repeatable): spans over OTLP/HTTP."""
+    parser.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="send spans over OTLP/HTTP (protobuf), e.g. http://127.0.0.1:4318/v1/traces",
+    )
+    parser.add_argument(
+        "--otlp-header", type=header_pair, action="append", default=[], metavar="KEY=VALUE",
+        help="a header for the OTLP endpoint (authentication), repeatable",
+    )  # fmt: skip

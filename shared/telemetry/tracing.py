@@ -45,19 +45,43 @@ class JsonLinesExporter(SpanExporter):
         """Nothing to release."""
 
 
+def exporters(
+    trace_file: Path | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_headers: dict[str, str] | None = None,
+) -> list[SpanExporter]:
+    """The span exporters a process was asked for: a JSON-lines file and/or OTLP over HTTP (protobuf,
+    e.g. ``http://collector:4318/v1/traces``, to Jaeger, Tempo or an OpenTelemetry Collector)."""
+    out: list[SpanExporter] = []
+    if trace_file is not None:
+        out.append(JsonLinesExporter(trace_file))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        out.append(OTLPSpanExporter(endpoint=otlp_endpoint, headers=otlp_headers or {}, timeout=5))
+    return out
+
+
 class Tracing:
     """The tracer of one process, or a no-op when ``exporter`` is None."""
 
-    def __init__(self, service: str, exporter: SpanExporter | None = None, sample_ratio: float = 1.0) -> None:
-        self.enabled = exporter is not None
+    def __init__(
+        self,
+        service: str,
+        exporter: SpanExporter | list[SpanExporter] | None = None,
+        sample_ratio: float = 1.0,
+    ) -> None:
+        chosen = exporter if isinstance(exporter, list) else [exporter] if exporter is not None else []
+        self.enabled = bool(chosen)
         self.sample_ratio = min(max(sample_ratio, 0.0), 1.0)
         self._provider: TracerProvider | None = None
-        if exporter is not None:
+        if chosen:
             # new traces are sampled here (see span): the SDK only sees the ones that will be recorded
             self._provider = TracerProvider(
                 resource=Resource.create({"service.name": service}), sampler=ParentBased(ALWAYS_ON)
             )
-            self._provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
+            for one in chosen:
+                self._provider.add_span_processor(BatchSpanProcessor(one, schedule_delay_millis=200))
             self._tracer = self._provider.get_tracer("meshgate")
 
     def shutdown(self) -> None:
