@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
         "--client-ca", type=Path, metavar="FILE", help="require client certificates signed by this CA"
     )
     p.add_argument(
+        "--client-cert",
+        choices=["required", "optional"],
+        default="required",
+        help="with --client-ca: refuse clients without a certificate, or verify only those that send one",
+    )
+    p.add_argument(
         "--trusted-hops", type=int, default=0, help="proxies in front whose X-Forwarded-For counts"
     )
     p.add_argument("--max-header-bytes", type=int, default=65536, help="larger header blocks get 431")
