@@ -89,7 +89,7 @@ class EdgeGateway:
             if response.on_close is not None:
                 response.on_close()
             end(span)
-            runtime.observe(route, response.status, started)
+            runtime.observe(route, response.status, started, ex, response.header("x-meshgate-error"), span)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake: the same steps as a request (hygiene, route, auth, policy, rate
@@ -125,12 +125,12 @@ class EdgeGateway:
                 )
         if answer is not None:
             await websocket.refuse(send, answer.status, answer.header("x-meshgate-error") or "refused", scope)
-            runtime.observe(route_name, answer.status, started)
+            runtime.observe(route_name, answer.status, started, ex, answer.header("x-meshgate-error"))
             return
         assert ex.match is not None
         timeout = ex.match.route.timeout.total_seconds() if ex.match.route.timeout else websocket.IDLE_TIMEOUT
         status = await websocket.relay(ex, scope, receive, send, runtime.client, idle_timeout=timeout)
-        runtime.observe(route_name, status, started)
+        runtime.observe(route_name, status, started, ex)
 
     async def _handle(self, ex: Exchange, receive: Receive) -> Response:
         state = self.runtime.state

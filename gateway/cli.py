@@ -55,6 +55,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-header-bytes", type=int, default=65536, help="larger header blocks get 431")
     p.add_argument("--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines")
     add_otlp_arguments(p)
+    p.add_argument(
+        "--access-log", action="store_true", help="one JSON line per request (logger meshgate.access)"
+    )
     p.add_argument("--trace-sample", type=float, default=1.0, metavar="RATIO")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_gateway)
@@ -120,6 +123,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         trace_sample=args.trace_sample,
         otlp_endpoint=args.otlp_endpoint,
         otlp_headers=dict(args.otlp_header),
+        access_log=args.access_log,
     )
     os.environ["MESHGATE_GATEWAY_CONFIG"] = config.to_json()
     os.environ["MESHGATE_LOG_LEVEL"] = args.log_level

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.base import Authenticator
+from gateway.exchange import Exchange
 from gateway.middleware.hygiene import HygieneSettings
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
@@ -32,6 +33,7 @@ from shared.telemetry.metrics import Registry
 from shared.telemetry.tracing import Tracing, exporters
 
 log = logging.getLogger("meshgate.gateway")
+access = logging.getLogger("meshgate.access")
 
 
 def build_authenticator(doc: AuthProvider, redis_url: str | None) -> Authenticator:
@@ -100,6 +102,7 @@ class GatewayConfig:
     trace_sample: float = 1.0
     otlp_endpoint: str | None = None
     otlp_headers: dict[str, str] = field(default_factory=dict)
+    access_log: bool = False
 
     def to_json(self) -> str:
         """For the worker processes (environment variable)."""
@@ -115,6 +118,7 @@ class GatewayConfig:
             "trace_sample": self.trace_sample,
             "otlp_endpoint": self.otlp_endpoint,
             "otlp_headers": self.otlp_headers,
+            "access_log": self.access_log,
         }
         return json.dumps(data)
 
@@ -134,6 +138,7 @@ class GatewayConfig:
             trace_sample=float(data["trace_sample"]),
             otlp_endpoint=data.get("otlp_endpoint"),
             otlp_headers=dict(data.get("otlp_headers") or {}),
+            access_log=bool(data.get("access_log", False)),
         )
 
 
@@ -173,10 +178,43 @@ class GatewayRuntime:
         """Ready with a mesh client (hence a certificate) and a configuration."""
         return self._client is not None and self.state is not None
 
-    def observe(self, route: str, status: int, started: float) -> None:
-        """Count one answered request."""
+    def observe(
+        self,
+        route: str,
+        status: int,
+        started: float,
+        ex: Exchange | None = None,
+        error: str | None = None,
+        span: Any = None,
+    ) -> None:
+        """Count one answered request; with ``--access-log``, one JSON line about it."""
+        elapsed = time.perf_counter() - started
         self.requests.inc(route, str(status))
-        self.duration.observe(time.perf_counter() - started, route)
+        self.duration.observe(elapsed, route)
+        if self.config.access_log and ex is not None:
+            trace_id = None
+            if span is not None:
+                trace_id = f"{span.get_span_context().trace_id:032x}"
+            else:
+                parent = ex.header("traceparent")
+                trace_id = parent.split("-")[1] if parent and parent.count("-") == 3 else None
+            access.info(
+                "request",
+                extra={
+                    "trace_id": trace_id,
+                    "route": route,
+                    "method": ex.method,
+                    "path": ex.path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "principal": ex.identity.principal if ex.identity else None,
+                    "client": ex.client_address,
+                    "client_spiffe_id": ex.client_spiffe_id,
+                    "upstream": ex.match.backend.service if ex.match else None,
+                    "error": error,
+                    "http_version": ex.http_version,
+                },
+            )
 
     async def start(self) -> None:
         """Identity from the cache (or token), the mesh client, the watch and the admin port."""

@@ -61,6 +61,9 @@ def register(sub: Any) -> None:
     p.add_argument("--trace-file", type=Path, metavar="FILE", help="write spans as JSON lines")
     add_otlp_arguments(p)
     p.add_argument(
+        "--access-log", action="store_true", help="one JSON line per request (logger meshgate.access)"
+    )
+    p.add_argument(
         "--trace-sample", type=float, default=1.0, metavar="RATIO", help="share of new traces sampled"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -106,6 +109,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         trace_file=args.trace_file,
         otlp_endpoint=args.otlp_endpoint,
         otlp_headers=dict(args.otlp_header),
+        access_log=args.access_log,
         trace_sample=args.trace_sample,
     )
 

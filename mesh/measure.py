@@ -4,6 +4,7 @@ requests by peer and status code, and records how long the handler took to produ
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -15,13 +16,15 @@ from shared.telemetry.metrics import Counter, Histogram, Registry
 from shared.telemetry.tracing import Tracing, end, finish
 
 Who = TypeVar("Who")
+access = logging.getLogger("meshgate.access")
 
 
 class RequestMetrics:
     """``meshgate_requests_total{direction, peer, code}`` and ``meshgate_request_duration_seconds``."""
 
-    def __init__(self, registry: Registry, tracing: Tracing | None = None) -> None:
+    def __init__(self, registry: Registry, tracing: Tracing | None = None, access_log: bool = False) -> None:
         self.tracing = tracing or Tracing("meshgate")
+        self.access_log = access_log
         self.requests: Counter = registry.counter(
             "meshgate_requests_total",
             "Requests by direction (inbound: from a peer sidecar; outbound: from the app), peer and status.",
@@ -76,11 +79,28 @@ class RequestMetrics:
                 finish(span, response.status, client=False)
             if span is not None:
                 on_finish(response, lambda: end(span))
-            self.duration.observe(time.perf_counter() - started, direction, peer)
+            elapsed = time.perf_counter() - started
+            self.duration.observe(elapsed, direction, peer)
             self.requests.inc(direction, peer, str(response.status))
             error = response.header("x-meshgate-error")
             if error is not None:
                 self.errors.inc(direction, error)
+            if self.access_log:
+                parent = next((v for k, v in request.headers if k == "traceparent"), "")
+                access.info(
+                    "request",
+                    extra={
+                        "trace_id": parent.split("-")[1] if parent.count("-") == 3 else None,
+                        "direction": direction,
+                        "peer": peer,
+                        "method": request.method,
+                        "path": request.path.split("?", 1)[0],
+                        "status": response.status,
+                        "duration_ms": round(elapsed * 1000, 3),  # to the response head
+                        "error": error,
+                        "attempt": next((v for k, v in request.headers if k == "x-meshgate-attempt"), None),
+                    },
+                )
             return response
 
         return measured

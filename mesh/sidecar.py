@@ -56,6 +56,7 @@ class SidecarConfig:
     trace_file: Path | None = None
     otlp_endpoint: str | None = None
     otlp_headers: dict[str, str] = field(default_factory=dict)
+    access_log: bool = False
     trace_sample: float = 1.0
 
 
@@ -83,7 +84,7 @@ class Sidecar:
         self.metrics_registry = Registry()
         chosen = exporters(config.trace_file, config.otlp_endpoint, config.otlp_headers)
         self.tracing = Tracing(config.service, chosen, config.trace_sample)
-        self.measure = RequestMetrics(self.metrics_registry, self.tracing)
+        self.measure = RequestMetrics(self.metrics_registry, self.tracing, config.access_log)
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
