@@ -113,7 +113,7 @@ class EdgeGateway:
         if state is None:
             answer = local_error(503, "no_configuration", "the gateway has no configuration yet")
         else:
-            ex.match = state.router.match(ex.host, "GET", ex.path, ex.query, dict(ex.headers))
+            ex.match = state.router.match(ex.host, "GET", ex.path, ex.query, ex.joined_headers())
             if ex.match is None or ex.match.route.translate != "websocket":
                 answer = local_error(404, "route_not_found", f"no WebSocket route for {ex.host}{ex.path}")
             else:
@@ -136,8 +136,9 @@ class EdgeGateway:
         state = self.runtime.state
         if state is None:
             return local_error(503, "no_configuration", "the gateway has no configuration yet")
-        headers = dict(ex.headers)
-        ex.match = state.router.match(ex.host, ex.method, ex.path, ex.query, headers)
+        if ex.method == "CONNECT":  # tunnels are the mesh's own business, never a client's
+            return local_error(405, "method_not_allowed", "CONNECT is not served at the edge")
+        ex.match = state.router.match(ex.host, ex.method, ex.path, ex.query, ex.joined_headers())
         if ex.match is None:
             return local_error(404, "route_not_found", f"no route for {ex.method} {ex.host}{ex.path}")
         route = ex.match.route

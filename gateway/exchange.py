@@ -50,6 +50,14 @@ class Exchange:
                 return value
         return None
 
+    def joined_headers(self) -> dict[str, str]:
+        """Headers for matching and policy: repeated ones joined with commas, as the sidecar's policy
+        view does, so that every layer reads a repeated header the same way."""
+        joined: dict[str, str] = {}
+        for key, value in self.headers:
+            joined[key] = f"{joined[key]},{value}" if key in joined else value
+        return joined
+
     def edge_request(self) -> EdgeRequest:
         """The view authenticators get."""
         return EdgeRequest(

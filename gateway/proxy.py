@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -13,6 +14,8 @@ from mesh.outbound.client import MeshClient
 from mesh.transport.messages import Headers, Request, Response, body_of, empty_body, for_caller
 from shared.config.model.edge import Route
 from shared.config.model.mesh import TrafficPolicy
+
+log = logging.getLogger("meshgate.gateway.proxy")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -43,8 +46,8 @@ def route_policy(
         return None
     update: dict[str, Any] = {}
     timeout = route.timeout.total_seconds() if route.timeout is not None else None
-    if deadline is not None:
-        timeout = min(timeout, deadline) if timeout is not None else deadline
+    if deadline is not None:  # a client's deadline may shorten the call, never lengthen it
+        timeout = min(timeout if timeout is not None else service_policy.timeout.total_seconds(), deadline)
     if timeout is not None:
         update["timeout"] = timedelta(seconds=timeout)
     if route.retries is not None:
@@ -103,9 +106,24 @@ def upstream_headers(ex: Exchange) -> Headers:
         headers = [(k, v) for k, v in headers if k not in drop]
         headers.extend((k.lower(), v) for k, v in ops.set.items())
         if identity is not None:
-            headers.extend((k.lower(), v) for k, v in identity.upstream_headers)
-            headers.append(("x-meshgate-principal", identity.principal))
+            headers.extend((k.lower(), v) for k, v in identity.upstream_headers if _wire_safe(v))
+            if _wire_safe(identity.principal):
+                headers.append(("x-meshgate-principal", identity.principal))
+            else:
+                log.warning(
+                    "principal %r cannot be sent as a header value: not forwarded", identity.principal
+                )
     return headers
+
+
+def _wire_safe(value: str) -> bool:
+    """A header value HTTP/2 and HTTP/1.1 carry as it is: latin-1, no control characters, no
+    surrounding white space."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return value == value.strip() and not any(ord(c) < 32 or ord(c) == 127 for c in value)
 
 
 async def forward(

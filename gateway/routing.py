@@ -15,6 +15,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from shared.config.model.access import HeaderMatch
 from shared.config.model.edge import Backend, Route
@@ -28,6 +29,10 @@ class Match:
     backend: Backend
     upstream_path: str  # path (with the query) after the route's rewrite
     params: Mapping[str, str]  # template captures
+
+
+#: RFC 3986 pchar characters (and "/") that need no percent-encoding in a path.
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
 
 
 class _Template:
@@ -166,7 +171,7 @@ class Router:
                 continue
             if route.match.headers and not _header_ok(route.match.headers, headers):
                 continue
-            upstream = _rewrite(route, path)
+            upstream = quote(_rewrite(route, path), safe=_PATH_SAFE)  # the canonical path, re-encoded
             if query:
                 upstream = f"{upstream}?{query}"
             return Match(route, self._pick(route.backends), upstream, params)

@@ -51,6 +51,8 @@ Asgi = Callable[
 ]
 
 _END = object()
+#: The largest WebSocket message reassembled (bytes); a larger one closes the connection with 1009.
+MAX_MESSAGE = 1024 * 1024
 
 
 _PEM = Encoding.PEM
@@ -176,6 +178,9 @@ class AsgiBridge:
         try:
             status, out_headers, has_trailers = await head
             progress["head_taken"] = True
+        except asyncio.CancelledError:  # the client went away before the answer: so does the app's call
+            task.cancel()
+            raise
         except Exception:
             body = b"internal error\n"
             return Response(
@@ -260,6 +265,7 @@ class WebSocketBridge:
         state: dict[str, Any] = {"connected": False, "conn": None, "closed": False, "pending": leftover}
         text_parts: list[str] = []
         byte_parts: list[bytes] = []
+        size = [0]
 
         async def write(data: bytes) -> None:
             if data and not writer.is_closing():
@@ -273,15 +279,24 @@ class WebSocketBridge:
             conn = state["conn"]
             while conn is not None and not state["closed"]:
                 for ws_event in conn.events():
+                    if isinstance(ws_event, TextMessage | BytesMessage):
+                        size[0] += len(ws_event.data)
+                        if size[0] > MAX_MESSAGE:  # RFC 6455 1009: too big to process
+                            with contextlib.suppress(LocalProtocolError):
+                                await write(conn.send(CloseConnection(code=1009, reason="message too big")))
+                            state["closed"] = True
+                            return {"type": "websocket.disconnect", "code": 1009}
                     if isinstance(ws_event, TextMessage):
                         text_parts.append(ws_event.data)
                         if ws_event.message_finished:
+                            size[0] = 0
                             text = "".join(text_parts)
                             text_parts.clear()
                             return {"type": "websocket.receive", "text": text}
                     elif isinstance(ws_event, BytesMessage):
                         byte_parts.append(bytes(ws_event.data))
                         if ws_event.message_finished:
+                            size[0] = 0
                             data = b"".join(byte_parts)
                             byte_parts.clear()
                             return {"type": "websocket.receive", "bytes": data}
@@ -373,6 +388,9 @@ async def serve(
 ) -> asyncio.AbstractServer:
     """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``."""
     bridge = AsgiBridge(app, server=(host, port))
+    # no extended CONNECT from clients: WebSockets arrive as HTTP/1.1 upgrades; a CONNECT stream would
+    # otherwise reach the app as a request the gateway must refuse anyway
+    limits = limits or Limits(enable_connect_protocol=False)
     return await serve_sniffing(
         bridge,
         host,

@@ -37,7 +37,7 @@ def authorize(ex: Exchange, engine: PolicyEngine) -> Response | None:
     )
     path = f"{ex.path}?{ex.query}" if ex.query else ex.path
     decision = engine.decide_route(
-        caller, ex.match.route.name, PolicyRequest(ex.method, path, dict(ex.headers))
+        caller, ex.match.route.name, PolicyRequest(ex.method, path, ex.joined_headers())
     )
     if decision.audit is not None and not decision.audit.allowed:
         log.info(

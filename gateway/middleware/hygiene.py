@@ -22,6 +22,7 @@ from cryptography import x509
 from gateway.exchange import Exchange, local_error
 from mesh.transport.messages import HOP_BY_HOP, Headers, Response
 from shared.identity.spiffeid import InvalidSpiffeId, SpiffeId
+from shared.policy.paths import normalize_path
 
 #: Headers a client could use to impersonate someone, or to pass for the mesh: never taken from outside.
 IDENTITY_PREFIXES = ("x-meshgate-",)
@@ -142,8 +143,15 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         host = host[: host.find("]") + 1]
     elif ":" in host:
         host = host.rsplit(":", 1)[0]
+    host = host.rstrip(".")  # api.example.com. is api.example.com
     raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1").split("?", 1)[0] if raw_path else str(scope.get("path") or "/")
+    target = raw_path.decode("latin-1").split("?", 1)[0] if raw_path else str(scope.get("path") or "/")
+    # one canonical path for routing, policy and the upstream (the policy engine's normalization:
+    # percent-decoding once, dot segments, repeated and back slashes); ambiguous paths are refused,
+    # so that /%61dmin or /x/../admin cannot reach /admin through another route
+    path = normalize_path(target)
+    if path is None:
+        return _bad("malformed or ambiguous request path")
     version = str(scope.get("http_version") or "1.1")
     has_body = (
         bool(encodings) or (bool(lengths) and next(iter(lengths)) != "0") or not version.startswith("1")
@@ -158,7 +166,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         te_trailers=te_trailers,
         trailers_ok="http.response.trailers" in extensions,
         method=str(scope.get("method") or "GET"),  # a WebSocket scope has none: its handshake is a GET
-        path=path or "/",
+        path=path,
         query=(scope.get("query_string") or b"").decode("latin-1"),
         host=host,
         scheme=scheme,

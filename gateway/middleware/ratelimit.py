@@ -1,5 +1,7 @@
 """Rate limiting: the route's ``RateLimit`` document, keyed by trusted identity parts only (API key
-name, JWT subject, client address after the trusted hops, route, gateway-set header, SPIFFE ID).
+name, JWT subject, client address after the trusted hops, route, SPIFFE ID, and a header only as the
+gateway sets it: the route's ``requestHeaders.set`` or an auth provider's, e.g. a JWT claim copied by
+``claimsToHeaders``; what the client sent under that name never counts).
 
 Over the limit: 429 with ``Retry-After`` and the RateLimit headers, without touching the upstream.
 Allowed: the RateLimit headers are added to the upstream's answer.
@@ -37,11 +39,23 @@ def key_of(parts: list[KeyPart], ex: Exchange) -> str:
             value = ex.match.route.name
         elif part.type == "spiffeId":
             value = ex.client_spiffe_id
-        else:
+        else:  # a header as the gateway sets it, never as the client sent it
             assert part.name is not None
-            value = ex.header(part.name)
+            value = _gateway_set(ex, part.name.lower())
         values.append(f"{part.type}={value if value is not None else '-'}")
     return "|".join(values)
+
+
+def _gateway_set(ex: Exchange, name: str) -> str | None:
+    assert ex.match is not None
+    for key, value in ex.match.route.request_headers.set.items():
+        if key.lower() == name:
+            return value
+    if ex.identity is not None:
+        for key, value in ex.identity.upstream_headers:
+            if key.lower() == name:
+                return value
+    return None
 
 
 async def limit(

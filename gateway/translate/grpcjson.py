@@ -72,6 +72,12 @@ class _Template:
         if not template.startswith("/"):
             raise ValueError(f"path template {self.source!r} must start with '/'")
         self.fields: list[str] = []
+        body = template.replace("{", "/").replace("}", "/").replace("=", "/")
+        wild = [seg for seg in body.split("/") if seg == "**"]
+        if len(wild) > 1 or (wild and not template.rstrip("}").endswith("**")):
+            # google.api.http allows ** only as the last segment; anything else would also compile to a
+            # regular expression that backtracks on long paths
+            raise ValueError(f"path template {self.source!r}: '**' may only be the last segment")
         pattern = "".join("/" + part for part in self._segments(template[1:]))
         self.regex = re.compile("^" + pattern + (":" + re.escape(verb) if verb else "") + "$")
         self.literals = len(re.findall(r"(?<![{=*])\b[\w.-]+", template))
@@ -179,7 +185,9 @@ class Transcoder:
         return cls
 
     def match(self, http_method: str, path: str) -> tuple[Binding, dict[str, str]] | None:
-        """The binding for this request and its path variables, or None."""
+        """The binding for this request and its path variables, or None (paths over 8 KiB: None)."""
+        if len(path) > 8192:
+            return None
         for binding in self.bindings:
             if binding.http_method != http_method:
                 continue

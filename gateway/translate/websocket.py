@@ -31,6 +31,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 #: Handshake headers that belong to the edge's connection, not to the app's.
 SKIP = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "content-length"})
 IDLE_TIMEOUT = 300.0
+#: The largest message reassembled from the app (bytes); larger closes both sides with 1009.
+MAX_MESSAGE = 1024 * 1024
 
 
 async def _queue_body(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
@@ -126,11 +128,22 @@ async def relay(
         """Frames from the app -> messages to the client (fragments joined)."""
         text_parts: list[str] = []
         byte_parts: list[bytes] = []
+        pending = [0]
         try:
             async for chunk in response.body:
                 last[0] = loop.time()
                 conn.receive_data(chunk)
                 for event in conn.events():
+                    if isinstance(event, TextMessage | BytesMessage):
+                        pending[0] += len(event.data)
+                        if pending[0] > MAX_MESSAGE:  # RFC 6455 1009 to both sides
+                            closed_by.append("too-big")
+                            with contextlib.suppress(LocalProtocolError):
+                                await to_app(conn.send(CloseConnection(code=1009, reason="message too big")))
+                            await send({"type": "websocket.close", "code": 1009, "reason": "message too big"})
+                            return
+                        if event.message_finished:
+                            pending[0] = 0
                     if isinstance(event, TextMessage):
                         text_parts.append(event.data)
                         if event.message_finished:

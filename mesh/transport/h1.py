@@ -193,9 +193,19 @@ class H1Server:
             await self._refuse(conn, writer, h11.RemoteProtocolError("more than one Host header", 400))
             return False
         if self.upgrade is not None and event.method == b"GET" and _wants_websocket(headers):
-            # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here
+            # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here. A handshake
+            # has no body: one that announces a body is refused (never waited for)
+            if any(
+                k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers
+            ):
+                await self._refuse(
+                    conn, writer, h11.RemoteProtocolError("a WebSocket handshake with a body", 400)
+                )
+                return False
             while conn.their_state is h11.SEND_BODY:
-                conn.next_event()
+                if not isinstance(conn.next_event(), h11.EndOfMessage | h11.Data):
+                    await self._refuse(conn, writer, h11.RemoteProtocolError("bad WebSocket handshake", 400))
+                    return False
             leftover, _ = conn.trailing_data
             await self.upgrade(event, reader, writer, bytes(leftover), info)
             return False

@@ -142,6 +142,11 @@ async def websocket_app(
             headers.append((name.strip().lower(), value.strip()))
     values = dict(headers)
     if status != 101:
+        if 200 <= status < 300:  # a success that is not an upgrade: the app does not speak WebSocket here
+            writer.close()
+            raise UpstreamError(
+                "upstream_reset", f"the app answered the WebSocket handshake with {status}, not 101"
+            )
         length = (
             int(values.get("content-length", "0") or 0) if values.get("content-length", "0").isdigit() else 0
         )

@@ -67,6 +67,14 @@ class Cors(Spec):
     allow_credentials: bool = False
     max_age: Duration = timedelta(minutes=10)
 
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Cors:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError(
+                "allowCredentials needs the origins listed: with '*' any site could read as the user"
+            )
+        return self
+
 
 class RouteRetries(Spec):
     """Per-route retry override (through the mesh client)."""
