@@ -188,7 +188,14 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
             )
         host, port = args.listen
         try:
-            server = await serve(application, host, port, ssl_context=ctx, reuse_port=args.workers > 1)
+            server = await serve(
+                application,
+                host,
+                port,
+                ssl_context=ctx,
+                reuse_port=args.workers > 1,
+                max_header_bytes=args.max_header_bytes + 8192,  # hygiene answers 431 below this
+            )
         except OSError as exc:
             print(f"meshgate gateway: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
             await lifespan.shutdown()

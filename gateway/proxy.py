@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import unquote_plus
 
 from gateway.exchange import Exchange, local_error
 from gateway.translate import grpcweb
@@ -116,6 +117,13 @@ def upstream_headers(ex: Exchange) -> Headers:
     return headers
 
 
+def _without_params(path: str, names: set[str]) -> str:
+    """``path`` with the query parameters ``names`` removed (the others kept as they were written)."""
+    base, _, query = path.partition("?")
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]) not in names]
+    return f"{base}?{'&'.join(kept)}" if kept else base
+
+
 def _wire_safe(value: str) -> bool:
     """A header value HTTP/2 and HTTP/1.1 carry as it is: latin-1, no control characters, no
     surrounding white space."""
@@ -157,9 +165,12 @@ async def forward(
         if grpcweb.is_text(web_type):
             body = grpcweb.decode_text(body)
         deadline = grpc_timeout(ex.header("grpc-timeout"))
+    path = ex.match.upstream_path
+    if ex.identity is not None and ex.identity.remove_query and "?" in path:
+        path = _without_params(path, set(ex.identity.remove_query))
     upstream = Request(
         method=ex.method,
-        path=ex.match.upstream_path,
+        path=path,
         authority=ex.match.backend.service,
         scheme="https",
         headers=headers,

@@ -385,6 +385,7 @@ async def serve(
     ssl_context: ssl.SSLContext | None = None,
     limits: Limits | None = None,
     reuse_port: bool = False,
+    max_header_bytes: int = 65536,
 ) -> asyncio.AbstractServer:
     """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``."""
     bridge = AsgiBridge(app, server=(host, port))
@@ -399,6 +400,7 @@ async def serve(
         ssl_context=ssl_context,
         reuse_port=reuse_port,
         upgrade=WebSocketBridge(app, bridge),
+        max_header_bytes=max_header_bytes,
     )
 
 

@@ -103,6 +103,8 @@ class ApiKeyAuthenticator:
                 provider=self.name,
                 claims={"api_key_name": name},
                 remove_headers=(self.settings.header,),
+                # a key that came in the query does not go on to the service (or its logs)
+                remove_query=(self.settings.query_param,) if self.settings.query_param else (),
             )
         )
 

@@ -48,6 +48,7 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
     upstream_headers: Sequence[tuple[str, str]] = ()  # to set on the upstream request (overwrite)
     remove_headers: Sequence[str] = ()  # to remove from the upstream request
+    remove_query: Sequence[str] = ()  # query parameters to remove from the upstream request (credentials)
 
 
 @dataclass(frozen=True)

@@ -200,3 +200,30 @@ def test_a_grpc_deadline_shortens_but_never_lengthens_the_call() -> None:
 def test_descriptor_templates_with_a_double_star_inside_are_refused(template: str) -> None:
     with pytest.raises(ValueError, match="last segment"):
         _Template(template)
+
+
+def test_an_api_key_sent_in_the_query_does_not_reach_the_service(tmp_path: Path) -> None:
+    policy = f"""\
+apiVersion: meshgate/v1
+kind: Route
+name: q
+match: {{path: {{prefix: /q}}}}
+backends: [{{service: orders}}]
+auth: [qkeys]
+---
+apiVersion: meshgate/v1
+kind: AuthProvider
+name: qkeys
+type: apiKey
+apiKey:
+  queryParam: api_key
+  keys: [{{name: alice, sha256: {KEY}}}]
+"""
+
+    async def go() -> str:
+        async with edge(tmp_path, policy) as gw:
+            response = await gw.http.get("/q/items?page=2&api_key=k&sort=asc")
+            assert response.status_code == 200
+            return str(response.json()["path"])
+
+    assert run(go()) == "/q/items?page=2&sort=asc"
