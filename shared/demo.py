@@ -17,8 +17,8 @@ services web, orders and catalog each behind a sidecar, all on loopback. Request
 are authenticated (API key), rate-limited in Redis, and cross the mesh over mutual TLS (HTTP/2,
 SPIFFE identities), with every hop authorized by the policies above and traced with OpenTelemetry.
 Today this command validates the policies and asks the policy engine a few questions; the control
-plane and the sidecars already run by hand (docs/controlplane.md, docs/sidecar.md), the gateway and
-`meshgate up` are still to come."""
+plane, the sidecars and the gateway already run by hand (docs/controlplane.md, docs/sidecar.md,
+docs/gateway.md); `meshgate up`, which starts them all, is still to come."""
 
 _SAMPLES = (
     ("web", "orders", "GET", "/orders/42"),
