@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.auth.base import EdgeRequest, Identity
 from gateway.routing import Match
-from mesh.transport.messages import Headers, Response, body_of
+from mesh.transport.messages import Headers, Response, error_response
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Exchange:
     has_body: bool = True  # False: HTTP/1.x without Content-Length or Transfer-Encoding (nothing to read)
     te_trailers: bool = False  # the client sent ``te: trailers`` (gRPC): forwarded as such
     trailers_ok: bool = False  # the server carries response trailers (ASGI http.response.trailers)
+    _joined: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def grpc(self) -> bool:
@@ -52,11 +53,14 @@ class Exchange:
 
     def joined_headers(self) -> dict[str, str]:
         """Headers for matching and policy: repeated ones joined with commas, as the sidecar's policy
-        view does, so that every layer reads a repeated header the same way."""
-        joined: dict[str, str] = {}
-        for key, value in self.headers:
-            joined[key] = f"{joined[key]},{value}" if key in joined else value
-        return joined
+        view does, so that every layer reads a repeated header the same way (built once, after the
+        hygiene step has fixed ``headers``)."""
+        if self._joined is None:
+            joined: dict[str, str] = {}
+            for key, value in self.headers:
+                joined[key] = f"{joined[key]},{value}" if key in joined else value
+            self._joined = joined
+        return self._joined
 
     def edge_request(self) -> EdgeRequest:
         """The view authenticators get."""
@@ -74,15 +78,8 @@ class Exchange:
 
 
 def local_error(status: int, code: str, message: str, headers: Headers | None = None) -> Response:
-    """A gateway-made answer: ``x-meshgate-error: code`` and a short text body."""
-    body = f"{message}\n".encode()
-    return Response(
-        status,
-        [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", str(len(body))),
-            ("x-meshgate-error", code),
-            *(headers or []),
-        ],
-        body_of(body),
-    )
+    """A gateway-made answer: the mesh's ``error_response`` (``x-meshgate-error: code``, a short text
+    body) with ``headers`` added."""
+    response = error_response(status, code, message)
+    response.headers.extend(headers or [])
+    return response

@@ -40,7 +40,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from mesh.h2 import Limits
 from mesh.transport.h1 import ClientInfo
 from mesh.transport.h2c import serve_sniffing
-from mesh.transport.messages import Headers, Request, Response
+from mesh.transport.messages import Headers, Request, Response, body_of
 
 log = logging.getLogger("meshgate.gateway.server")
 
@@ -67,7 +67,7 @@ class AsgiBridge:
         self.body_queue = body_queue
         self._tls_cache: dict[bytes, dict[str, Any]] = {}
 
-    def _tls(self, info: ClientInfo) -> dict[str, Any]:
+    def tls_info(self, info: ClientInfo) -> dict[str, Any]:
         if info.peer_cert is None:
             return {"client_cert_chain": [], "client_cert_name": None, "client_cert_error": None}
         cached = self._tls_cache.get(info.peer_cert)
@@ -92,7 +92,7 @@ class AsgiBridge:
         ]
         extensions: dict[str, Any] = {"http.response.trailers": {}}
         if info.tls:
-            extensions["tls"] = self._tls(info)
+            extensions["tls"] = self.tls_info(info)
         scope: Scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -184,7 +184,7 @@ class AsgiBridge:
         except Exception:
             body = b"internal error\n"
             return Response(
-                500, [("content-type", "text/plain"), ("content-length", str(len(body)))], _one(body)
+                500, [("content-type", "text/plain"), ("content-length", str(len(body)))], body_of(body)
             )
 
         async def response_body() -> AsyncIterator[bytes]:
@@ -246,7 +246,7 @@ class WebSocketBridge:
         path, _, query = event.target.decode("latin-1").partition("?")
         extensions: dict[str, Any] = {"websocket.http.response": {}}
         if info.tls:
-            extensions["tls"] = self.bridge._tls(info)
+            extensions["tls"] = self.bridge.tls_info(info)
         scope: Scope = {
             "type": "websocket",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -371,10 +371,6 @@ class WebSocketBridge:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 async def serve(

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from mesh.transport.h1 import UpstreamError
-from mesh.transport.messages import Request, Response
+from mesh.transport.messages import Request, Response, body_of
 
 log = logging.getLogger("meshgate.transport.tunnel")
 CHUNK = 65536
@@ -157,7 +157,7 @@ async def websocket_app(
             for k, v in headers
             if k not in ("connection", "upgrade", "transfer-encoding", "content-length")
         ]
-        return Response(status, [*kept, ("content-length", str(len(body)))], _once(body))
+        return Response(status, [*kept, ("content-length", str(len(body)))], body_of(body))
     accept = base64.b64encode(hashlib.sha1(key + WS_GUID, usedforsecurity=False).digest()).decode()
     if values.get("sec-websocket-accept") != accept:
         writer.close()
@@ -176,8 +176,3 @@ async def websocket_app(
         else []
     )
     return Response(200, out, socket_bytes(reader), on_close=closed)
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    if data:
-        yield data
