@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test lint typecheck bench clean
 
@@ -14,8 +15,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/meshgate demo --policies policies
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+# The whole stack from examples/demo.yaml; Ctrl-C stops it.
+demo: $(DEMO_STAMP)
+	$(BIN)/meshgate up -f examples/demo.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

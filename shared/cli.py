@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "shared.identity.cli",
     "mesh.controlplane.cli",
     "mesh.cli",
+    "mesh.up.cli",
     "gateway.cli",
     "shared.demo",
 )

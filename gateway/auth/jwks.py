@@ -161,6 +161,42 @@ def parse_jwks(body: bytes) -> list[JwkKey]:
     return keys
 
 
+class StaticJwks:
+    """Keys given inline in the policy (``jwt.jwks``): parsed once, never fetched; an unusable set
+    is logged and verifies nothing. Same interface as :class:`JwksCache`."""
+
+    def __init__(self, jwks: Mapping[str, Any]) -> None:
+        self.uri = "inline"
+        self.stats: dict[str, int] = {"fetches": 0, "fetch_errors": 0, "refetches_on_unknown_kid": 0}
+        try:
+            self._keys = parse_jwks(json.dumps(jwks).encode())
+        except JwksError as exc:
+            log.error("inline JWKS: %s; no token can be verified", exc)
+            self.stats["fetch_errors"] += 1
+            self._keys = []
+        self.started = True
+
+    @property
+    def keys(self) -> list[JwkKey]:
+        """The keys (a copy)."""
+        return list(self._keys)
+
+    async def start(self) -> None:
+        """Nothing to fetch."""
+
+    async def key(self, kid: str | None, alg: str) -> PublicKey | None:
+        """The key for ``kid`` that may verify ``alg``, or None."""
+        for k in self._keys:
+            if (kid is None or k.kid == kid) and alg in k.algorithms:
+                if kid is None and sum(alg in x.algorithms for x in self._keys) != 1:
+                    return None
+                return k.key
+        return None
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
 class JwksCache:
     """The keys of one JWKS URL. ``stats``: ``fetches`` (attempts of any kind), ``fetch_errors``,
     ``refetches_on_unknown_kid``. A client passed in is not closed by :meth:`close`."""

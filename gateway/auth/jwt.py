@@ -26,7 +26,7 @@ from typing import Any
 import jwt as pyjwt
 
 from gateway.auth.base import EdgeRequest, Identity, Verdict
-from gateway.auth.jwks import JwksCache
+from gateway.auth.jwks import JwksCache, StaticJwks
 from shared.config.model.edge import JwtSettings
 
 log = logging.getLogger("meshgate.gateway.auth.jwt")
@@ -58,14 +58,16 @@ class JwtAuthenticator:
         self.name = name
         self.settings = settings
         self._own_jwks = jwks is None
-        self.jwks = (
-            jwks
-            if jwks is not None
-            else JwksCache(
-                settings.jwks_uri,
+        self.jwks: JwksCache | StaticJwks
+        if jwks is not None:
+            self.jwks = jwks
+        elif settings.jwks is not None:
+            self.jwks = StaticJwks(settings.jwks)
+        else:
+            self.jwks = JwksCache(
+                settings.jwks_uri or "",
                 refresh_interval=max(settings.refresh_interval.total_seconds(), MIN_REFRESH_INTERVAL),
             )
-        )
         self._algorithms = frozenset(settings.algorithms) - HMAC_ALGORITHMS
         self._leeway = settings.leeway.total_seconds()
 

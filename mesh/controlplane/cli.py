@@ -94,37 +94,59 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
-    """Store a new join token and print it."""
+def issue_join_token(
+    data_dir: Path,
+    service: str,
+    *,
+    namespace: str = "default",
+    ttl: float = 3600.0,
+    reusable: bool = False,
+    store: str | None = None,
+) -> str:
+    """Store a new join token for ``service`` in the control plane's store and return it.
 
-    if not (args.data_dir / "ca" / "ca.json").exists():
-        print(
-            f"meshgate token create: no CA in {args.data_dir}/ca; start the control plane once "
-            "(it creates one) or run 'meshgate ca init'",
-            file=sys.stderr,
+    Raises :class:`TokenError` when there is no CA in ``data_dir`` or the store cannot be used."""
+    if not (data_dir / "ca" / "ca.json").exists():
+        raise TokenError(
+            f"no CA in {data_dir}/ca; start the control plane once (it creates one) or run 'meshgate ca init'"
         )
-        return 1
     try:
-        ca = CertificateAuthority.load(args.data_dir / "ca")
+        ca = CertificateAuthority.load(data_dir / "ca")
     except CAError as exc:
-        print(f"meshgate token create: {exc}", file=sys.stderr)
-        return 1
+        raise TokenError(str(exc)) from exc
 
     async def create() -> str:
-        store = open_store(args.store, args.data_dir)
-        await store.open()
+        opened = open_store(store, data_dir)
+        await opened.open()
         try:
-            token, record = new_token(
-                args.service, args.namespace or "default", args.ttl, time.time(), ca_pin(ca), args.reusable
-            )
-            await store.put_token(record)
+            token, record = new_token(service, namespace, ttl, time.time(), ca_pin(ca), reusable)
+            await opened.put_token(record)
             return str(token)
         finally:
-            await store.close()
+            await opened.close()
 
     try:
-        token = asyncio.run(create())
+        return asyncio.run(create())
     except StoreError as exc:
+        raise TokenError(str(exc)) from exc
+
+
+class TokenError(Exception):
+    """A join token cannot be made (no CA yet, store unreachable)."""
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Store a new join token and print it."""
+    try:
+        token = issue_join_token(
+            args.data_dir,
+            args.service,
+            namespace=args.namespace or "default",
+            ttl=args.ttl,
+            reusable=args.reusable,
+            store=args.store,
+        )
+    except TokenError as exc:
         print(f"meshgate token create: {exc}", file=sys.stderr)
         return 1
     print(token)

@@ -79,7 +79,8 @@ def _present_prefix(data: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], b
     return loc, True
 
 
-def _messages(raw: RawDocument, ref: str, exc: ValidationError) -> list[PolicyError]:
+def validation_errors(raw: RawDocument, ref: str, exc: ValidationError) -> list[PolicyError]:
+    """One :class:`PolicyError` per failing field of ``exc`` (pydantic), with the field's source line."""
     grouped: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors(include_url=False):
         loc, exact = _present_prefix(raw.data, tuple(err["loc"]))
@@ -155,7 +156,7 @@ def _parse_document(raw: RawDocument) -> tuple[Document | None, list[PolicyError
     try:
         doc = KINDS[kind].model_validate(data)
     except ValidationError as exc:
-        return None, [*problems, *_messages(raw, ref, exc)]
+        return None, [*problems, *validation_errors(raw, ref, exc)]
     return (doc if not problems else None), problems
 
 

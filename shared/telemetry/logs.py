@@ -38,5 +38,6 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.error", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel("WARNING")
+    # Libraries that log every request at INFO (httpx: each control-plane call and health check).
+    for noisy in ("uvicorn.error", "uvicorn.access", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel("WARNING" if level.lower() != "debug" else "DEBUG")

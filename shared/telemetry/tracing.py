@@ -63,13 +63,16 @@ def exporters(
 
 
 class Tracing:
-    """The tracer of one process, or a no-op when ``exporter`` is None."""
+    """The tracer of one process, or a no-op when ``exporter`` is None. ``scope`` names the
+    instrumentation scope (``meshgate.sidecar``, ``meshgate.gateway``): it tells a proxy's spans from
+    the app's when both carry the same ``service.name``."""
 
     def __init__(
         self,
         service: str,
         exporter: SpanExporter | list[SpanExporter] | None = None,
         sample_ratio: float = 1.0,
+        scope: str = "meshgate",
     ) -> None:
         chosen = exporter if isinstance(exporter, list) else [exporter] if exporter is not None else []
         self.enabled = bool(chosen)
@@ -82,7 +85,7 @@ class Tracing:
             )
             for one in chosen:
                 self._provider.add_span_processor(BatchSpanProcessor(one, schedule_delay_millis=200))
-            self._tracer = self._provider.get_tracer("meshgate")
+            self._tracer = self._provider.get_tracer(scope)
 
     def shutdown(self) -> None:
         """Flush what is buffered."""

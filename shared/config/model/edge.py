@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -141,17 +141,31 @@ DEFAULT_JWT_ALGORITHMS: tuple[JwtAlgorithm, ...] = ("RS256", "ES256")
 
 
 class JwtSettings(Spec):
-    """JWT validation: issuer, audiences, keys from a JWKS URL, explicit algorithms."""
+    """JWT validation: issuer, audiences, keys from a JWKS URL (``jwksUri``, refreshed) or given inline
+    (``jwks``, a JWKS object with public keys: for fixed keys and demos), explicit algorithms."""
 
     issuer: str
     audiences: list[str] = Field(default_factory=list)
-    jwks_uri: str = Field(pattern=r"^https?://")
+    jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
+    jwks: dict[str, Any] | None = None
     algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: list(DEFAULT_JWT_ALGORITHMS))
     leeway: Duration = timedelta(seconds=30)
     refresh_interval: Duration = timedelta(minutes=10)
     principal_claim: str = "sub"
     claims_to_headers: list[ClaimToHeader] = Field(default_factory=list)
     header: HeaderName = "authorization"
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSettings:
+        if (self.jwks_uri is None) == (self.jwks is None):
+            raise ValueError("give exactly one of jwksUri (a URL) and jwks (inline keys)")
+        if self.jwks is not None:
+            keys = self.jwks.get("keys")
+            if not isinstance(keys, list) or not keys or not all(isinstance(k, dict) for k in keys):
+                raise ValueError("jwks must be a JWK set: {keys: [ {kty: ..., ...}, ... ]}")
+            if any("d" in k for k in keys):
+                raise ValueError("jwks holds a private key (field d): give only public keys")
+        return self
 
 
 class ApiKeyEntry(Spec):
