@@ -265,6 +265,7 @@ class Stack:
             "python": python,
             "meshgate": shown_path(meshgate) if meshgate.exists() else f"{python} -m shared.cli",
             "dir": shown_path(plan.folder),
+            "workdir": shown_path(plan.workdir),
             "policies": shown_path(plan.policies),
         }
         for app, sidecar in reversed(plan.services):

@@ -47,6 +47,7 @@ class Receiver:
                                 receiver.spans.append(
                                     {
                                         "service": service,
+                                        "scope": scope.scope.name,
                                         "name": span.name,
                                         "kind": span.kind,
                                         "trace_id": span.trace_id.hex(),
