@@ -118,10 +118,11 @@ class EdgeGateway:
                 answer = local_error(404, "route_not_found", f"no WebSocket route for {ex.host}{ex.path}")
             else:
                 route_name = ex.match.route.name
+                metrics = runtime.metrics
                 answer = (
-                    await auth.authenticate(ex, state.providers, runtime.tracing)
-                    or authorize.authorize(ex, state.engine)
-                    or await ratelimit.limit(ex, state.rate_limits, runtime.limiter, runtime.tracing)
+                    await auth.authenticate(ex, state.providers, runtime.tracing, metrics)
+                    or authorize.authorize(ex, state.engine, metrics)
+                    or await ratelimit.limit(ex, state.rate_limits, runtime.limiter, runtime.tracing, metrics)
                 )
         if answer is not None:
             await websocket.refuse(send, answer.status, answer.header("x-meshgate-error") or "refused", scope)
@@ -154,13 +155,16 @@ class EdgeGateway:
             if body is None:
                 return local_error(413, "body_too_large", f"request body over {route.max_body_size} bytes")
             ex.body = body
-        answer = await auth.authenticate(ex, state.providers, self.runtime.tracing)
+        runtime = self.runtime
+        answer = await auth.authenticate(ex, state.providers, runtime.tracing, runtime.metrics)
         if answer is not None:
             return answer
-        answer = authorize.authorize(ex, state.engine)
+        answer = authorize.authorize(ex, state.engine, runtime.metrics)
         if answer is not None:
             return answer
-        answer = await ratelimit.limit(ex, state.rate_limits, self.runtime.limiter, self.runtime.tracing)
+        answer = await ratelimit.limit(
+            ex, state.rate_limits, runtime.limiter, runtime.tracing, runtime.metrics
+        )
         if answer is not None:
             return answer
         policy = state.service_policy(ex.match.backend.service)

@@ -31,6 +31,8 @@ class Exchange:
     has_body: bool = True  # False: HTTP/1.x without Content-Length or Transfer-Encoding (nothing to read)
     te_trailers: bool = False  # the client sent ``te: trailers`` (gRPC): forwarded as such
     trailers_ok: bool = False  # the server carries response trailers (ASGI http.response.trailers)
+    attempts: int = 0  # tries the mesh client made upstream (0: none was made)
+    upstream_ms: float | None = None  # from sending upstream to the upstream's response head
     _joined: dict[str, str] | None = field(default=None, repr=False)
 
     @property

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -177,7 +178,9 @@ async def forward(
         body=body,
     )
     policy = route_policy(route, service_policy or TrafficPolicy(), deadline)
+    sent = time.perf_counter()
     response = await client.request(ex.match.backend.service, upstream, policy=policy)
+    ex.attempts, ex.upstream_ms = response.attempts, round((time.perf_counter() - sent) * 1000, 3)
     if overflow:
         if response.on_close is not None:
             response.on_close()

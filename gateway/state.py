@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.auth.base import Authenticator
 from gateway.exchange import Exchange
+from gateway.metrics import GatewayMetrics
 from gateway.middleware.hygiene import HygieneSettings
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
@@ -29,7 +30,6 @@ from shared.config.model.mesh import TrafficPolicy
 from shared.config.policyset import PolicySet
 from shared.policy.engine import PolicyEngine
 from shared.registry.client import RegistryClient
-from shared.telemetry.metrics import Registry
 from shared.telemetry.tracing import Tracing, exporters
 
 log = logging.getLogger("meshgate.gateway")
@@ -149,16 +149,10 @@ class GatewayRuntime:
         self.config = config
         self.hygiene = config.hygiene
         self.state: GatewayState | None = None
-        self.metrics = Registry()
-        self.requests = self.metrics.counter(
-            "meshgate_gateway_requests_total", "Requests answered at the edge", ("route", "code")
-        )
-        self.duration = self.metrics.histogram(
-            "meshgate_gateway_request_duration_seconds", "Time to the response head", ("route",)
-        )
-        self.reloads = self.metrics.counter("meshgate_gateway_config_reloads_total", "Policy sets applied")
+        self.metrics = GatewayMetrics()
+        self.metrics.collect_from(self)
         chosen = exporters(config.trace_file, config.otlp_endpoint, config.otlp_headers)
-        self.tracing = Tracing(config.service, chosen, config.trace_sample)
+        self.tracing = Tracing(config.service, chosen, config.trace_sample, scope="meshgate.gateway")
         self.limiter = RateLimiter(config.redis)
         self._client = client
         self.registry: RegistryClient | None = None
@@ -172,6 +166,11 @@ class GatewayRuntime:
         """The outbound mesh client (available once started)."""
         assert self._client is not None, "gateway runtime not started"
         return self._client
+
+    @property
+    def has_client(self) -> bool:
+        """True once the outbound mesh client exists."""
+        return self._client is not None
 
     @property
     def ready(self) -> bool:
@@ -189,8 +188,7 @@ class GatewayRuntime:
     ) -> None:
         """Count one answered request; with ``--access-log``, one JSON line about it."""
         elapsed = time.perf_counter() - started
-        self.requests.inc(route, str(status))
-        self.duration.observe(elapsed, route)
+        self.metrics.observe(route, status, elapsed)
         if self.config.access_log and ex is not None:
             trace_id = None
             if span is not None:
@@ -207,6 +205,8 @@ class GatewayRuntime:
                     "path": ex.path,
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 3),
+                    "upstream_ms": ex.upstream_ms,
+                    "retries": max(ex.attempts - 1, 0),
                     "principal": ex.identity.principal if ex.identity else None,
                     "client": ex.client_address,
                     "client_spiffe_id": ex.client_spiffe_id,
@@ -267,6 +267,7 @@ class GatewayRuntime:
             try:
                 policy_set = PolicySet.from_json(policies)
             except ValueError as exc:
+                self.metrics.config.failed()
                 log.error("snapshot carries unusable policies (%s); keeping the current ones", exc)
         if policy_set is not None:
             self.apply(policy_set)
@@ -321,7 +322,7 @@ class GatewayRuntime:
             rate_limits=dict(policy_set.rate_limits),
             _provider_docs=docs,
         )
-        self.reloads.inc()
+        self.metrics.config.applied(policy_set.version)
         log.info("gateway policy version %s in force (%d routes)", policy_set.version, len(policy_set.routes))
         if old is not None:
             for name, provider in old.providers.items():
@@ -348,11 +349,8 @@ class GatewayRuntime:
         }
 
     def render_metrics(self) -> str:
-        """Prometheus text."""
-        lines = [f"meshgate_ready {int(self.ready)}"]
-        for key, value in self.limiter.stats.items():
-            lines.append(f'meshgate_gateway_ratelimit_total{{kind="{key}"}} {value}')
-        return "\n".join(lines) + "\n" + self.metrics.render()
+        """Prometheus text (names and labels: docs/metrics.md)."""
+        return self.metrics.render()
 
     async def _serve_admin(self, request: Request, info: ClientInfo) -> Response:
         return await admin_response(

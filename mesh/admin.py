@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.transport.messages import Request, Response, body_of
+from shared.telemetry.metrics import CONTENT_TYPE
 
 
 def text_response(status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
@@ -38,7 +39,7 @@ async def admin_response(
             return text_response(200, "ready\n")
         return text_response(503, "not ready: no certificate or configuration\n")
     if path == "/metrics":
-        return text_response(200, metrics(), "text/plain; version=0.0.4")
+        return text_response(200, metrics(), CONTENT_TYPE)
     if path == "/config":
         return text_response(200, json.dumps(describe(), indent=2) + "\n", "application/json")
     if path == "/quitquitquit" and request.method == "POST" and quit is not None:

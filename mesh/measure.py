@@ -1,44 +1,63 @@
 """Request telemetry for the sidecar: a thin wrapper around a handler that makes a span (continuing the
 caller's W3C trace context and passing ours on; it ends when the response body is done), counts
-requests by peer and status code, and records how long the handler took to produce the response head."""
+requests by peer service and status code, and records how long the handler took to produce the
+response head. Also the scrape-time families of the mesh client (``meshgate_upstream_*``), which
+sidecars and gateways share. Names and labels: docs/metrics.md."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from opentelemetry.trace import SpanKind
 
 from mesh.transport.messages import Request, Response, on_finish
-from shared.telemetry.metrics import Counter, Histogram, Registry
+from shared.policy.request import split_spiffe_id
+from shared.telemetry.metrics import Counter, Family, Histogram, Registry
 from shared.telemetry.tracing import Tracing, end, finish
+
+if TYPE_CHECKING:
+    from mesh.outbound.client import MeshClient
 
 Who = TypeVar("Who")
 access = logging.getLogger("meshgate.access")
 
 
+@functools.lru_cache(maxsize=4096)
+def service_of(spiffe_id: str) -> str:
+    """The service name in a workload SPIFFE ID (``spiffe://td/ns/N/sa/S`` -> ``S``), else ``_unknown``."""
+    try:
+        return split_spiffe_id(spiffe_id)[2] or "_unknown"
+    except ValueError:
+        return "_unknown"
+
+
 class RequestMetrics:
-    """``meshgate_requests_total{direction, peer, code}`` and ``meshgate_request_duration_seconds``."""
+    """``meshgate_sidecar_requests_total{direction, service, code}``,
+    ``meshgate_sidecar_request_duration_seconds{direction, service}`` and
+    ``meshgate_sidecar_local_errors_total{direction, reason}``."""
 
     def __init__(self, registry: Registry, tracing: Tracing | None = None, access_log: bool = False) -> None:
         self.tracing = tracing or Tracing("meshgate")
         self.access_log = access_log
         self.requests: Counter = registry.counter(
-            "meshgate_requests_total",
-            "Requests by direction (inbound: from a peer sidecar; outbound: from the app), peer and status.",
-            ["direction", "peer", "code"],
+            "meshgate_sidecar_requests_total",
+            "Requests answered, by direction (inbound: from a peer sidecar; outbound: from the app), "
+            "service on the other side and HTTP status code.",
+            ["direction", "service", "code"],
         )
         self.duration: Histogram = registry.histogram(
-            "meshgate_request_duration_seconds",
-            "Time until the response head, by direction and peer.",
-            ["direction", "peer"],
+            "meshgate_sidecar_request_duration_seconds",
+            "Time until the response head, by direction and service on the other side.",
+            ["direction", "service"],
         )
         self.errors: Counter = registry.counter(
-            "meshgate_local_errors_total",
-            "Responses the sidecar made itself, by x-meshgate-error code.",
-            ["direction", "error"],
+            "meshgate_sidecar_local_errors_total",
+            "Responses the sidecar made itself, by direction and reason (the x-meshgate-error code).",
+            ["direction", "reason"],
         )
 
     def wrap(
@@ -47,7 +66,8 @@ class RequestMetrics:
         handler: Callable[[Request, Who], Awaitable[Response]],
         peer_of: Callable[[Request, Who], str],
     ) -> Callable[[Request, Who], Awaitable[Response]]:
-        """``handler`` with every call measured."""
+        """``handler`` with every call measured; ``peer_of`` names the other side (a SPIFFE ID or a
+        service name: the ``service`` label is the service name either way)."""
 
         # the sidecar serves its app too: a SERVER span on both sides; each outbound attempt then gets
         # its own CLIENT span from the mesh client, as OTel asks of proxies
@@ -80,8 +100,9 @@ class RequestMetrics:
             if span is not None:
                 on_finish(response, lambda: end(span))
             elapsed = time.perf_counter() - started
-            self.duration.observe(elapsed, direction, peer)
-            self.requests.inc(direction, peer, str(response.status))
+            service = service_of(peer) if peer.startswith("spiffe://") else peer
+            self.duration.observe(elapsed, direction, service)
+            self.requests.inc(direction, service, str(response.status))
             error = response.header("x-meshgate-error")
             if error is not None:
                 self.errors.inc(direction, error)
@@ -99,8 +120,32 @@ class RequestMetrics:
                         "duration_ms": round(elapsed * 1000, 3),  # to the response head
                         "error": error,
                         "attempt": next((v for k, v in request.headers if k == "x-meshgate-attempt"), None),
+                        "retries": response.attempts - 1 if direction == "outbound" else None,
                     },
                 )
             return response
 
         return measured
+
+
+def upstream_families(client: MeshClient) -> list[Family]:
+    """The mesh client's counters (sidecars and gateways): retries, ejections, overflows by service,
+    and connections opened to peer sidecars."""
+    help_texts = {
+        "retries": "Retries of requests to a service (each retry once).",
+        "ejections": "Endpoints of a service ejected by outlier detection.",
+        "overflows": "Requests refused at once because the connection limit to a service was reached.",
+    }
+    families = {
+        key: Family(f"meshgate_upstream_{key}_total", "counter", text, ("service",))
+        for key, text in help_texts.items()
+    }
+    for service, stats in sorted(client.upstream_stats().items()):
+        for key, family in families.items():
+            family.add(stats.get(key, 0), service)
+    opened = Family(
+        "meshgate_upstream_connections_opened_total",
+        "counter",
+        "Connections (mTLS, HTTP/2) opened to peer sidecars.",
+    ).add(client.pool.opened)
+    return [*families.values(), opened]

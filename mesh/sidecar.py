@@ -14,7 +14,7 @@ from typing import Any
 from mesh.admin import admin_response
 from mesh.inbound.handler import InboundHandler
 from mesh.inbound.server import InboundServer
-from mesh.measure import RequestMetrics
+from mesh.measure import RequestMetrics, upstream_families
 from mesh.outbound.client import MeshClient
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
@@ -26,7 +26,8 @@ from shared.config.policyset import PolicySet
 from shared.policy.engine import PolicyEngine
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
 from shared.registry.health import AppCheck, heartbeat_loop
-from shared.telemetry.metrics import Registry
+from shared.telemetry.common_metrics import ConfigStatus, common_families
+from shared.telemetry.metrics import Family, Registry
 from shared.telemetry.tracing import Tracing, exporters
 
 log = logging.getLogger("meshgate.sidecar")
@@ -81,9 +82,11 @@ class Sidecar:
         self.grpc_app = H2cPool(*config.app)
         self.ports: dict[str, int] = {}
         self._bundle_sequence: int | None = None
+        self.config_status = ConfigStatus()
         self.metrics_registry = Registry()
+        self.metrics_registry.collect(self._families)
         chosen = exporters(config.trace_file, config.otlp_endpoint, config.otlp_headers)
-        self.tracing = Tracing(config.service, chosen, config.trace_sample)
+        self.tracing = Tracing(config.service, chosen, config.trace_sample, scope="meshgate.sidecar")
         self.measure = RequestMetrics(self.metrics_registry, self.tracing, config.access_log)
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []
@@ -112,6 +115,7 @@ class Sidecar:
             try:
                 policy_set = PolicySet.from_json(policies)
             except ValueError as exc:
+                self.config_status.failed()
                 log.error(
                     "snapshot %s carries unusable policies (%s); keeping the current ones",
                     snapshot["index"],
@@ -121,6 +125,7 @@ class Sidecar:
                 if policy_set.version != self.policy_version:
                     self.engine = PolicyEngine(policy_set)
                     self.policy_version = policy_set.version
+                    self.config_status.applied(policy_set.version)
                     log.info("policy version %s in force", policy_set.version)
                 assert self.client is not None
                 self.client.update(
@@ -234,24 +239,46 @@ class Sidecar:
         }
 
     def metrics(self) -> str:
-        """Prometheus text."""
-        lines = []
+        """Prometheus text (names and labels: docs/metrics.md)."""
+        return self.metrics_registry.render()
+
+    def _families(self) -> list[Family]:
         certs = self.registry.certs
-        if certs is not None:
-            lines.append(f"meshgate_certificate_expiry_seconds {certs.seconds_to_expiry():.0f}")
-        if self.handler is not None:
-            for key, value in self.handler.stats.items():
-                lines.append(f'meshgate_inbound_total{{kind="{key}"}} {value}')
-        if self.inbound is not None:
-            lines.append(f"meshgate_inbound_connections {len(self.inbound.connections)}")
-            lines.append(f"meshgate_inbound_refused_total {self.inbound.refused}")
+        families = common_families(
+            "sidecar",
+            ready=self.ready,
+            config=self.config_status,
+            certificates={"svid": certs.seconds_to_expiry()} if certs is not None else {},
+        )
+        stats = self.handler.stats if self.handler is not None else {}
+        families.append(
+            Family(
+                "meshgate_policy_denials_total",
+                "counter",
+                "Requests the policy engine denied; mode audit: would have denied (logged, let through).",
+                ("mode",),
+            )
+            .add(stats.get("denied", 0), "enforce")
+            .add(stats.get("audit_denied", 0), "audit")
+        )
+        inbound = self.inbound
+        families.append(
+            Family(
+                "meshgate_sidecar_inbound_connections",
+                "gauge",
+                "Open mTLS connections from peer sidecars.",
+            ).add(len(inbound.connections) if inbound is not None else 0)
+        )
+        families.append(
+            Family(
+                "meshgate_sidecar_inbound_connections_refused_total",
+                "counter",
+                "Inbound connections refused: the peer's certificate or ALPN did not verify.",
+            ).add(inbound.refused if inbound is not None else 0)
+        )
         if self.client is not None:
-            for service in sorted(self.client._upstreams):
-                for key, value in self.client._upstreams[service].stats.items():
-                    lines.append(f'meshgate_outbound_total{{destination="{service}",kind="{key}"}} {value}')
-            lines.append(f"meshgate_outbound_connections_opened_total {self.client.pool.opened}")
-        lines.append(f"meshgate_ready {int(self.ready)}")
-        return "\n".join(lines) + "\n" + self.metrics_registry.render()
+            families += upstream_families(self.client)
+        return families
 
     async def wait(self) -> None:
         """Until SIGTERM, SIGINT or ``POST /quitquitquit``."""

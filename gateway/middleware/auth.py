@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from gateway.auth.base import Authenticator
 from gateway.exchange import Exchange, local_error
+from gateway.metrics import AUTH_DENIED, AUTH_INVALID, AUTH_MISSING, GatewayMetrics
 from mesh.transport.messages import Response, body_of
 from shared.telemetry.tracing import Tracing
 
@@ -19,10 +20,15 @@ log = logging.getLogger("meshgate.gateway.auth")
 
 
 async def authenticate(
-    ex: Exchange, providers: Mapping[str, Authenticator], tracing: Tracing
+    ex: Exchange,
+    providers: Mapping[str, Authenticator],
+    tracing: Tracing,
+    metrics: GatewayMetrics | None = None,
 ) -> Response | None:
-    """None when the request may go on (``ex.identity`` set when the route asks for auth)."""
+    """None when the request may go on (``ex.identity`` set when the route asks for auth); a refusal
+    is counted in ``metrics`` by reason."""
     assert ex.match is not None
+    route = ex.match.route.name
     names = ex.match.route.auth
     if not names:
         return None
@@ -51,6 +57,8 @@ async def authenticate(
             return None
         if verdict.denial is not None:
             log.info("auth %s denied %s %s: %s", name, ex.method, ex.path, verdict.reason)
+            if metrics is not None:
+                metrics.auth_failure(route, AUTH_DENIED)
             denial = verdict.denial
             return Response(
                 denial.status,
@@ -64,4 +72,6 @@ async def authenticate(
         message = "authentication failed: " + "; ".join(reasons)
     else:
         message = "authentication required"
+    if metrics is not None:
+        metrics.auth_failure(route, AUTH_INVALID if reasons else AUTH_MISSING)
     return local_error(401, "unauthenticated", message, [("www-authenticate", 'Bearer realm="meshgate"')])

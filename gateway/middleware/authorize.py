@@ -7,6 +7,7 @@ import ipaddress
 import logging
 
 from gateway.exchange import Exchange, local_error
+from gateway.metrics import GatewayMetrics
 from mesh.transport.messages import Response
 from shared.policy.engine import PolicyEngine
 from shared.policy.request import Caller
@@ -15,8 +16,9 @@ from shared.policy.request import Request as PolicyRequest
 log = logging.getLogger("meshgate.gateway.authorize")
 
 
-def authorize(ex: Exchange, engine: PolicyEngine) -> Response | None:
-    """None when allowed; 403 ``policy_denied`` otherwise (audit rules are logged, not enforced).
+def authorize(ex: Exchange, engine: PolicyEngine, metrics: GatewayMetrics | None = None) -> Response | None:
+    """None when allowed; 403 ``policy_denied`` otherwise (audit rules are logged, not enforced);
+    denials (and audit-mode ones) are counted in ``metrics``.
 
     A route no AccessPolicy targets is open to whoever passes its ``auth`` (publishing a Route is the
     operator's decision to expose it; the Mesh's ``defaultAccess`` is about services)."""
@@ -40,11 +42,15 @@ def authorize(ex: Exchange, engine: PolicyEngine) -> Response | None:
         caller, ex.match.route.name, PolicyRequest(ex.method, path, ex.joined_headers())
     )
     if decision.audit is not None and not decision.audit.allowed:
+        if metrics is not None:
+            metrics.denied("audit")
         log.info(
             "audit: route %s would deny %s %s (%s)", ex.match.route.name, ex.method, ex.path, decision.audit
         )
     if decision.allowed:
         return None
+    if metrics is not None:
+        metrics.denied("enforce")
     log.info(
         "route %s denied %s %s for %s: %s (%s)",
         ex.match.route.name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.exchange import Exchange, local_error
+from gateway.metrics import GatewayMetrics
 from gateway.ratelimit.limiter import RateLimiter
 from mesh.transport.messages import Response
 from shared.config.model.edge import KeyPart, RateLimit
@@ -59,9 +60,14 @@ def _gateway_set(ex: Exchange, name: str) -> str | None:
 
 
 async def limit(
-    ex: Exchange, documents: Mapping[str, RateLimit], limiter: RateLimiter, tracing: Tracing
+    ex: Exchange,
+    documents: Mapping[str, RateLimit],
+    limiter: RateLimiter,
+    tracing: Tracing,
+    metrics: GatewayMetrics | None = None,
 ) -> Response | None:
-    """None when the request may go on; 429 when over the route's limits."""
+    """None when the request may go on; 429 when over the route's limits. Each decision is counted
+    in ``metrics``."""
     assert ex.match is not None
     name = ex.match.route.rate_limit
     if name is None:
@@ -74,6 +80,8 @@ async def limit(
         if span is not None:
             span.set_attribute("meshgate.ratelimit.allowed", decision.allowed)
             span.set_attribute("meshgate.ratelimit.source", decision.source)
+    if metrics is not None:
+        metrics.rate_limited(ex.match.route.name, decision.allowed, decision.source)
     headers = decision.headers()
     if decision.allowed:
         ex.response_headers.extend(headers)

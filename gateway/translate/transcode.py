@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,7 +102,9 @@ async def forward_json(
         return json_error(exc.status, 3, str(exc))
     upstream = Request("POST", binding.grpc_path, ex.match.backend.service, "https", headers, body)
     policy = route_policy(route, service_policy or TrafficPolicy())
+    sent = time.perf_counter()
     response = await client.request(ex.match.backend.service, upstream, policy=policy)
+    ex.attempts, ex.upstream_ms = response.attempts, round((time.perf_counter() - sent) * 1000, 3)
     code_name = response.header("x-meshgate-error")
     if code_name is not None and response.status != 200:  # the mesh's own answer
         if response.on_close is not None:

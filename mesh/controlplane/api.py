@@ -17,13 +17,14 @@ from starlette.routing import Route
 from mesh.controlplane.auth import bearer, require
 from mesh.controlplane.core import ControlPlane
 from mesh.controlplane.errors import ApiError
-from mesh.controlplane.metrics import render_metrics
+from mesh.controlplane.metrics import ApiMetrics
 from mesh.controlplane.openapi import OPENAPI
 from mesh.controlplane.records import InstanceRecord, JoinToken
 from mesh.controlplane.schemas import HeartbeatBody, RegisterBody, SignBody, TokenBody, read_body
 from shared.config.durations import parse_duration
 from shared.identity.ca import CAError, CsrRejected
 from shared.identity.spiffeid import workload_id
+from shared.telemetry.metrics import CONTENT_TYPE
 
 log = logging.getLogger("meshgate.controlplane.api")
 
@@ -38,6 +39,7 @@ TOKEN_PROBLEMS = {
 
 def build_app(cp: ControlPlane) -> Starlette:
     """The API for ``cp``; routes are listed in one place below."""
+    api_metrics = ApiMetrics(cp)
 
     def who(request: Request, *, admin_only: bool = False) -> Any:
         return require(request, cp.trust_domain, cp.admin_token, admin_only=admin_only)
@@ -57,9 +59,8 @@ def build_app(cp: ControlPlane) -> Starlette:
         else:
             record, problem = await cp.store.check_token(token.id, token.secret, time.time())
             if record is None:
-                cp.counters.auth_failures[problem or "unknown"] = (
-                    cp.counters.auth_failures.get(problem or "", 0) + 1
-                )
+                reason = problem or "unknown"
+                cp.counters.auth_failures[reason] = cp.counters.auth_failures.get(reason, 0) + 1
                 raise ApiError(401, "bad_token", TOKEN_PROBLEMS[problem or "unknown"])
             identity = workload_id(cp.trust_domain, record.service, record.namespace)
         try:
@@ -191,8 +192,7 @@ def build_app(cp: ControlPlane) -> Starlette:
         return PlainTextResponse("not ready: no valid policy set loaded\n", status_code=503)
 
     async def metrics(request: Request) -> Response:
-        text = render_metrics(cp)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        return Response(api_metrics.render(), media_type=CONTENT_TYPE)
 
     async def config(request: Request) -> Response:
         who(request, admin_only=True)
@@ -230,7 +230,10 @@ def build_app(cp: ControlPlane) -> Starlette:
         Route("/config", config, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={ApiError: on_api_error})
+    api_metrics.routes = routes
+    return Starlette(
+        routes=routes, exception_handlers={ApiError: on_api_error}, middleware=[api_metrics.middleware()]
+    )
 
 
 def _check(body: RegisterBody) -> Any:

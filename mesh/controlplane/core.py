@@ -47,7 +47,9 @@ class Counters:
     registrations: int = 0
     snapshot_builds: int = 0
     watchers: int = 0
-    auth_failures: dict[str, int] = field(default_factory=dict)
+    auth_failures: dict[str, int] = field(  # refused join tokens by reason (api.TOKEN_PROBLEMS)
+        default_factory=lambda: dict.fromkeys(("unknown", "bad-secret", "expired", "used"), 0)
+    )
 
 
 def ca_pin(ca: CertificateAuthority) -> str:
@@ -124,6 +126,7 @@ class ControlPlane:
         self._snapshots = SnapshotBuilder()
         self._server_ctx: ssl.SSLContext | None = None
         self._server_renew_at = 0.0
+        self.server_cert_expires_at: float | None = None  # the control plane's own SVID (Unix time)
         self._policy_json: dict[str, Any] | None = None
         self._policy_version: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -275,6 +278,7 @@ class ControlPlane:
         chain = self.ca.sign_csr(make_csr(key, identity), identity, timedelta(hours=24), retiring=True)
         start, end = chain[0].not_valid_before_utc.timestamp(), chain[0].not_valid_after_utc.timestamp()
         self._server_renew_at = start + (end - start) / 2  # renewed by _watch_ca, as workloads renew
+        self.server_cert_expires_at = end
         ctx = server_context(chain, key, self.ca.bundle())
         ctx.verify_mode = ssl.CERT_OPTIONAL  # workloads without an SVID yet come with a join token
         ctx.set_alpn_protocols(["http/1.1"])

@@ -73,6 +73,7 @@ class MeshClient:
         self.tracing = tracing or Tracing("meshgate")
         self.endpoints = EndpointTable()
         self._upstreams: dict[str, Upstream] = {}
+        self._stats: dict[str, dict[str, int]] = {}  # per service; outlives a rebuilt Upstream
         self._policies: Mapping[str, TrafficPolicy] = {}
 
     def update(
@@ -90,8 +91,13 @@ class MeshClient:
         upstream = self._upstreams.get(service)
         if upstream is None:
             upstream = Upstream.of(self._policies.get(service, TrafficPolicy()))
+            upstream.stats = self._stats.setdefault(service, upstream.stats)  # counters never go back
             self._upstreams[service] = upstream
         return upstream
+
+    def upstream_stats(self) -> dict[str, dict[str, int]]:
+        """Counters per service called so far (``requests``, ``retries``, ``ejections``, ``overflows``)."""
+        return {service: dict(stats) for service, stats in self._stats.items()}
 
     async def request(
         self, service: str, request: Request, *, policy: TrafficPolicy | None = None
@@ -184,7 +190,7 @@ class MeshClient:
             tried.add(endpoint.id)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return error_response(504, "upstream_timeout", f"{service}: timed out")
+                return _tried_error(attempt, 504, "upstream_timeout", f"{service}: timed out")
             per_try = retries.per_try_timeout.total_seconds() if retries.per_try_timeout else remaining
             if body is not None:
                 request.body = body_of(body)
@@ -194,7 +200,7 @@ class MeshClient:
             error, response = outcome
             if error is not None and error[0] == "circuit_open":  # a local limit: answered at once
                 upstream.stats["overflows"] += 1
-                return error_response(503, "circuit_open", f"{service}: {error[1]}")
+                return _tried_error(attempt, 503, "circuit_open", f"{service}: {error[1]}")
             status = response.status if response is not None else None
             connect_failure = error is not None and error[0] == "connect_failure"
             refused = error is not None and error[0] == "refused_stream"
@@ -216,17 +222,17 @@ class MeshClient:
                 or (retryable_status and may_retry)
             )
             if response is not None and not (retryable_status and can_retry):
-                return response
+                return _tried(response, attempt)
             if error is not None and not can_retry:
                 code, message, _ = error
-                return error_response(
-                    504 if code == "upstream_timeout" else 503, code, f"{service}: {message}"
+                return _tried_error(
+                    attempt, 504 if code == "upstream_timeout" else 503, code, f"{service}: {message}"
                 )
             if not upstream.budget.try_retry():
                 if response is not None:
-                    return response
+                    return _tried(response, attempt)
                 assert error is not None
-                return error_response(503, error[0], f"{service}: {error[1]} (retry budget spent)")
+                return _tried_error(attempt, 503, error[0], f"{service}: {error[1]} (retry budget spent)")
             upstream.stats["retries"] += 1
             delay = backoff_delay(
                 attempt, retries.backoff.base.total_seconds(), retries.backoff.max.total_seconds()
@@ -240,8 +246,8 @@ class MeshClient:
                 async for _ in response.body:  # drain and drop the failed attempt
                     pass
             if loop.time() + delay >= deadline:
-                return error_response(
-                    504, "upstream_timeout", f"{service}: timed out after {attempt} attempts"
+                return _tried_error(
+                    attempt, 504, "upstream_timeout", f"{service}: timed out after {attempt} attempts"
                 )
             await asyncio.sleep(delay)
 
@@ -354,6 +360,15 @@ class MeshClient:
 
         on_finish(response, body_done)
         return None, response
+
+
+def _tried(response: Response, attempts: int) -> Response:
+    response.attempts = attempts
+    return response
+
+
+def _tried_error(attempts: int, status: int, code: str, message: str) -> Response:
+    return _tried(error_response(status, code, message), attempts)
 
 
 def _failed(span: Any, code: str) -> None:

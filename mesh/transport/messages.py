@@ -77,6 +77,8 @@ class Response:
     on_close: Callable[[], None] | None = None
     #: No body and no trailers: HTTP/2 sends the headers with END_STREAM (gRPC Trailers-Only).
     headers_only: bool = False
+    #: Tries the mesh client made for this answer (1: no retry); for access logs.
+    attempts: int = 1
 
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower-case), or None."""

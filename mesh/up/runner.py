@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import httpx
+import yaml
 
 from mesh.controlplane.cli import TokenError, issue_join_token
 from mesh.up.plan import ProcessPlan, StackPlan, fill, plan_workloads
@@ -25,6 +27,35 @@ from shared.telemetry.collector import Collector
 
 STOP_GRACE = 15.0
 TOKEN_TTL = 24 * 3600.0
+
+
+def prometheus_config(state: dict[str, Any]) -> str:
+    """A Prometheus configuration for a running stack: every admin port over HTTP, labelled with
+    the process's name and role, and the control plane over HTTPS (its own CA: not verified, on
+    loopback only)."""
+    targets = [
+        {"targets": [p["admin"].split("://", 1)[1]], "labels": {"workload": p["name"], "role": p["role"]}}
+        for p in state["processes"]
+        if p["admin"]
+    ]
+    control_plane = {
+        "targets": [state["controlPlane"].split("://", 1)[1]],
+        "labels": {"workload": "control-plane", "role": "control-plane"},
+    }
+    config = {
+        "global": {"scrape_interval": "5s"},
+        "scrape_configs": [
+            {"job_name": "meshgate", "static_configs": targets},
+            {
+                "job_name": "meshgate-control-plane",
+                "scheme": "https",
+                "tls_config": {"insecure_skip_verify": True},
+                "static_configs": [control_plane],
+            },
+        ],
+    }
+    header = "# Written by meshgate up for this run: prometheus --config.file=THIS_FILE\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
 
 
 def _count(endpoints: object) -> int:
@@ -272,8 +303,40 @@ class Stack:
             values[f"admin:{app.service}"] = sidecar.admin or ""
         return [(e.say, fill(e.run, values)) for e in plan.stack.examples]
 
+    def write_state(self) -> Path:
+        """``DATA_DIR/stack.json`` (every process: role, pid, admin and readiness URLs) and
+        ``DATA_DIR/prometheus.yml``, a Prometheus configuration that scrapes every admin port
+        (``prometheus --config.file=...``); returns the folder."""
+        plan = self.plan
+        processes = [
+            {
+                "name": r.plan.name,
+                "role": r.plan.role,
+                "service": r.plan.service,
+                "pid": r.proc.pid,
+                "admin": r.plan.admin,
+                "ready": r.plan.ready,
+            }
+            for r in self.running
+        ]
+        state = {
+            "name": plan.stack.name,
+            "gateway": plan.gateway_url,
+            "controlPlane": plan.control_plane_url,
+            "traces": f"{self.collector.url}/traces" if self.collector else None,
+            "processes": processes,
+        }
+        (plan.data_dir / "stack.json").write_text(json.dumps(state, indent=2) + "\n")
+        (plan.data_dir / "prometheus.yml").write_text(prometheus_config(state))
+        return plan.data_dir
+
     async def _serve(self) -> int:
         plan = self.plan
+        folder = shown_path(self.write_state())
+        self.say(
+            f"processes and admin ports: {folder}/stack.json; to scrape them all: "
+            f"prometheus --config.file={folder}/prometheus.yml"
+        )
         parts = [f"gateway={plan.gateway_url}"] if plan.gateway_url else []
         parts.append(f"control-plane={plan.control_plane_url}")
         if self.collector is not None:

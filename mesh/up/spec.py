@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from shared.config.errors import PolicyError
 from shared.config.loader import validation_errors
 from shared.config.model.types import Name, Spec
-from shared.config.yamlsource import read_yaml_file
+from shared.config.yamlsource import FieldPath, RawDocument, dotted, read_yaml_file
 
 #: Placeholders a service's ``command`` and ``env`` may use (``{upstream:NAME}`` besides these).
 PLACEHOLDERS = ("python", "port", "host", "outbound", "replica", "service", "otlp")
@@ -118,18 +118,6 @@ class LocalStack(Spec):
     services: list[ServiceSpec] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _services(self) -> LocalStack:
-        names = [s.name for s in self.services]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"service {name!r} is declared twice")
-        for service in self.services:
-            for upstream in service.upstreams:
-                if upstream == service.name:
-                    raise ValueError(f"service {service.name!r} lists itself as an upstream")
-        return self
-
 
 class LocalStackError(Exception):
     """The file cannot be used; ``errors`` are ``FILE:LINE: field: message`` lines."""
@@ -161,6 +149,41 @@ def load_localstack(path: Path) -> LocalStack:
         stack = LocalStack.model_validate(raw.data)
     except ValidationError as exc:
         errors.extend(validation_errors(raw, f"LocalStack/{raw.data.get('name', '?')}", exc))
+    if not errors:
+        errors = _cross_checks(stack, raw)
     if errors:
         raise LocalStackError([str(e) for e in errors])
     return stack
+
+
+def _cross_checks(stack: LocalStack, raw: RawDocument) -> list[PolicyError]:
+    """What one field cannot see: a service declared twice, a service that is its own upstream."""
+    errors = []
+    ref = f"LocalStack/{stack.name}"
+    seen: set[str] = set()
+    for i, service in enumerate(stack.services):
+        if service.name in seen:
+            path: FieldPath = ("services", i, "name")
+            errors.append(
+                PolicyError(
+                    raw.file,
+                    raw.line_of(path),
+                    ref,
+                    dotted(path),
+                    f"service {service.name!r} is declared twice",
+                )
+            )
+        seen.add(service.name)
+        for j, upstream in enumerate(service.upstreams):
+            if upstream == service.name:
+                path = ("services", i, "upstreams", j)
+                errors.append(
+                    PolicyError(
+                        raw.file,
+                        raw.line_of(path),
+                        ref,
+                        dotted(path),
+                        f"service {service.name!r} lists itself as an upstream",
+                    )
+                )
+    return errors

@@ -3,6 +3,7 @@
 1. The printed example commands behave as printed: each is run with bash and its output holds what
    the file's ``expect`` says (a 200 through five hops, 401, 201, 429, JSON from gRPC, 403, DENY, a
    trace, metrics); Ctrl-C (SIGINT) stops every process and ``up`` exits 0.
+   A real Prometheus scrapes every admin port with the configuration ``up`` wrote.
 2. With ``tracing.otlpEndpoint`` set to a receiver in this test, one request makes one trace whose spans
    chain gateway -> web's sidecar -> web -> web's sidecar -> orders' sidecar -> orders, each span's
    parent in the process before it.
@@ -10,11 +11,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_lib import MESHGATE, REPO
+from e2e_lib import MESHGATE, REPO, free_port, wait_until
 from test_otlp_e2e import Receiver
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -49,6 +54,7 @@ class Up:
     """``meshgate up`` as a child process; its output is collected line by line."""
 
     def __init__(self, file: Path) -> None:
+        self.state_dir = Path(yaml.safe_load(file.read_text())["dataDir"])
         self.proc = subprocess.Popen(
             [MESHGATE, "up", "-f", str(file), "--ready-timeout", "90s"],
             cwd=REPO,
@@ -120,6 +126,59 @@ def up_factory(tmp_path: Path) -> Iterator[Any]:
             up.stop(signal.SIGTERM)
 
 
+def scrape_with_prometheus(state_dir: Path, storage: Path) -> None:
+    """A real Prometheus (Debian package ``prometheus``) runs the configuration ``up`` wrote, every
+    target must be up and the gateway's request counter must reach it."""
+    config = yaml.safe_load((state_dir / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    path = state_dir / "prometheus-test.yml"
+    path.write_text(yaml.safe_dump(config))
+    expected = sum(len(c["static_configs"]) for c in config["scrape_configs"])
+    port = free_port()
+    prometheus = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={path}",
+            f"--storage.tsdb.path={storage}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def query(q: str) -> list[Any]:
+            url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(q)}"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return list(json.load(response)["data"]["result"])
+
+        def all_up() -> bool:
+            results = query("up")
+            return len(results) == expected and all(r["value"][1] == "1" for r in results)
+
+        wait_until(all_up, timeout=40, what=f"Prometheus to scrape all {expected} targets")
+        wait_until(
+            lambda: bool(query("sum(meshgate_gateway_requests_total)")), timeout=20, what="gateway counters"
+        )
+        workloads = {r["metric"]["workload"] for r in query("up")}
+        assert {
+            "gateway",
+            "control-plane",
+            "orders-1-sidecar",
+            "orders-2-sidecar",
+            "catalog-sidecar",
+        } <= workloads
+    finally:
+        prometheus.terminate()
+        try:
+            prometheus.wait(15)
+        except subprocess.TimeoutExpired:
+            prometheus.kill()
+            prometheus.wait(5)
+        assert prometheus.stderr is not None
+        prometheus.stderr.close()
+
+
 def _parse_ready(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.removeprefix("ready: ").split())
 
@@ -148,6 +207,9 @@ def test_make_demo_examples_behave_as_printed(up_factory: Any) -> None:
         assert example["expect"] in result.stdout, (
             f"{say}\n$ {command}\n{result.stdout}{result.stderr}\n--- up ---\n" + "\n".join(up.lines[-40:])
         )
+
+    if shutil.which("prometheus") or os.environ.get("CI"):
+        scrape_with_prometheus(up.state_dir, up.state_dir.parent / "prometheus")
 
     # Every process logged with its prefix; the gateway's access log names the route and principal.
     assert any(line.startswith("gateway ") and '"route": "orders-api"' in line for line in up.lines)

@@ -106,12 +106,12 @@ def test_post_body_reaches_the_app(mesh: Mesh) -> None:
 def test_admin_endpoints(mesh: Mesh) -> None:
     with urllib.request.urlopen(f"{mesh.orders_admin}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert "meshgate_certificate_expiry_seconds" in text and "meshgate_ready 1" in text
-    web = f"spiffe://{mesh.trust_domain}/ns/default/sa/web"
-    assert f'meshgate_requests_total{{direction="inbound",peer="{web}",code="200"}}' in text
-    assert f'meshgate_requests_total{{direction="inbound",peer="{web}",code="403"}}' in text
-    assert 'meshgate_local_errors_total{direction="inbound",error="policy_denied"}' in text
-    assert f'meshgate_request_duration_seconds_count{{direction="inbound",peer="{web}"}}' in text
+    assert 'meshgate_certificate_expiry_seconds{certificate="svid"}' in text and "meshgate_ready 1" in text
+    assert 'meshgate_sidecar_requests_total{direction="inbound",service="web",code="200"}' in text
+    assert 'meshgate_sidecar_requests_total{direction="inbound",service="web",code="403"}' in text
+    assert 'meshgate_sidecar_local_errors_total{direction="inbound",reason="policy_denied"}' in text
+    assert 'meshgate_sidecar_request_duration_seconds_count{direction="inbound",service="web"}' in text
+    assert 'meshgate_policy_denials_total{mode="enforce"}' in text
 
 
 def test_wait_ready_returns_once_the_sidecar_is_ready(mesh: Mesh) -> None:

@@ -46,6 +46,9 @@ def test_the_gateway_logs_one_line_per_request(tmp_path: Path, caplog: pytest.Lo
     assert (first.route, first.status, first.principal, first.upstream) == ("keyed", 200, "alice", "orders")  # type: ignore[attr-defined]
     assert first.trace_id == trace and first.error is None and first.duration_ms > 0  # type: ignore[attr-defined]
     assert (second.status, second.error, second.principal) == (401, "unauthenticated", None)  # type: ignore[attr-defined]
+    # Retries and the upstream's share of the time: none and no upstream call for the refused one.
+    assert first.retries == 0 and 0 < first.upstream_ms <= first.duration_ms  # type: ignore[attr-defined]
+    assert second.retries == 0 and second.upstream_ms is None  # type: ignore[attr-defined]
 
 
 def test_the_sidecar_logs_one_line_per_request(caplog: pytest.LogCaptureFixture) -> None:

@@ -259,7 +259,7 @@ def test_a_watcher_that_disconnects_mid_wait_is_cleaned_up(ep: Endpoint) -> None
     wait_until(lambda: watchers() == 0, 3, "watchers back to 0 after the clients went away")
     with ep.admin() as http:
         metrics = http.get("/metrics").text
-    assert "meshgate_snapshot_watchers 0" in metrics
+    assert "meshgate_controlplane_watchers 0" in metrics
 
 
 def test_snapshot_carries_policies_endpoints_bundle_and_version(ep: Endpoint) -> None:
@@ -315,11 +315,16 @@ def test_metrics_are_prometheus_text(ep: Endpoint) -> None:
             families[name] = kind
         elif line and not line.startswith("#"):
             assert _SAMPLE.match(line), line
-            assert line.split("{")[0].split(" ")[0] in families, line
-    assert families["meshgate_registrations_total"] == "counter"
-    assert families["meshgate_snapshot_watchers"] == "gauge"
-    assert 'meshgate_registry_instances{service="web",health="passing"}' in r.text
-    assert "meshgate_policy_valid 1" in r.text
+            name = line.split("{")[0].split(" ")[0]
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert name in families or families.get(base) == "histogram", line
+    assert families["meshgate_controlplane_registrations_total"] == "counter"
+    assert families["meshgate_controlplane_watchers"] == "gauge"
+    assert families["meshgate_controlplane_request_duration_seconds"] == "histogram"
+    assert 'meshgate_controlplane_instances{service="web",health="passing"}' in r.text
+    assert 'meshgate_controlplane_requests_total{route="/v1/register",code="201"}' in r.text
+    assert "meshgate_config_last_reload_successful 1" in r.text
+    assert 'meshgate_certificate_expiry_seconds{certificate="ca"}' in r.text
 
 
 def test_health_endpoints_need_no_credentials(ep: Endpoint) -> None:

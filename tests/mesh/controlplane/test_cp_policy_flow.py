@@ -80,7 +80,10 @@ def test_a_broken_edit_changes_nothing_and_status_says_why(plane: InProcessContr
     assert snap["policies"] == before["policies"]
     with ep.anon() as http:
         assert http.get("/readyz").status_code == 200  # still serving the last good set
-        assert "meshgate_policy_valid 0" in http.get("/metrics").text
+        metrics = http.get("/metrics").text
+        assert "meshgate_config_last_reload_successful 0" in metrics
+        assert f'meshgate_config_info{{version="{before["policyVersion"]}"}} 1' in metrics
+        assert "meshgate_config_reload_errors_total 0" not in metrics
 
     # fixing the file publishes a new version again
     text = services.read_text().replace("port: lots", "port: 9091")
