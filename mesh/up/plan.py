@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from mesh.up.spec import _PLACEHOLDER, LocalStack, ServiceSpec
 
@@ -104,7 +105,9 @@ def otel_env(service: str, endpoint: str | None, sample: float, headers: Mapping
         env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
         env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
         if headers:
-            env["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] = ",".join(f"{k}={v}" for k, v in headers.items())
+            env["OTEL_EXPORTER_OTLP_TRACES_HEADERS"] = ",".join(
+                f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in headers.items()
+            )
     else:
         env["OTEL_TRACES_EXPORTER"] = "none"
     return env
@@ -154,6 +157,15 @@ def plan_stack(stack: LocalStack, file: Path, pick: Callable[[str], int] = free_
         otlp_endpoint=endpoint,
         collector=collector,
     )
+
+
+def _serves_tls(args: list[str]) -> bool:
+    return any(a == "--tls-cert" or a.startswith("--tls-cert=") for a in args)
+
+
+def instance_names(service: ServiceSpec) -> list[str]:
+    """The process names of a service's replicas (``web``, or ``orders-1``, ``orders-2``)."""
+    return [_instance_name(service, r) for r in range(1, service.replicas + 1)]
 
 
 def _instance_name(service: ServiceSpec, replica: int) -> str:
@@ -263,5 +275,5 @@ def plan_workloads(
             *stack.gateway.args,
         ]
         plan.gateway = ProcessPlan("gateway", argv, "gateway", ready=f"{admin_url}/readyz", admin=admin_url)
-        plan.gateway_url = url("https" if "--tls-cert" in stack.gateway.args else "http", host, port)
+        plan.gateway_url = url("https" if _serves_tls(stack.gateway.args) else "http", host, port)
     return plan

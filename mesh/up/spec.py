@@ -161,7 +161,19 @@ def _cross_checks(stack: LocalStack, raw: RawDocument) -> list[PolicyError]:
     errors = []
     ref = f"LocalStack/{stack.name}"
     seen: set[str] = set()
+    processes: dict[str, str] = {}
     for i, service in enumerate(stack.services):
+        if service.name == "gateway" and stack.gateway is not None:
+            path0: FieldPath = ("services", i, "name")
+            message = "'gateway' is the gateway's own service name (set gateway: null to run it yourself)"
+            errors.append(PolicyError(raw.file, raw.line_of(path0), ref, dotted(path0), message))
+        for replica in range(1, service.replicas + 1):
+            process = service.name if service.replicas == 1 else f"{service.name}-{replica}"
+            other = processes.setdefault(process, service.name)
+            if other != service.name:
+                path1: FieldPath = ("services", i, "name")
+                message = f"replica names of {other!r} and {service.name!r} collide ({process!r}): rename one"
+                errors.append(PolicyError(raw.file, raw.line_of(path1), ref, dotted(path1), message))
         if service.name in seen:
             path: FieldPath = ("services", i, "name")
             errors.append(

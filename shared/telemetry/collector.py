@@ -213,11 +213,18 @@ class Collector:
 
             def do_POST(self) -> None:
                 if urlsplit(self.path).path != "/v1/traces":
+                    # the body must not be read as the next request: drop it, or close when unknown
+                    declared = self.headers.get("content-length") or ""
+                    if declared.isdigit() and int(declared) <= MAX_BODY:
+                        self.rfile.read(int(declared))
+                    else:
+                        self.close_connection = True
                     self._reply(404, b"only /v1/traces (OTLP/HTTP traces) is served here\n")
                     return
                 try:
                     length = int(self.headers.get("content-length") or "")
                 except ValueError:
+                    self.close_connection = True
                     self._reply(411, b"content-length required\n")
                     return
                 if length < 0 or length > MAX_BODY:
@@ -225,7 +232,7 @@ class Collector:
                     self._reply(413, b"export over 8 MiB\n")
                     return
                 body = self.rfile.read(length)
-                ctype = (self.headers.get("content-type") or "").split(";")[0].strip()
+                ctype = (self.headers.get("content-type") or "").split(";")[0].strip().lower()
                 if ctype != "application/x-protobuf":
                     self._reply(415, b"send application/x-protobuf (OTLP/HTTP protobuf encoding)\n")
                     return
@@ -285,9 +292,10 @@ class Collector:
 
     def close(self) -> None:
         """Stop serving and free the port."""
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 def wait_for(store: TraceStore, trace_id: str, count: int, timeout: float = 10.0) -> list[SpanRecord]:
