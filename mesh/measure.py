@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
@@ -54,11 +54,36 @@ class RequestMetrics:
             "Time until the response head, by direction and service on the other side.",
             ["direction", "service"],
         )
+        self.denied: dict[str, int] = {}  # inbound policy denials by calling service
         self.errors: Counter = registry.counter(
             "meshgate_sidecar_local_errors_total",
             "Responses the sidecar made itself, by direction and reason (the x-meshgate-error code).",
             ["direction", "reason"],
         )
+
+    def traffic_report(self) -> dict[str, dict[str, Any]]:
+        """Inbound requests so far by calling service: ``requests``, ``errors`` (5xx), ``denied``
+        (by policy), and the latency histogram (``buckets`` upper bounds, cumulative ``counts`` with
+        +Inf last). Cumulative since start: the control plane turns two reports into rates."""
+        out: dict[str, dict[str, Any]] = {}
+        for (direction, service, code), value in list(self.requests.values.items()):
+            if direction != "inbound":
+                continue
+            entry = out.setdefault(service, {"requests": 0, "errors": 0, "denied": 0})
+            entry["requests"] += int(value)
+            if code.startswith("5"):
+                entry["errors"] += int(value)
+        for service, entry in out.items():
+            entry["denied"] = self.denied.get(service, 0)
+            series = self.duration.series.get(("inbound", service))
+            if series is not None:
+                running, counts = 0, []
+                for n in series[0]:
+                    running += n
+                    counts.append(running)
+                entry["buckets"] = list(self.duration.buckets)
+                entry["counts"] = counts
+        return out
 
     def wrap(
         self,
@@ -106,6 +131,8 @@ class RequestMetrics:
             error = response.header("x-meshgate-error")
             if error is not None:
                 self.errors.inc(direction, error)
+                if error == "policy_denied" and direction == "inbound":
+                    self.denied[service] = self.denied.get(service, 0) + 1
             if self.access_log:
                 parent = next((v for k, v in request.headers if k == "traceparent"), "")
                 access.info(

@@ -26,7 +26,7 @@ from shared.config.policyset import PolicySet
 from shared.policy.engine import PolicyEngine
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
 from shared.registry.health import AppCheck, heartbeat_loop
-from shared.telemetry.common_metrics import ConfigStatus, common_families
+from shared.telemetry.common_metrics import ConfigStatus, build_version, common_families
 from shared.telemetry.metrics import Family, Registry
 from shared.telemetry.tracing import Tracing, exporters
 
@@ -212,7 +212,17 @@ class Sidecar:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(delay * 2, 15.0)
-        await heartbeat_loop(self.registry, cfg.check, cfg.heartbeat_interval, self.stopping)
+        await heartbeat_loop(self.registry, cfg.check, cfg.heartbeat_interval, self.stopping, self.report)
+
+    def report(self) -> dict[str, Any]:
+        """What each heartbeat tells the control plane beyond health (shown by its dashboard)."""
+        certs = self.registry.certs
+        return {
+            "version": build_version(),
+            "policyVersion": self.config_status.version,
+            "certificateExpiresIn": certs.seconds_to_expiry() if certs is not None else None,
+            "inbound": self.measure.traffic_report(),
+        }
 
     async def _admin(self, request: Request, info: ClientInfo) -> Response:
         return await admin_response(

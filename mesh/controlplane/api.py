@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from mesh.controlplane.auth import bearer, require
@@ -21,6 +21,7 @@ from mesh.controlplane.metrics import ApiMetrics
 from mesh.controlplane.openapi import OPENAPI
 from mesh.controlplane.records import InstanceRecord, JoinToken
 from mesh.controlplane.schemas import HeartbeatBody, RegisterBody, SignBody, TokenBody, read_body
+from mesh.controlplane.ui import ui_routes
 from shared.config.durations import parse_duration
 from shared.identity.ca import CAError, CsrRejected
 from shared.identity.spiffeid import workload_id
@@ -131,9 +132,11 @@ def build_app(cp: ControlPlane) -> Starlette:
 
     async def heartbeat(request: Request) -> Response:
         instance_id = request.path_params["id"]
-        await _owned(request, instance_id)
+        record = await _owned(request, instance_id)
         body = await read_body(request, HeartbeatBody)
         await cp.registry.heartbeat(instance_id, body.status, body.output)
+        if body.report is not None:
+            cp.reports.record(instance_id, record.service, body.report)
         return JSONResponse({"id": instance_id, "index": cp.registry.index})
 
     async def services(request: Request) -> Response:
@@ -229,6 +232,8 @@ def build_app(cp: ControlPlane) -> Starlette:
         Route("/metrics", metrics, methods=["GET"]),
         Route("/config", config, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/ui/", lambda request: RedirectResponse("/ui", 308), methods=["GET"]),
+        *ui_routes(cp),
     ]
     api_metrics.routes = routes
     return Starlette(

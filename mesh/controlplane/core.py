@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mesh.controlplane.casync import BLOB_NAME, pack_ca_dir, unpack_ca_dir
 from mesh.controlplane.records import InstanceRecord, JoinToken, new_token
 from mesh.controlplane.registry import Registry
+from mesh.controlplane.reports import ReportBook
 from mesh.controlplane.snapshots import SnapshotBuilder
 from mesh.controlplane.stores.base import Store, StoreError
 from shared.config.policyset import PolicySet
@@ -113,6 +114,7 @@ class ControlPlane:
         self.store = store
         self.watcher = PolicyWatcher(policies, interval=policy_interval)
         self.registry = Registry(store, reap_after=reap_after)
+        self.reports = ReportBook()  # what sidecars report with heartbeats (the dashboard's data)
         self.admin_token = admin_token
         self.counters = Counters()
         self.policy_interval = policy_interval

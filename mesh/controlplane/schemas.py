@@ -69,11 +69,31 @@ class RegisterBody(Body):
         return value
 
 
+class TrafficCounts(Body):
+    """Inbound requests from one calling service, cumulative since the sidecar started."""
+
+    requests: int = Field(ge=0)
+    errors: int = Field(default=0, ge=0)
+    denied: int = Field(default=0, ge=0)
+    buckets: list[float] = Field(default_factory=list, max_length=64)
+    counts: list[int] = Field(default_factory=list, max_length=65)
+
+
+class ReportBody(Body):
+    """What a sidecar tells beyond health: build and policy versions, certificate expiry, traffic."""
+
+    version: str | None = Field(default=None, max_length=64)
+    policy_version: str | None = Field(default=None, max_length=64)
+    certificate_expires_in: float | None = None
+    inbound: dict[str, TrafficCounts] = Field(default_factory=dict, max_length=512)
+
+
 class HeartbeatBody(Body):
-    """A heartbeat, with the result of the app's check."""
+    """A heartbeat, with the result of the app's check and an optional report."""
 
     status: Literal["passing", "warning", "critical"] = "passing"
     output: str = Field(default="", max_length=4096)
+    report: ReportBody | None = None
 
 
 class SignBody(Body):

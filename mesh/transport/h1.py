@@ -290,18 +290,52 @@ class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     h11: h11.Connection
+    idle_since: float = 0.0
+
+
+#: Methods an HTTP client may repeat on its own (RFC 9110 section 9.2.2).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class H1Pool:
-    """Keep-alive HTTP/1.1 connections to one app (host, port), reused one request at a time."""
+    """Keep-alive HTTP/1.1 connections to one app (host, port), reused one request at a time.
 
-    def __init__(self, host: str, port: int, *, max_idle: int = 64, connect_timeout: float = 2.0) -> None:
+    Servers close idle keep-alive connections on their own schedule (uvicorn after 5 s, gunicorn
+    after 2 s), and a request can cross the server's FIN on the wire. So an idle connection is not
+    reused after ``idle_timeout`` seconds (below those defaults) or once the server closed it, and a
+    bodyless idempotent request that meets a reused connection closing before any answer is sent
+    again, once, on a new connection (``stats["stale_retries"]``).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_idle: int = 64,
+        connect_timeout: float = 2.0,
+        idle_timeout: float = 1.5,
+    ) -> None:
         self.host = host
         self.port = port
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         self._idle: list[_Conn] = []
         self.opened = 0
+        self.stats = {"stale_retries": 0, "idle_expired": 0}
+
+    def _checkout(self) -> _Conn | None:
+        """The most recently used idle connection that is still worth reusing, or None."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.writer.is_closing() or conn.reader.at_eof() or now - conn.idle_since > self.idle_timeout:
+                self.stats["idle_expired"] += 1
+                conn.writer.close()
+                continue
+            return conn
+        return None
 
     async def _connect(self) -> _Conn:
         try:
@@ -325,6 +359,7 @@ class H1Pool:
                 conn.writer.close()
                 return
             if len(self._idle) < self.max_idle and not conn.writer.is_closing():
+                conn.idle_since = asyncio.get_running_loop().time()
                 self._idle.append(conn)
                 return
         conn.writer.close()
@@ -336,18 +371,43 @@ class H1Pool:
         abandoned half-read closes it. Raises UpstreamError (``connect_failure`` is retryable;
         ``upstream_reset`` after a reused connection died before answering is retryable too).
         """
-        reused = bool(self._idle)
-        conn = self._idle.pop() if self._idle else await self._connect()
         headers = [
             ("host", request.authority or f"{self.host}:{self.port}"),
             *((k, v) for k, v in strip_hop_by_hop(request.headers) if k != "host"),  # h2 clients may send one
         ]
         body = request.body.__aiter__()
         first = b""
-        if not any(k == "content-length" for k, _ in headers):
+        declared = next((v for k, v in headers if k == "content-length"), None)
+        if declared is None:
             first = await anext(body, b"")  # peek: an empty body needs no framing at all
             if first:
                 headers.append(("transfer-encoding", "chunked"))
+        repeatable = request.method in IDEMPOTENT_METHODS and not first and declared in (None, "0")
+        conn = self._checkout()
+        if conn is None:
+            return await self._exchange(await self._connect(), False, request, headers, first, body)
+        try:
+            return await self._exchange(conn, True, request, headers, first, body)
+        except UpstreamError as exc:
+            if not (repeatable and exc.code == "upstream_reset" and exc.retryable):
+                raise
+            self.stats["stale_retries"] += 1
+            log.debug(
+                "%s %s: kept-alive connection closed by the app; sending again", request.method, request.path
+            )
+            return await self._exchange(await self._connect(), False, request, headers, first, body)
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        reused: bool,
+        request: Request,
+        headers: Headers,
+        first: bytes,
+        body: AsyncIterator[bytes],
+    ) -> Response:
+        """One request on ``conn``; ``upstream_reset`` is marked retryable when ``reused`` and the
+        connection died before any answer."""
         try:
             head = h11.Request(method=request.method, target=request.path, headers=_encode(headers))
             out = conn.h11.send(head)

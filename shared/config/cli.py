@@ -9,8 +9,7 @@ from typing import Any
 
 from shared.config.loader import LoadResult, load_policy_set
 from shared.config.schema import policy_schema
-from shared.policy.engine import PolicyEngine
-from shared.policy.request import Caller, Request
+from shared.policy.explain import Question, explain
 
 
 def register(sub: Any) -> None:
@@ -81,7 +80,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("policy set is invalid; fix the errors above first", file=sys.stderr)
         return 1
     policies = result.policy_set
-    mesh = policies.mesh
     try:
         headers = _pairs(args.header, "header")
         claims: dict[str, Any] = {}
@@ -90,26 +88,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 claims[key] = json.loads(value)
             except ValueError:
                 claims[key] = value
-        if args.caller.startswith("spiffe://"):
-            identity = args.caller
-        else:
-            declared = policies.services.get(args.caller)
-            namespace = (declared.namespace if declared else None) or mesh.namespace
-            identity = f"spiffe://{mesh.trust_domain}/ns/{namespace}/sa/{args.caller}"
-        caller = Caller.from_identity(identity, principal=args.principal, claims=claims, address=args.address)
+        answer = explain(
+            policies,
+            Question(
+                args.caller,
+                args.target,
+                route=args.route,
+                method=args.method,
+                path=args.path,
+                headers=headers,
+                principal=args.principal,
+                claims=claims,
+                address=args.address,
+            ),
+        )
     except ValueError as exc:
         print(f"meshgate policy explain: {exc}", file=sys.stderr)
         return 2
-    engine = PolicyEngine(policies)
-    request = Request(args.method.upper(), args.path, headers)
-    if args.route:
-        if args.target not in policies.routes:
-            print(f"note: no Route named {args.target!r} is declared", file=sys.stderr)
-        decision = engine.decide_route(caller, args.target, request)
-    else:
-        if args.target not in policies.services:
-            print(f"note: no Service named {args.target!r} is declared", file=sys.stderr)
-        decision = engine.decide(caller, args.target, request)
+    for note in answer.notes:
+        print(f"note: {note}", file=sys.stderr)
+    decision, identity = answer.decision, answer.identity
     print("ALLOW" if decision.allowed else "DENY")
     print(decision.rule)
     print(f"reason: {decision.reason}")

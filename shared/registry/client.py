@@ -277,14 +277,19 @@ class RegistryClient:
         self.instance_id = data["id"]
         return str(data["id"])
 
-    async def heartbeat(self, status: str = "passing", output: str = "") -> None:
-        """Report liveness and the app check; re-registers when the control plane forgot us."""
+    async def heartbeat(
+        self, status: str = "passing", output: str = "", report: dict[str, Any] | None = None
+    ) -> None:
+        """Report liveness, the app check and (optionally) a ``report`` (version, policy version,
+        certificate expiry, traffic: see the control plane's HeartbeatBody); re-registers when the
+        control plane forgot us."""
         if self.instance_id is None or self._registration is None:
             raise ControlPlaneUnavailable("not registered")
+        body: dict[str, Any] = {"status": status, "output": output}
+        if report is not None:
+            body["report"] = report
         try:
-            await self._call(
-                "PUT", f"/v1/heartbeat/{self.instance_id}", json={"status": status, "output": output}
-            )
+            await self._call("PUT", f"/v1/heartbeat/{self.instance_id}", json=body)
         except ControlPlaneUnavailable as exc:
             if " 404 " not in str(exc):
                 raise

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -58,14 +59,19 @@ class AppCheck:
 
 
 async def heartbeat_loop(
-    client: RegistryClient, check: AppCheck, interval: float, stop: asyncio.Event | None = None
+    client: RegistryClient,
+    check: AppCheck,
+    interval: float,
+    stop: asyncio.Event | None = None,
+    report: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Every ``interval`` seconds: run the check, heartbeat with its result. Never raises on outages."""
+    """Every ``interval`` seconds: run the check, heartbeat with its result (and ``report()``, when
+    given). Never raises on outages."""
     stop = stop or asyncio.Event()
     while not stop.is_set():
         status, output = await check.run()
         try:
-            await client.heartbeat(status, output)
+            await client.heartbeat(status, output, report() if report is not None else None)
         except ControlPlaneUnavailable as exc:
             log.warning("heartbeat failed: %s", exc)
         with contextlib.suppress(TimeoutError):
