@@ -298,6 +298,7 @@ class Stack:
             "dir": shown_path(plan.folder),
             "workdir": shown_path(plan.workdir),
             "policies": shown_path(plan.policies),
+            "dataDir": shown_path(plan.data_dir),
         }
         for app, sidecar in reversed(plan.services):
             values[f"admin:{app.service}"] = sidecar.admin or ""

@@ -91,9 +91,9 @@ class ServiceSpec(Spec):
 class Example(Spec):
     """A command printed once the stack is ready: ``say`` as a comment, then ``run`` with
     ``{gateway}``, ``{gatewayAdmin}``, ``{controlPlane}``, ``{traces}``, ``{python}``, ``{meshgate}``,
-    ``{dir}`` (this file's folder), ``{workdir}``, ``{policies}`` and ``{admin:SERVICE}`` filled in
-    (paths relative to the directory ``up`` runs in); ``expect`` is what its output contains (the demo
-    test checks it)."""
+    ``{dir}`` (this file's folder), ``{workdir}``, ``{policies}``, ``{dataDir}`` and ``{admin:SERVICE}``
+    filled in (paths relative to the directory ``up`` runs in); ``expect`` is what its output contains
+    (the demo test checks it)."""
 
     say: str
     run: str

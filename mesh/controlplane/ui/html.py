@@ -27,9 +27,9 @@ def link(href: str, text: str, **attrs: str) -> str:
     return f'<a href="{esc(href)}"{extra}>{esc(text)}</a>'
 
 
-def url(path: str, **query: str) -> str:
-    """``path?query`` with the query encoded."""
-    return f"{path}?{urlencode(query)}" if query else path
+def url(base: str, **query: str) -> str:
+    """``base?query`` with the query encoded."""
+    return f"{base}?{urlencode(query)}" if query else base
 
 
 def rule_link(rule: str) -> str:
