@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 Who = TypeVar("Who")
 access = logging.getLogger("meshgate.access")
 
+#: Callers in one heartbeat report (the control plane's limit, mesh/controlplane/schemas.py).
+MAX_REPORTED_CALLERS = 256
+
 
 @functools.lru_cache(maxsize=4096)
 def service_of(spiffe_id: str) -> str:
@@ -73,6 +76,9 @@ class RequestMetrics:
             entry["requests"] += int(value)
             if code.startswith("5"):
                 entry["errors"] += int(value)
+        if len(out) > MAX_REPORTED_CALLERS:  # keep heartbeats small: the busiest callers
+            busiest = sorted(out.items(), key=lambda item: item[1]["requests"], reverse=True)
+            out = dict(busiest[:MAX_REPORTED_CALLERS])
         for service, entry in out.items():
             entry["denied"] = self.denied.get(service, 0)
             series = self.duration.series.get(("inbound", service))

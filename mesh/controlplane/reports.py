@@ -58,13 +58,20 @@ class Edge:
         }
 
 
+def _restarted(new: TrafficCounts, old: TrafficCounts) -> bool:
+    """Any counter went down (as Prometheus's rate() reads a reset), or the histogram changed shape."""
+    if new.buckets != old.buckets or len(new.counts) != len(old.counts):
+        return True
+    pairs = [(new.requests, old.requests), (new.errors, old.errors), (new.denied, old.denied)]
+    pairs += list(zip(new.counts, old.counts, strict=True))
+    return any(a < b for a, b in pairs)
+
+
 def _delta(new: TrafficCounts, old: TrafficCounts | None) -> tuple[int, int, int, list[int]]:
-    """Counts between two cumulative reports; a restarted sidecar (counters went down) counts from 0."""
-    if old is None or new.requests < old.requests or new.buckets != old.buckets:
+    """Counts between two cumulative reports; after a restart of the sidecar, the new counts as they are."""
+    if old is None or _restarted(new, old):
         return new.requests, new.errors, new.denied, list(new.counts)
-    counts = [a - b for a, b in zip(new.counts, old.counts, strict=False)]
-    if len(old.counts) != len(new.counts):
-        counts = list(new.counts)
+    counts = [a - b for a, b in zip(new.counts, old.counts, strict=True)]
     return new.requests - old.requests, new.errors - old.errors, new.denied - old.denied, counts
 
 
@@ -127,16 +134,15 @@ class ReportBook:
             if not recent:
                 continue
             older = [s for s in samples if now - s.at > window]
-            base = older[-1] if older else None
-            first = recent[0] if base is None else base
-            span = max(recent[-1].at - first.at, 1.0) if base is not None or len(recent) > 1 else window
+            # A rate needs two reports: the first one after a (control-plane) restart holds counts of
+            # unknown age. The base is the last report before the window, else the window's first.
+            base = older[-1] if older else recent[0] if len(recent) > 1 else None
+            if base is None:
+                continue
+            span = max(recent[-1].at - base.at, 1.0)
             newest = recent[-1].report.inbound
             for caller, counts in newest.items():
-                old = None
-                if base is not None:
-                    old = base.report.inbound.get(caller)
-                elif len(recent) > 1:
-                    old = recent[0].report.inbound.get(caller)
+                old = base.report.inbound.get(caller)
                 requests, errors, denied, delta = _delta(counts, old)
                 if requests <= 0 and denied <= 0:
                     continue

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import timedelta
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.requests import Request
 
 from mesh.controlplane.errors import ApiError
@@ -69,14 +69,34 @@ class RegisterBody(Body):
         return value
 
 
-class TrafficCounts(Body):
-    """Inbound requests from one calling service, cumulative since the sidecar started."""
+Count = Annotated[int, Field(ge=0)]
+Bound = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
-    requests: int = Field(ge=0)
-    errors: int = Field(default=0, ge=0)
-    denied: int = Field(default=0, ge=0)
-    buckets: list[float] = Field(default_factory=list, max_length=64)
-    counts: list[int] = Field(default_factory=list, max_length=65)
+#: Callers one report may carry (the sidecar sends its busiest ones when it sees more).
+MAX_REPORTED_CALLERS = 256
+
+
+class TrafficCounts(Body):
+    """Inbound requests from one calling service, cumulative since the sidecar started; ``counts``
+    is the cumulative latency histogram over ``buckets`` (upper bounds) with +Inf last."""
+
+    requests: Count
+    errors: Count = 0
+    denied: Count = 0
+    buckets: list[Bound] = Field(default_factory=list, max_length=64)
+    counts: list[Count] = Field(default_factory=list, max_length=65)
+
+    @model_validator(mode="after")
+    def _histogram(self) -> TrafficCounts:
+        if self.buckets != sorted(set(self.buckets)):
+            raise ValueError("buckets must be increasing")
+        if self.counts and len(self.counts) != len(self.buckets) + 1:
+            raise ValueError("counts must have one entry per bucket plus +Inf")
+        if any(a > b for a, b in zip(self.counts, self.counts[1:], strict=False)):
+            raise ValueError("counts must be cumulative (never decreasing)")
+        if self.errors > self.requests:
+            raise ValueError("errors cannot exceed requests")
+        return self
 
 
 class ReportBody(Body):
@@ -84,8 +104,8 @@ class ReportBody(Body):
 
     version: str | None = Field(default=None, max_length=64)
     policy_version: str | None = Field(default=None, max_length=64)
-    certificate_expires_in: float | None = None
-    inbound: dict[str, TrafficCounts] = Field(default_factory=dict, max_length=512)
+    certificate_expires_in: float | None = Field(default=None, allow_inf_nan=False)
+    inbound: dict[str, TrafficCounts] = Field(default_factory=dict, max_length=MAX_REPORTED_CALLERS)
 
 
 class HeartbeatBody(Body):

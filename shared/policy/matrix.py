@@ -83,7 +83,7 @@ def probes_for(policies: list[AccessPolicy]) -> list[tuple[str, str]]:
     for policy in policies:
         for rule in policy.rules:
             methods = [m.upper() for m in rule.to.methods] or ["GET"]
-            paths = [_probe_path(p) for p in rule.to.paths] or ["/"]
+            paths = [_probe_path(p) for p in [*rule.to.paths, *rule.to.not_paths]] or ["/"]
             for method in methods:
                 if method == "*":
                     method = "GET"

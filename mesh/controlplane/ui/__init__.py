@@ -93,7 +93,7 @@ def ui_routes(cp: ControlPlane) -> list[Route]:
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC_TYPES:
-            return PlainTextResponse("not found\n", 404)
+            return PlainTextResponse("not found\n", 404, headers=SECURITY_HEADERS)
         return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name], headers=SECURITY_HEADERS)
 
     def query(request: Request) -> dict[str, str]:
