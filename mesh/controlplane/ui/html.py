@@ -23,7 +23,7 @@ def esc(value: object) -> str:
 
 def link(href: str, text: str, **attrs: str) -> str:
     """``<a>`` with escaped href, text and attributes."""
-    extra = "".join(f' {k.replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
+    extra = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items())
     return f'<a href="{esc(href)}"{extra}>{esc(text)}</a>'
 
 
@@ -67,7 +67,7 @@ def page(title: str, body: str, active: str = "", refresh_note: str = "") -> str
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)} · Meshgate</title>
-<link rel="stylesheet" href="/ui/static/app.css">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/static/app.css">
 <script src="/ui/static/app.js" defer></script>
 </head><body>
 <header><strong>Meshgate</strong> <nav>{nav}</nav>
@@ -83,7 +83,7 @@ def login_page(error: str = "") -> str:
     message = f'<p class="bad" role="alert">{esc(error)}</p>' if error else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Log in · Meshgate</title>
-<link rel="stylesheet" href="/ui/static/app.css"></head><body class="login">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/static/app.css"></head><body class="login">
 <main><h1>Meshgate dashboard</h1>{message}
 <form method="post" action="/ui/login">
 <label for="token">Admin token</label>

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 COOKIE = "meshgate_ui"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 LIFETIME = 8 * 3600
 
 
@@ -37,10 +39,12 @@ def session_valid(admin_token: str | None, value: str | None, now: float | None 
     if admin_token is None or not value or value.count(".") != 1:
         return False
     expires, mac = value.split(".")
-    if not expires.isdigit() or len(mac) != 64:
+    if not (expires.isascii() and expires.isdigit()) or not _HEX64.fullmatch(mac):
         return False
     wanted = hmac.new(_key(admin_token), expires.encode(), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(wanted, mac) and int(expires) > (time.time() if now is None else now)
+    return hmac.compare_digest(wanted.encode(), mac.encode()) and int(expires) > (
+        time.time() if now is None else now
+    )
 
 
 def cookie_header(value: str, max_age: int = LIFETIME) -> str:
