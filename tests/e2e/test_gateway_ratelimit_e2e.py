@@ -108,7 +108,24 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
             with httpx.Client(timeout=10) as client:  # warm: the gateway's mesh connection is open
                 assert client.get(f"{gateway.url}/warm/x").status_code == 200
             urls.append(gateway.url)
+            ADMINS.append(gateway.admin_url)
         yield urls
+
+
+#: The gateways' admin URLs (their metrics say which decisions Redis could not make).
+ADMINS: list[str] = []
+
+
+def fallback_denials(route: str) -> int:
+    """Requests the gateways refused because Redis did not answer in time (failureMode deny)."""
+    total = 0
+    for admin in ADMINS:
+        text = httpx.get(f"{admin}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("meshgate_gateway_ratelimit_decisions_total{") and f'route="{route}"' in line:
+                if 'source="fallback-deny"' in line:
+                    total += int(float(line.rsplit(" ", 1)[1]))
+    return total
 
 
 async def _client(url: str, deadline: float, budget: list[int], counts: Counter[int]) -> None:
@@ -147,4 +164,10 @@ def test_two_gateways_admit_exactly_the_limit_under_200_concurrent_clients(gatew
     print(f"admitted {counts[200]}, refused {counts[429]}")  # shown with pytest -s
     assert set(counts) <= {200, 429}, counts
     assert counts[429] > 0, f"the limit was never reached: {counts}"
-    assert 1000 <= counts[200] <= 1010, counts
+    # Never more than the limit. Fewer only by decisions Redis could not make in time (the 250 ms
+    # timeout, reached when the machine is overloaded): failureMode deny refuses those, and a
+    # timed-out call may still have spent its slot in Redis.
+    assert counts[200] <= 1010, counts
+    unanswered = fallback_denials("burst")
+    print(f"refused because Redis did not answer in time: {unanswered}")
+    assert counts[200] + unanswered >= 1000, (counts, unanswered)
