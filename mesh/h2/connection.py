@@ -82,6 +82,16 @@ class HookedConnection(H2Connection):
             self.collected += events
         return []
 
+    def _receive_rst_stream_frame(self, frame: RstStreamFrame) -> tuple[list[Frame], list[Event]]:
+        """RST_STREAM on an idle stream is a connection error (RFC 9113 5.1); h2 ignores it once the
+        stream id is not in its table, so a stream beyond the highest one opened is refused here."""
+        sid = frame.stream_id
+        ours = (sid % 2 == 0) != self.config.client_side  # even ids are the server's
+        highest = self.highest_outbound_stream_id if ours else self.highest_inbound_stream_id
+        if sid > (highest or 0):
+            raise ProtocolError(f"RST_STREAM on idle stream {sid}")
+        return super()._receive_rst_stream_frame(frame)
+
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
         event = ConnectionTerminated()
         event.error_code = frame.error_code

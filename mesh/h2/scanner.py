@@ -40,6 +40,7 @@ class FrameScanner:
     """Counts what h2 does not: see module docstring. ``scan`` returns (bytes h2 may see, violation)."""
 
     __slots__ = (
+        "_awaiting_settings",
         "_block_bytes",
         "_block_frames",
         "_empty_data",
@@ -62,6 +63,7 @@ class FrameScanner:
         self._limits = limits
         self._server = server
         self._preface_left = len(PREFACE) if server else 0
+        self._awaiting_settings = server  # RFC 9113 3.4: the client preface ends with SETTINGS
         self._partial = b""
         self._skip = 0
         self._in_block = False
@@ -134,9 +136,10 @@ class FrameScanner:
             hi, lo, ftype, flags, sid = unpack(data, i)
             length = hi << 8 | lo
             # Hot path: DATA with payload, or HEADERS closing its own block, outside a block.
-            if ftype == _DATA and length and length <= max_frame and not self._in_block:
+            slow = self._in_block or self._awaiting_settings
+            if ftype == _DATA and length and length <= max_frame and not slow:
                 pass
-            elif ftype == _HEADERS and flags & _END_HEADERS and length <= max_block and not self._in_block:
+            elif ftype == _HEADERS and flags & _END_HEADERS and length <= max_block and not slow:
                 self._opened += 1
             else:
                 bad = frame(length, ftype, flags, sid)
@@ -152,6 +155,10 @@ class FrameScanner:
     def _frame(self, length: int, ftype: int, flags: int, sid: int) -> Violation | None:
         """Account for one frame header; return a violation or None."""
         limits = self._limits
+        if self._awaiting_settings:
+            self._awaiting_settings = False
+            if ftype != _SETTINGS or flags & _ACK or sid:
+                return ErrorCodes.PROTOCOL_ERROR, "connection preface not followed by SETTINGS"
         if length > limits.max_frame_size:
             return ErrorCodes.FRAME_SIZE_ERROR, f"frame of {length} bytes exceeds max_frame_size"
         if self._in_block:
@@ -204,6 +211,8 @@ class FrameScanner:
             if self._pings > limits.max_pings:
                 return ErrorCodes.ENHANCE_YOUR_CALM, f"max_pings exceeded ({self._pings})"
         elif ftype == _SETTINGS:
+            if flags & _ACK and length:
+                return ErrorCodes.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"
             if not flags & _ACK:
                 self._settings += 1
                 if self._settings > limits.max_settings:

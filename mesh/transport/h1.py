@@ -188,6 +188,9 @@ class H1Server:
         info: ClientInfo,
     ) -> bool:
         headers = _decode(event.headers)
+        if not event.http_version.startswith(b"1."):  # h11 parses "HTTP/2.0" request lines too
+            await self._refuse(conn, writer, h11.RemoteProtocolError("HTTP version not supported", 505))
+            return False
         hosts = [v for k, v in headers if k == "host"]
         if len(hosts) > 1:  # RFC 9112 section 3.2: 400 for more than one Host (h11 lets it pass)
             await self._refuse(conn, writer, h11.RemoteProtocolError("more than one Host header", 400))

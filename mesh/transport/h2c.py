@@ -113,6 +113,9 @@ class _Sniffer(asyncio.Protocol):
         if len(self.buffer) < len(PREFACE) and PREFACE.startswith(self.buffer):
             return  # could still be HTTP/2: wait for the rest of the preface
         transport, buffer = self.transport, self.buffer
+        if buffer.startswith(b"PRI * HTTP/2.0") and not buffer.startswith(PREFACE):
+            transport.close()  # a broken HTTP/2 preface: a connection error, not an HTTP/1.1 request
+            return
         if buffer.startswith(PREFACE):
             info = client_info(transport, "2")
 

@@ -15,7 +15,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 def _feed(scanner: FrameScanner, opened: int, every: int) -> object:
     """Open ``opened`` streams and reset every ``every``-th one, interleaved as real traffic is."""
-    data = bytearray(PREFACE)
+    data = bytearray(PREFACE) + raw_frame(0x4, 0, 0, b"")  # the preface ends with SETTINGS
     for i in range(opened):
         sid = 2 * i + 1
         data += raw_frame(HEADERS, END_HEADERS, sid, b"\x82")

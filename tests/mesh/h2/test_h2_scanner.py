@@ -64,7 +64,8 @@ def test_scanner_counts_and_skips_payloads() -> None:
     scanner = FrameScanner(Limits(max_pings=2), server=True)
     ping = raw_frame(0x6, 0, 0, b"\0" * 8)
     big = raw_frame(0x0, 0, 1, b"\x06" * 16384)  # payload bytes that look like PING headers
-    assert scanner.scan(PREFACE + big + ping, 0.0) == (len(PREFACE + big + ping), None)
+    settings = raw_frame(0x4, 0, 0, b"")  # RFC 9113 3.4: the preface ends with SETTINGS
+    assert scanner.scan(PREFACE + settings + big + ping, 0.0) == (len(PREFACE + settings + big + ping), None)
     assert scanner.scan(ping, 0.0) == (len(ping), None)
     assert scanner.scan(big + ping, 0.0) == (
         len(big),
@@ -86,3 +87,19 @@ def test_single_frame_header_block_over_the_byte_cap() -> None:
     headers = raw_frame(0x1, 0x4, 1, b"\0" * 30000)
     code, reason = scanner.scan(headers, 0.0)[1] or (0, "")
     assert code == ErrorCode.ENHANCE_YOUR_CALM and "max_header_block_bytes" in reason
+
+
+def test_the_preface_must_be_followed_by_settings() -> None:
+    """RFC 9113 section 3.4; and a SETTINGS ACK carries no payload (section 6.5)."""
+    ping = raw_frame(0x6, 0, 0, b"\0" * 8)
+    scanner = FrameScanner(Limits(), server=True)
+    assert scanner.scan(PREFACE + ping, 0.0) == (
+        len(PREFACE),
+        (ErrorCode.PROTOCOL_ERROR, "connection preface not followed by SETTINGS"),
+    )
+    scanner = FrameScanner(Limits(), server=True)
+    ack_with_payload = raw_frame(0x4, 0x1, 0, b"\0" * 6)
+    assert scanner.scan(PREFACE + raw_frame(0x4, 0, 0, b"") + ack_with_payload, 0.0)[1] == (
+        ErrorCode.FRAME_SIZE_ERROR,
+        "SETTINGS ACK with a payload",
+    )
