@@ -84,8 +84,9 @@ class Processes:
         return proc.returncode
 
     def stop_all(self) -> None:
-        """Stop every process still running."""
-        for name in list(self.procs):
+        """Stop every process still running, newest first: workloads before the control plane they
+        deregister from (the other way round each waits for a dead control plane)."""
+        for name in reversed(list(self.procs)):
             self.stop(name, 5.0)
 
     def log(self, name: str) -> str:
