@@ -38,3 +38,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Soak test (not CI, 10 minutes by default): steady traffic through the demo stack (`meshgate up`), then
+# RSS and fd growth of every process; exits 1 on growth or unexpected answers. Shorter: SOAK_ARGS="--duration 180".
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)

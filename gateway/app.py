@@ -237,7 +237,8 @@ async def _send(
         )
         return
     length = response.header("content-length")
-    await _send_body(send, response.body, int(length) if length is not None and length.isdigit() else None)
+    declared = int(length) if length is not None and length.isascii() and length.isdigit() else None
+    await _send_body(send, response.body, declared)
 
 
 async def _send_body(send: Send, body: AsyncIterator[bytes], remaining: int | None) -> None:

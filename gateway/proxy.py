@@ -34,7 +34,7 @@ def grpc_timeout(value: str | None) -> float | None:
     if not value or len(value) < 2 or len(value) > 9:
         return None
     digits, unit = value[:-1], value[-1]
-    if not digits.isdigit() or unit not in _GRPC_UNITS:
+    if not (digits.isascii() and digits.isdigit()) or unit not in _GRPC_UNITS:
         return None
     return int(digits) * _GRPC_UNITS[unit]
 
@@ -144,7 +144,7 @@ async def forward(
     route = ex.match.route
     cap = route.max_body_size
     length = ex.header("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > cap:
         return local_error(413, "body_too_large", f"request body over {cap} bytes")
     headers = upstream_headers(ex)
     overflow: list[bool] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ IDENTITY_HEADERS = frozenset({"x-forwarded-client-cert", "x-request-id", "forwar
 #: What ``Connection`` may not remove: the gateway reads these itself.
 PROTECTED = frozenset({"host", "content-length", "authorization"})
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() takes '²' too
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         return _bad("Content-Length together with Transfer-Encoding")
     if len(lengths) > 1:
         return _bad("conflicting Content-Length headers")
-    if lengths and not next(iter(lengths)).isdigit():
+    if lengths and not _DIGITS.fullmatch(next(iter(lengths))):
         return _bad("malformed Content-Length")
     if encodings and [e.strip().lower() for e in ",".join(encodings).split(",")][-1] != "chunked":
         return _bad("unsupported Transfer-Encoding")

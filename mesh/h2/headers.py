@@ -69,7 +69,7 @@ def _scan(
             elif name == b"content-length":
                 if content_length is not None:
                     raise _bad("more than one content-length")
-                if not value.isdigit():
+                if not (value.isascii() and value.isdigit()) or len(value) > 19:
                     raise _bad("content-length is not a number")
                 content_length = int(value)
             else:  # host

@@ -132,7 +132,7 @@ class MeshClient:
         """The whole body when it is small enough to send again on a retry (then ``request.body`` is
         set to replay it), else None (the body streams once and only connect failures are retried)."""
         length = request.header("content-length")
-        if length is not None and length.isdigit() and int(length) <= REPLAY_LIMIT:
+        if length is not None and length.isascii() and length.isdigit() and int(length) <= REPLAY_LIMIT:
             data = b"".join([chunk async for chunk in request.body])
             request.body = body_of(data)
             return data

@@ -91,6 +91,24 @@ async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeou
         conn.receive_data(data)
 
 
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
+
+
+async def _linger(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+    """Stop sending, then read and drop what the client still sends, bounded in time and bytes."""
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+        drained = 0
+        async with asyncio.timeout(LINGER_SECONDS):
+            while drained < LINGER_BYTES:
+                chunk = await reader.read(READ_CHUNK)
+                if not chunk:
+                    return
+                drained += len(chunk)
+
+
 class H1Server:
     """Serves HTTP/1.1 keep-alive connections, one request at a time each, by calling ``handler``."""
 
@@ -122,7 +140,7 @@ class H1Server:
                 try:
                     event = await self._request_head(conn, reader)
                 except (h11.RemoteProtocolError, TimeoutError) as exc:
-                    await self._refuse(conn, writer, exc)
+                    await self._refuse(conn, writer, exc, reader)
                     return
                 if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     return
@@ -158,7 +176,17 @@ class H1Server:
                 conn.receive_data(await reader.read(READ_CHUNK))
         return event
 
-    async def _refuse(self, conn: h11.Connection, writer: asyncio.StreamWriter, exc: Exception) -> None:
+    async def _refuse(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        exc: Exception,
+        reader: asyncio.StreamReader | None = None,
+        method: bytes | None = None,
+    ) -> None:
+        """Answer a request we will not serve, then close. With ``reader``, the client's unread bytes are
+        drained for a moment first (a lingering close, RFC 9112 section 9.6): closing with data unread
+        makes the kernel send a reset, and the client would see that instead of our answer."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = 408 if isinstance(exc, TimeoutError) else getattr(exc, "error_status_hint", 400)
@@ -166,18 +194,20 @@ class H1Server:
             return  # idle keep-alive connection: just close
         body = f"{'request timeout' if status == 408 else 'bad request'}\n".encode()
         with contextlib.suppress(Exception):
-            writer.write(
-                conn.send(
-                    h11.Response(
-                        status_code=status,
-                        reason=_reason(status),
-                        headers=[("content-length", str(len(body))), ("connection", "close")],
-                    )
+            out = conn.send(
+                h11.Response(
+                    status_code=status,
+                    reason=_reason(status),
+                    headers=[("content-length", str(len(body))), ("connection", "close")],
                 )
-                + conn.send(h11.Data(data=body))
-                + conn.send(h11.EndOfMessage())
             )
+            if method != b"HEAD":  # an answer to HEAD has no body
+                out += conn.send(h11.Data(data=body))
+            out += conn.send(h11.EndOfMessage())
+            writer.write(out)
             await writer.drain()
+        if reader is not None:
+            await _linger(writer, reader)
 
     async def _exchange(
         self,
@@ -189,11 +219,15 @@ class H1Server:
     ) -> bool:
         headers = _decode(event.headers)
         if not event.http_version.startswith(b"1."):  # h11 parses "HTTP/2.0" request lines too
-            await self._refuse(conn, writer, h11.RemoteProtocolError("HTTP version not supported", 505))
+            await self._refuse(
+                conn, writer, h11.RemoteProtocolError("HTTP version not supported", 505), reader, event.method
+            )
             return False
         hosts = [v for k, v in headers if k == "host"]
         if len(hosts) > 1:  # RFC 9112 section 3.2: 400 for more than one Host (h11 lets it pass)
-            await self._refuse(conn, writer, h11.RemoteProtocolError("more than one Host header", 400))
+            await self._refuse(
+                conn, writer, h11.RemoteProtocolError("more than one Host header", 400), reader, event.method
+            )
             return False
         if self.upgrade is not None and event.method == b"GET" and _wants_websocket(headers):
             # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here. A handshake
@@ -202,12 +236,14 @@ class H1Server:
                 k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers
             ):
                 await self._refuse(
-                    conn, writer, h11.RemoteProtocolError("a WebSocket handshake with a body", 400)
+                    conn, writer, h11.RemoteProtocolError("a WebSocket handshake with a body", 400), reader
                 )
                 return False
             while conn.their_state is h11.SEND_BODY:
                 if not isinstance(conn.next_event(), h11.EndOfMessage | h11.Data):
-                    await self._refuse(conn, writer, h11.RemoteProtocolError("bad WebSocket handshake", 400))
+                    await self._refuse(
+                        conn, writer, h11.RemoteProtocolError("bad WebSocket handshake", 400), reader
+                    )
                     return False
             leftover, _ = conn.trailing_data
             await self.upgrade(event, reader, writer, bytes(leftover), info)
@@ -217,7 +253,11 @@ class H1Server:
             # RFC 9112 section 6.1: a smuggling attempt (h11 would go by Transfer-Encoding and read the
             # rest as the next request): refuse and close
             await self._refuse(
-                conn, writer, h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400)
+                conn,
+                writer,
+                h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400),
+                reader,
+                event.method,
             )
             return False
         authority = hosts[0] if hosts else ""

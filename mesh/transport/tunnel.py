@@ -134,7 +134,7 @@ async def websocket_app(
         raise UpstreamError("upstream_reset", f"the app broke the WebSocket handshake: {exc}") from exc
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = status_line.split(" ", 2)
-    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 502
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() else 502
     headers = []
     for line in header_lines:
         if ":" in line:
@@ -147,9 +147,8 @@ async def websocket_app(
             raise UpstreamError(
                 "upstream_reset", f"the app answered the WebSocket handshake with {status}, not 101"
             )
-        length = (
-            int(values.get("content-length", "0") or 0) if values.get("content-length", "0").isdigit() else 0
-        )
+        declared = values.get("content-length", "0")
+        length = int(declared) if declared.isascii() and declared.isdigit() and len(declared) < 19 else 0
         body = await reader.read(min(length, 65536)) if length else b""
         writer.close()
         kept = [

@@ -39,7 +39,10 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(
             f"invalid duration {text!r}; use a number with a unit (ms, s, m, h, d), e.g. 250ms, 2s, 1h30m"
         )
-    return timedelta(seconds=total)
+    try:
+        return timedelta(seconds=total)
+    except OverflowError:
+        raise ValueError(f"duration {text!r} is too large") from None
 
 
 def format_duration(value: timedelta) -> str:

@@ -213,6 +213,8 @@ def _read_descriptor_set(folder: Path, name: str) -> tuple[bytes, str | None]:
         content = path.read_bytes()
     except OSError as exc:
         return b"", f"cannot read descriptor set {str(path)!r}: {exc.strerror or exc}"
+    except ValueError as exc:  # e.g. a NUL in the name
+        return b"", f"cannot read descriptor set {str(path)!r}: {exc}"
     from google.protobuf import descriptor_pb2
     from google.protobuf.message import DecodeError
 

@@ -82,7 +82,19 @@ class _Walker:
             return self._mapping(node, path, lines)
         if isinstance(node, yaml.SequenceNode):
             return [self.walk(item, (*path, i), lines) for i, item in enumerate(node.value)]
-        return self._scalars.construct_object(node)
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: FieldPath) -> Any:
+        """A scalar's value; one PyYAML cannot build (``2001-13-45`` read as a date, ``!!int abc``)
+        is a problem at its line, kept as its text."""
+        try:
+            return self._scalars.construct_object(node)
+        except (ValueError, KeyError, AttributeError, TypeError, OverflowError, yaml.YAMLError):
+            value = str(getattr(node, "value", ""))
+            kind = node.tag.rsplit(":", 1)[-1]
+            message = f"cannot read {value[:40]!r} as {kind}: quote it"
+            self.problems.append((path, node.start_mark.line + 1, message))
+            return value
 
     def _mapping(
         self, node: yaml.MappingNode, path: FieldPath, lines: dict[FieldPath, int]
@@ -100,7 +112,7 @@ class _Walker:
                     (path, key_node.start_mark.line + 1, "mapping keys must be plain scalars")
                 )
                 continue
-            key = self._scalars.construct_object(key_node)
+            key = self._scalar(key_node, path)
             if not isinstance(key, str | int | float | bool) or key is None:
                 key = str(key)
             line = key_node.start_mark.line + 1
@@ -164,7 +176,8 @@ def parse_yaml_text(raw: bytes, name: str) -> tuple[list[RawDocument], list[Sour
             docs.append(RawDocument(name, node.start_mark.line + 1, data, lines, tuple(walker.problems)))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
+        last = text.count("\n") + 1  # the end of the file: the (empty) line after the last newline
+        line = min(mark.line + 1, last) if mark else 1
         column = mark.column + 1 if mark else 1
         problem = exc.problem or exc.context or "invalid YAML"
         return [], [SourceError(name, line, f"invalid YAML at column {column}: {problem}")]

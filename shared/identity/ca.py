@@ -318,7 +318,7 @@ class CertificateAuthority:
                 f"CA certificate {authority.name} expired at {ca_expiry:%Y-%m-%dT%H:%M:%SZ}; rotate it"
             )
         not_before = max(now - BACKDATE, authority.cert.not_valid_before_utc)
-        not_after = min(now + lifetime, ca_expiry)
+        not_after = ca_expiry if lifetime >= ca_expiry - now else now + lifetime  # no overflow
         leaf = build_leaf(spiffe_id, public_key, authority.cert, authority.key, not_before, not_after, aki)
         return [leaf, *authority.chain]
 

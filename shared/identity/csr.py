@@ -84,7 +84,7 @@ def check_csr(csr_pem: bytes, spiffe_id: SpiffeId) -> CertificatePublicKeyTypes:
     """Check ``csr_pem`` for the authenticated ``spiffe_id``; return its public key or raise CsrRejected."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CsrRejected(f"not a PEM certificate signing request ({exc})") from None
     key = _check_key(csr)
     try:

@@ -215,7 +215,7 @@ class Collector:
                 if urlsplit(self.path).path != "/v1/traces":
                     # the body must not be read as the next request: drop it, or close when unknown
                     declared = self.headers.get("content-length") or ""
-                    if declared.isdigit() and int(declared) <= MAX_BODY:
+                    if declared.isascii() and declared.isdigit() and int(declared) <= MAX_BODY:
                         self.rfile.read(int(declared))
                     else:
                         self.close_connection = True

@@ -35,7 +35,7 @@ def url(base: str, **query: str) -> str:
 def rule_link(rule: str) -> str:
     """A ``FILE:LINE`` rule as a link to its source, ``default`` as plain text."""
     file, sep, line = rule.rpartition(":")
-    if not sep or not line.isdigit():
+    if not sep or not (line.isascii() and line.isdigit()):
         return f'<span class="rule">{esc(rule)}</span>'
     return link(url("/ui/source", file=file, line=line) + f"#L{line}", rule, class_="rule")
 

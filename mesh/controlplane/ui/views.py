@@ -230,7 +230,7 @@ def source_page(cp: ControlPlane, file: str, line: str) -> str | None:
         lines = Path(file).read_text(errors="replace").splitlines()
     except OSError as exc:
         return page(file, f'<p class="bad">cannot read: {esc(exc.strerror)}</p>', "/ui/config")
-    wanted = int(line) if line.isdigit() else 0
+    wanted = int(line) if line.isascii() and line.isdigit() and len(line) < 10 else 0
     rows = "".join(
         f'<tr id="L{n}" class="{"hit" if n == wanted else ""}">'
         f'<td class="n">{n}</td><td><pre>{esc(t)}</pre></td></tr>'

@@ -162,11 +162,16 @@ def validate_cidr(value: str) -> str:
 Cidr = Annotated[str, AfterValidator(validate_cidr)]
 
 
+MAX_REGEX_CHARS = 1024
+
+
 def _regex(value: str) -> str:
+    if len(value) > MAX_REGEX_CHARS:
+        raise ValueError(f"regular expression over {MAX_REGEX_CHARS} characters")
     try:
         re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ValueError(f"invalid regular expression {value[:60]!r}: {exc}") from None
     return value
 
 
