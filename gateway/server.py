@@ -397,6 +397,7 @@ async def serve(
         reuse_port=reuse_port,
         upgrade=WebSocketBridge(app, bridge),
         max_header_bytes=max_header_bytes,
+        raw_headers=True,  # the hygiene step checks and strips hop-by-hop headers (as under granian)
     )
 
 

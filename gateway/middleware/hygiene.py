@@ -96,7 +96,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         return local_error(431, "headers_too_large", f"more than {settings.max_headers} header fields")
     size = 0
     for k, v in raw:
-        size += len(k) + len(v) + 4
+        size += len(k) + len(v) + 32  # as HTTP/2 counts a header list (RFC 9113 section 6.5.2)
     if size > settings.max_header_bytes:
         return local_error(431, "headers_too_large", f"header block over {settings.max_header_bytes} bytes")
     headers = _decode(raw)

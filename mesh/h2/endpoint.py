@@ -21,6 +21,7 @@ from .errors import (
     ConnectionClosedError,
     ErrorCode,
     H2Error,
+    HeaderListTooLarge,
     MalformedHeadersError,
     StreamClosedError,
     StreamLimitReached,
@@ -247,6 +248,11 @@ class H2Endpoint(Translator):
         connect = bool(self._h2.remote_settings.enable_connect_protocol)
         method, _ = check_request(headers, connect_protocol=connect)
         h2 = self._h2
+        limit = h2.remote_settings.max_header_list_size
+        if limit is not None:
+            size = sum(len(name) + len(value) + 32 for name, value in headers)
+            if size > limit:
+                raise HeaderListTooLarge(f"request header list of {size} bytes; the peer accepts {limit}")
         try:
             stream_id: int = h2.get_next_available_stream_id()
             h2.send_headers(stream_id, _never_index(headers), end_stream=end_stream)

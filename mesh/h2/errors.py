@@ -27,6 +27,11 @@ class H2Error(Exception):
             self.error_code = error_code
 
 
+class HeaderListTooLarge(H2Error):
+    """A request head over the peer's SETTINGS_MAX_HEADER_LIST_SIZE (name + value + 32 per field,
+    RFC 9113 section 6.5.2): not sent, since the peer would end the whole connection for it."""
+
+
 class ConnectionClosedError(H2Error):
     """The connection ended (GOAWAY sent or received): no new streams, or no I/O at all."""
 

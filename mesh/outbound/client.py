@@ -225,9 +225,8 @@ class MeshClient:
                 return _tried(response, attempt)
             if error is not None and not can_retry:
                 code, message, _ = error
-                return _tried_error(
-                    attempt, 504 if code == "upstream_timeout" else 503, code, f"{service}: {message}"
-                )
+                status = {"upstream_timeout": 504, "headers_too_large": 431}.get(code, 503)
+                return _tried_error(attempt, status, code, f"{service}: {message}")
             if not upstream.budget.try_retry():
                 if response is not None:
                     return _tried(response, attempt)

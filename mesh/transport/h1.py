@@ -120,9 +120,14 @@ class H1Server:
         header_timeout: float = 10.0,
         idle_timeout: float = 60.0,
         upgrade: UpgradeHandler | None = None,
+        raw_headers: bool = False,
     ) -> None:
         self.handler = handler
         self.upgrade = upgrade
+        #: Hand requests over with their hop-by-hop headers (Connection, Transfer-Encoding, ...) as
+        #: received: for the gateway, whose hygiene step judges them (a chunked body is a body, and
+        #: ``Connection`` must not strip the headers it protects). The sidecar strips them here.
+        self.raw_headers = raw_headers
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
@@ -190,6 +195,8 @@ class H1Server:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         status = 408 if isinstance(exc, TimeoutError) else getattr(exc, "error_status_hint", 400)
+        if status == 501:  # h11's hint for an unknown or repeated Transfer-Encoding: a framing error
+            status = 400
         if isinstance(exc, TimeoutError) and conn.their_state is h11.IDLE:
             return  # idle keep-alive connection: just close
         body = f"{'request timeout' if status == 408 else 'bad request'}\n".encode()
@@ -218,6 +225,12 @@ class H1Server:
         info: ClientInfo,
     ) -> bool:
         headers = _decode(event.headers)
+        head_bytes = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers.raw_items())
+        if head_bytes > self.max_header_bytes:  # h11 caps only a head that arrives in pieces
+            await self._refuse(
+                conn, writer, h11.RemoteProtocolError("header block too large", 431), reader, event.method
+            )
+            return False
         if not event.http_version.startswith(b"1."):  # h11 parses "HTTP/2.0" request lines too
             await self._refuse(
                 conn, writer, h11.RemoteProtocolError("HTTP version not supported", 505), reader, event.method
@@ -281,7 +294,9 @@ class H1Server:
             method=event.method.decode("ascii"),
             path=target,
             authority=authority,
-            headers=[(k, v) for k, v in strip_hop_by_hop(headers) if k != "host"],
+            headers=[
+                (k, v) for k, v in (headers if self.raw_headers else strip_hop_by_hop(headers)) if k != "host"
+            ],
             body=body(),
         )
         try:

@@ -147,12 +147,14 @@ async def serve_sniffing(
     reuse_port: bool = False,
     upgrade: UpgradeHandler | None = None,
     max_header_bytes: int = 65536,
+    raw_headers: bool = False,
 ) -> asyncio.Server:
     """A listener serving HTTP/1.1 and HTTP/2 with the same ``handler``, told apart by the HTTP/2
     preface (h2c with prior knowledge in plaintext; over TLS the preface follows ALPN h2); when
     ``tcp()`` returns a connection handler (the upstream is a TCP service), connections go to it as
-    they are, unsniffed."""
-    h1 = H1Server(handler, upgrade=upgrade, max_header_bytes=max_header_bytes)
+    they are, unsniffed. ``raw_headers``: HTTP/1.1 requests reach ``handler`` with their hop-by-hop
+    headers (an edge that checks and strips them itself, see H1Server)."""
+    h1 = H1Server(handler, upgrade=upgrade, max_header_bytes=max_header_bytes, raw_headers=raw_headers)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: _Sniffer(h1, handler, limits or Limits(), tcp),

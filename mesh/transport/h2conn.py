@@ -21,6 +21,7 @@ from mesh.h2 import (
     DataReceived,
     ErrorCode,
     H2Endpoint,
+    HeaderListTooLarge,
     InformationalReceived,
     Limits,
     RequestReceived,
@@ -385,6 +386,8 @@ class H2Protocol(asyncio.Protocol):
         self.streams[event.stream_id] = stream
         if event.end_stream:
             stream.chunks.put_nowait(_END)
+            if not stream.trailers.done():  # no body, so no trailers: nobody may wait for them
+                stream.trailers.set_result([])
         request = Request(
             method=pseudo.get(":method", "GET"),
             path=pseudo.get(":path", "/"),
@@ -461,10 +464,18 @@ class H2Protocol(asyncio.Protocol):
         self._flush()
 
     def _reset(self, sid: int, code: int) -> None:
+        """Reset a stream and give back the flow-control window of what it received but nobody read
+        (an abandoned response): otherwise each one shrinks the connection's window for good."""
+        stream = self.streams.pop(sid, None)
         with contextlib.suppress(Exception):
             self.endpoint.reset(sid, code)
+        while stream is not None and not stream.chunks.empty():
+            item = stream.chunks.get_nowait()
+            if isinstance(item, tuple) and item[1]:
+                with contextlib.suppress(Exception):
+                    self.endpoint.ack(sid, item[1])
+        with contextlib.suppress(Exception):
             self._flush()
-        self.streams.pop(sid, None)
 
     # ----- client side ----------------------------------------------------------------------------------
 
@@ -516,6 +527,8 @@ class H2Protocol(asyncio.Protocol):
             raise StreamError(
                 f"no stream available: {exc}", ErrorCode.REFUSED_STREAM, retryable=True
             ) from exc
+        except HeaderListTooLarge as exc:  # refused here: sent, it would end the whole connection
+            raise StreamError(str(exc), ErrorCode.REFUSED_STREAM, code="headers_too_large") from exc
         loop = asyncio.get_running_loop()
         stream = _Stream(sid, response=loop.create_future())
         self.streams[sid] = stream

@@ -82,10 +82,6 @@ FRAMING = {
         b"Host: web", b"Content-Length: 5", b"Content-Length: 41", body=b"hello" + SMUGGLED[:36]
     ),
     "conflicting-content-length-list": _post(b"Host: web", b"Content-Length: 5, 41", body=b"hello"),
-    "duplicate-content-length": _post(
-        b"Host: web", b"Content-Length: 5", b"Content-Length: 5", body=b"hello"
-    ),
-    "duplicate-content-length-list": _post(b"Host: web", b"Content-Length: 5, 5", body=b"hello"),
     "whitespace-before-colon": _post(
         b"Host: web",
         b"Transfer-Encoding : chunked",
@@ -96,26 +92,11 @@ FRAMING = {
     "repeated-host": b"GET /first HTTP/1.1\r\nHost: web\r\nHost: evil\r\n\r\n" + SMUGGLED,
 }
 
-_DUPLICATE_CL = pytest.mark.xfail(
-    strict=True,
-    reason="product: a repeated identical Content-Length (two fields, or '5, 5') is merged by h11 "
-    "(mesh/transport/h1.py H1Server relies on h11) and forwarded with 200; STANDARDS.md 'HTTP/1.1 at "
-    "the edge' asks for 400 and close (RFC 9112 section 6.3 allows either; no smuggling either way, "
-    "see test_duplicate_content_length_frames_the_body_once)",
-)
-_XCHUNKED = pytest.mark.xfail(
-    strict=True,
-    reason="product: 'Transfer-Encoding: xchunked' gets 501 (h11's error_status_hint, relayed by "
-    "mesh/transport/h1.py H1Server._refuse) where STANDARDS.md and docs/gateway.md promise 400 "
-    "(RFC 9112 section 6.1 suggests 501: map it to 400 or change the documents; nothing reaches the "
-    "app either way, see test_unknown_transfer_coding_never_reaches_the_app)",
-)
 FRAMING_CASES = [
     pytest.param(
         listener,
         case,
         id=f"{listener}-{case}",
-        marks=_DUPLICATE_CL if case.startswith("duplicate") else _XCHUNKED if "xchunked" in case else (),
     )
     for listener in BOTH
     for case in FRAMING
@@ -205,16 +186,6 @@ def test_connection_cannot_strip_the_gateways_identity_headers(stack: Stack) -> 
     assert headers["x-meshgate-peer"] == GATEWAY_ID
 
 
-_PROTECTED = pytest.mark.xfail(
-    strict=True,
-    reason="product: mesh/transport/h1.py H1Server._exchange strips every header Connection names "
-    "(strip_hop_by_hop) before gateway/middleware/hygiene.py can apply its PROTECTED set, so "
-    "'Connection: authorization' drops the credential and 'Connection: content-length' drops the "
-    "request body (hygiene then sees no framing header and forwards an empty body)",
-)
-
-
-@_PROTECTED
 def test_connection_cannot_strip_authorization_at_the_gateway(stack: Stack) -> None:
     answer = get(
         stack,
@@ -225,7 +196,6 @@ def test_connection_cannot_strip_authorization_at_the_gateway(stack: Stack) -> N
     assert answer.json()["headers"].get("authorization") == "Bearer abc"
 
 
-@_PROTECTED
 def test_connection_cannot_strip_content_length_at_the_gateway(stack: Stack) -> None:
     answer = get(
         stack,
@@ -345,16 +315,6 @@ def _chunked(total: int, piece: int = 512) -> bytes:
     return out + b"0\r\n\r\n"
 
 
-_CHUNKED = pytest.mark.xfail(
-    strict=True,
-    reason="product: mesh/transport/h1.py H1Server._exchange strips Transfer-Encoding (hop-by-hop) "
-    "before the ASGI bridge, so gateway/middleware/hygiene.py check() computes has_body=False for a "
-    "chunked HTTP/1.1 request and gateway/proxy.py forward() sends an empty body: chunked uploads "
-    "are silently dropped at the edge (--server meshgate) and the route's maxBodySize never applies",
-)
-
-
-@_CHUNKED
 def test_chunked_request_body_reaches_the_app(stack: Stack) -> None:
     answer = get(
         stack, "gateway", b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked", _chunked(3000)
@@ -363,7 +323,6 @@ def test_chunked_request_body_reaches_the_app(stack: Stack) -> None:
     assert answer.json()["bodyBytes"] == 3000
 
 
-@_CHUNKED
 def test_chunked_body_over_the_route_cap_is_413(stack: Stack) -> None:
     answer = get(
         stack,
@@ -434,16 +393,6 @@ def test_slowloris_is_cut_off_at_the_header_timeout_and_others_are_served(stack:
 # -- a header list the mesh hop refuses ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product: a request whose header list is over the peer sidecar's advertised "
-    "SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB counted as RFC 9113 does: name + value + 32 per field) is "
-    "sent anyway by the mesh client (mesh/h2/endpoint.py send_request, mesh/transport/h2conn.py "
-    "request); the inbound answers with a connection error (GOAWAY ENHANCE_YOUR_CALM) and every "
-    "request in flight on that pooled connection fails with 503 upstream_reset. The gateway's cap "
-    "(gateway/middleware/hygiene.py: name + value + 4) lets such a list through; the outbound H1 cap "
-    "is only enforced by h11 on incomplete reads",
-)
 @pytest.mark.parametrize("name", BOTH)
 def test_a_header_list_too_big_for_the_mesh_fails_alone(stack: Stack, name: str) -> None:
     """195 fields of 300 bytes: 60 KB by the gateway's measure (under its 64 KiB / 200 fields), 66 KB
