@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from shared.cliargs import add_otlp_arguments, host_port
+from shared.cliargs import add_otlp_arguments, duration_seconds, host_port
 from shared.telemetry.logs import setup_logging
+
+log = logging.getLogger("meshgate.gateway")
 
 
 def register(sub: Any) -> None:
@@ -59,6 +62,10 @@ def register(sub: Any) -> None:
         "--access-log", action="store_true", help="one JSON line per request (logger meshgate.access)"
     )
     p.add_argument("--trace-sample", type=float, default=1.0, metavar="RATIO")
+    p.add_argument(
+        "--drain-timeout", type=duration_seconds, default=10.0, metavar="DURATION",
+        help="on SIGTERM, how long requests in flight may take to finish (default 10s; --server meshgate)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=cmd_gateway)
 
@@ -187,9 +194,21 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
                 require_client_cert=args.client_cert == "required",
             )
         host, port = args.listen
+        in_flight = [0]
+
+        async def counted(scope: Any, receive: Any, send: Any) -> None:  # what the drain waits for
+            if scope["type"] not in ("http", "websocket"):
+                await application(scope, receive, send)
+                return
+            in_flight[0] += 1
+            try:
+                await application(scope, receive, send)
+            finally:
+                in_flight[0] -= 1
+
         try:
             server = await serve(
-                application,
+                counted,
                 host,
                 port,
                 ssl_context=ctx,
@@ -205,8 +224,12 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        server.close()  # no new connections; requests in flight finish while the lifespan shuts down
-        await asyncio.sleep(0.2)
+        server.close()  # no new connections; requests in flight get up to --drain-timeout to finish
+        deadline = loop.time() + args.drain_timeout
+        while in_flight[0] > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if in_flight[0]:
+            log.warning("drain timeout: %d request(s) still in flight", in_flight[0])
         await lifespan.shutdown()
         return 0
 

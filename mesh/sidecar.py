@@ -305,8 +305,12 @@ class Sidecar:
             server.close()
         with contextlib.suppress(ControlPlaneUnavailable, TimeoutError):
             await asyncio.wait_for(self.registry.deregister(), 2.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout
         if self.inbound is not None:
             await self.inbound.drain(self.config.drain_timeout)
+        if self.client is not None:  # the app's requests through the outbound proxy finish too
+            await self.client.wait_idle(max(deadline - loop.time(), 0.0))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

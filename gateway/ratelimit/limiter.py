@@ -20,6 +20,7 @@ one decision shares the hash tag (one Redis Cluster slot); the raw key never app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -472,6 +473,11 @@ class RateLimiter:
                 continue
             if isinstance(outcome, BaseException) or self._closed:
                 continue
+            # connections opened before the outage still point at the dead server: drop them all, or
+            # the next decisions fail on them and mark Redis down again
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    await self._client.connection_pool.disconnect()
             self._ok = True
             self._buckets.clear()
             log.warning(

@@ -73,6 +73,7 @@ class MeshClient:
         self.tracing = tracing or Tracing("meshgate")
         self.endpoints = EndpointTable()
         self._upstreams: dict[str, Upstream] = {}
+        self.in_flight = 0
         self._stats: dict[str, dict[str, int]] = {}  # per service; outlives a rebuilt Upstream
         self._policies: Mapping[str, TrafficPolicy] = {}
 
@@ -105,7 +106,28 @@ class MeshClient:
         """Send ``request`` to some healthy instance of ``service``; never raises for upstream trouble.
 
         ``policy`` overrides the service's timeout and retries for this request (a gateway route's own);
-        the breaker, budget and outlier detection stay the service's."""
+        the breaker, budget and outlier detection stay the service's. ``in_flight`` counts requests
+        from here until their response body is done (what a drain waits for)."""
+        self.in_flight += 1
+        try:
+            response = await self._request(service, request, policy)
+        except BaseException:
+            self.in_flight -= 1
+            raise
+        on_finish(response, self._finished)
+        return response
+
+    def _finished(self) -> None:
+        self.in_flight -= 1
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in flight, at most ``timeout`` seconds; True when none is."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_flight <= 0
+
+    async def _request(self, service: str, request: Request, policy: TrafficPolicy | None) -> Response:
         endpoints = self.endpoints.get(service)
         if not endpoints:  # before any per-service state: apps may name any host
             return error_response(503, "no_healthy_upstream", f"no healthy endpoint for service {service!r}")
