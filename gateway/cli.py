@@ -176,6 +176,7 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
     from gateway.asgi import app as make_app
     from gateway.server import Lifespan, serve, tls_context
     from mesh.cli import run_loop
+    from mesh.transport.h2c import Drain
 
     async def main() -> int:
         application = make_app()
@@ -195,6 +196,7 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
             )
         host, port = args.listen
         in_flight = [0]
+        drain = Drain()
 
         async def counted(scope: Any, receive: Any, send: Any) -> None:  # what the drain waits for
             if scope["type"] not in ("http", "websocket"):
@@ -214,6 +216,7 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
                 ssl_context=ctx,
                 reuse_port=args.workers > 1,
                 max_header_bytes=args.max_header_bytes + 8192,  # hygiene answers 431 below this
+                drain=drain,
             )
         except OSError as exc:
             print(f"meshgate gateway: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
@@ -225,6 +228,7 @@ def _meshgate_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.close()  # no new connections; requests in flight get up to --drain-timeout to finish
+        drain.announce()  # and connected clients are told to go: Connection: close, GOAWAY
         deadline = loop.time() + args.drain_timeout
         while in_flight[0] > 0 and loop.time() < deadline:
             await asyncio.sleep(0.05)

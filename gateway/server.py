@@ -39,7 +39,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from mesh.h2 import Limits
 from mesh.transport.h1 import ClientInfo
-from mesh.transport.h2c import serve_sniffing
+from mesh.transport.h2c import Drain, serve_sniffing
 from mesh.transport.messages import Headers, Request, Response, body_of
 
 log = logging.getLogger("meshgate.gateway.server")
@@ -382,8 +382,10 @@ async def serve(
     limits: Limits | None = None,
     reuse_port: bool = False,
     max_header_bytes: int = 65536,
+    drain: Drain | None = None,
 ) -> asyncio.AbstractServer:
-    """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``."""
+    """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``;
+    ``drain.announce()`` later tells the connected clients to go (see mesh/transport/h2c.py Drain)."""
     bridge = AsgiBridge(app, server=(host, port))
     # no extended CONNECT from clients: WebSockets arrive as HTTP/1.1 upgrades; a CONNECT stream would
     # otherwise reach the app as a request the gateway must refuse anyway
@@ -398,6 +400,7 @@ async def serve(
         upgrade=WebSocketBridge(app, bridge),
         max_header_bytes=max_header_bytes,
         raw_headers=True,  # the hygiene step checks and strips hop-by-hop headers (as under granian)
+        drain=drain,
     )
 
 

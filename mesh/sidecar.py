@@ -18,7 +18,7 @@ from mesh.measure import RequestMetrics, upstream_families
 from mesh.outbound.client import MeshClient
 from mesh.outbound.listener import OutboundHandler
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server
-from mesh.transport.h2c import H2cPool, TcpHandler, TcpMode, serve_sniffing
+from mesh.transport.h2c import Drain, H2cPool, TcpHandler, TcpMode, serve_sniffing
 from mesh.transport.messages import Request, Response
 from mesh.transport.pool import H2Pool
 from mesh.transport.tunnel import tcp_listener
@@ -87,6 +87,7 @@ class Sidecar:
         self.metrics_registry.collect(self._families)
         chosen = exporters(config.trace_file, config.otlp_endpoint, config.otlp_headers)
         self.tracing = Tracing(config.service, chosen, config.trace_sample, scope="meshgate.sidecar")
+        self.outbound_drain = Drain()
         self.measure = RequestMetrics(self.metrics_registry, self.tracing, config.access_log)
         self.stopping = asyncio.Event()
         self._servers: list[asyncio.Server] = []
@@ -148,7 +149,9 @@ class Sidecar:
         inbound_handler = self.measure.wrap("inbound", self.handler, lambda _request, peer: peer)
         self.inbound = InboundServer(inbound_handler, certs.server_context, td)
         self.ports["inbound"] = await self.inbound.start(*cfg.inbound)
-        outbound = await serve_sniffing(self._outbound(OutboundHandler(self.client)), *cfg.outbound)
+        outbound = await serve_sniffing(
+            self._outbound(OutboundHandler(self.client)), *cfg.outbound, drain=self.outbound_drain
+        )
         self._servers.append(outbound)
         self.ports["outbound"] = outbound.sockets[0].getsockname()[1]
         for port, service in cfg.upstreams.items():
@@ -303,6 +306,7 @@ class Sidecar:
         self.stopping.set()
         for server in self._servers:
             server.close()
+        self.outbound_drain.announce()  # the app's kept-alive connections: close after their request
         with contextlib.suppress(ControlPlaneUnavailable, TimeoutError):
             await asyncio.wait_for(self.registry.deregister(), 2.0)
         loop = asyncio.get_running_loop()

@@ -132,6 +132,15 @@ class H1Server:
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.connections: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self._idle: set[asyncio.StreamWriter] = set()
+
+    def drain(self) -> None:
+        """From now on every response says ``Connection: close`` and ends its connection; connections
+        waiting for their next request are closed now."""
+        self.draining = True
+        for writer in list(self._idle):
+            writer.close()
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one connection until either side closes it."""
@@ -143,7 +152,7 @@ class H1Server:
         try:
             while True:
                 try:
-                    event = await self._request_head(conn, reader)
+                    event = await self._request_head(conn, reader, writer)
                 except (h11.RemoteProtocolError, TimeoutError) as exc:
                     await self._refuse(conn, writer, exc, reader)
                     return
@@ -168,14 +177,23 @@ class H1Server:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _request_head(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    async def _request_head(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> object:
         """The next request head: up to ``idle_timeout`` for its first bytes, then ``header_timeout`` for
-        the rest of it (a client dribbling a header block out byte by byte is cut off: slowloris)."""
+        the rest of it (a client dribbling a header block out byte by byte is cut off: slowloris). While
+        no byte of it has come, a drain may close the connection (see :meth:`drain`)."""
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        async with asyncio.timeout(self.idle_timeout):
-            conn.receive_data(await reader.read(READ_CHUNK))
+        if self.draining and conn.their_state is h11.IDLE:
+            return h11.ConnectionClosed()
+        self._idle.add(writer)
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                conn.receive_data(await reader.read(READ_CHUNK))
+        finally:
+            self._idle.discard(writer)
         async with asyncio.timeout(self.header_timeout):
             while (event := conn.next_event()) is h11.NEED_DATA:
                 conn.receive_data(await reader.read(READ_CHUNK))
@@ -305,6 +323,8 @@ class H1Server:
             log.exception("handler failed for %s %s", request.method, target)
             response = error_response(500, "internal_error", "internal error in the sidecar")
         out_headers = strip_hop_by_hop(response.headers)
+        if self.draining:  # the client opens a new connection (to another instance) for its next request
+            out_headers.append(("connection", "close"))
         try:
             head = h11.Response(
                 status_code=response.status, headers=_encode(out_headers), reason=_reason(response.status)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,6 +83,23 @@ class H2cPool:
         self._conns.clear()
 
 
+class Drain:
+    """What a sniffing listener needs to announce a drain to the clients it already has: HTTP/1.1
+    connections close after their current response (``Connection: close``) or at once when idle, and
+    HTTP/2 connections get GOAWAY (no new streams; streams in flight finish)."""
+
+    def __init__(self) -> None:
+        self.h1: list[H1Server] = []
+        self.h2: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def announce(self) -> None:
+        """Tell every client; closing the listener (no new connections) is the caller's."""
+        for server in self.h1:
+            server.drain()
+        for proto in list(self.h2):
+            proto.goaway()
+
+
 class _Sniffer(asyncio.Protocol):
     """Reads just enough to tell HTTP/2's preface from HTTP/1.1, then hands the connection over."""
 
@@ -91,11 +109,13 @@ class _Sniffer(asyncio.Protocol):
         h2: Callable[[Request, ClientInfo], Awaitable[Response]],
         limits: Limits,
         tcp: TcpMode | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.h1 = h1
         self.h2 = h2
         self.limits = limits
         self.tcp = tcp
+        self.drain = drain
         self.buffer = b""
         self.transport: Any = None
 
@@ -123,6 +143,8 @@ class _Sniffer(asyncio.Protocol):
                 return await self.h2(request, info)
 
             proto: asyncio.Protocol = H2Protocol(client_side=False, handler=handle, limits=self.limits)
+            if self.drain is not None:
+                self.drain.h2.add(proto)  # type: ignore[arg-type]
         else:
             reader = asyncio.StreamReader(limit=256 * 1024)
             proto = asyncio.StreamReaderProtocol(reader, self.h1)
@@ -148,6 +170,7 @@ async def serve_sniffing(
     upgrade: UpgradeHandler | None = None,
     max_header_bytes: int = 65536,
     raw_headers: bool = False,
+    drain: Drain | None = None,
 ) -> asyncio.Server:
     """A listener serving HTTP/1.1 and HTTP/2 with the same ``handler``, told apart by the HTTP/2
     preface (h2c with prior knowledge in plaintext; over TLS the preface follows ALPN h2); when
@@ -155,9 +178,11 @@ async def serve_sniffing(
     they are, unsniffed. ``raw_headers``: HTTP/1.1 requests reach ``handler`` with their hop-by-hop
     headers (an edge that checks and strips them itself, see H1Server)."""
     h1 = H1Server(handler, upgrade=upgrade, max_header_bytes=max_header_bytes, raw_headers=raw_headers)
+    if drain is not None:
+        drain.h1.append(h1)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Sniffer(h1, handler, limits or Limits(), tcp),
+        lambda: _Sniffer(h1, handler, limits or Limits(), tcp, drain),
         host,
         port,
         backlog=1024,

@@ -8,6 +8,7 @@ consumer, so a slow reader slows the writer (back-pressure) instead of growing a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -197,4 +198,10 @@ async def _on_end(body: AsyncIterator[bytes], callback: Callable[[], None]) -> A
         async for chunk in body:
             yield chunk
     finally:
+        # abandoned early (aclose): close the body it wraps too, so its own clean-up (stream reset,
+        # breaker slot) runs now and not whenever the garbage collector gets to it
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
         callback()

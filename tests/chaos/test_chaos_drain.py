@@ -123,14 +123,6 @@ def _sigterm_with_requests_in_flight(
     return code, exited_after, sent
 
 
-@pytest.mark.xfail(
-    strict=False,  # passes when the load's connections happen to be idle at SIGTERM
-    raises=AssertionError,
-    reason="product: the sidecar now waits for its outbound requests in flight (MeshClient.in_flight), "
-    "but the app's kept-alive connections to the outbound listener keep bringing new requests during the "
-    "drain, so it runs to --drain-timeout; the listeners must announce the drain (HTTP/1.1 "
-    "Connection: close after the current response, HTTP/2 GOAWAY) - mesh/transport/h2c.py serve_sniffing",
-)
 def test_sigterm_on_a_calling_sidecar_lets_its_in_flight_outbound_requests_finish(tmp_path: Path) -> None:
     with chaos_stack(tmp_path, mesh_policies()) as (stack, _policies):
         stack.start_sidecar("orders", start_slow_echo_app(stack.procs, "orders"))
@@ -146,13 +138,6 @@ def test_sigterm_on_a_calling_sidecar_lets_its_in_flight_outbound_requests_finis
         assert_no_failures(sent, minimum=4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product: the gateway now has --drain-timeout and waits for requests in flight, but clients' "
-    "kept-alive connections keep bringing new requests during the drain, so it runs to the timeout; the "
-    "server must announce the drain (Connection: close, GOAWAY) - gateway/server.py, mesh/transport/h2c.py",
-)
 def test_sigterm_on_the_gateway_lets_its_in_flight_requests_finish(tmp_path: Path) -> None:
     with chaos_stack(tmp_path, mesh_policies()) as (stack, _policies):
         stack.start_sidecar("orders", start_slow_echo_app(stack.procs, "orders"))
