@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 
 from mesh.h2 import Limits
@@ -69,15 +70,35 @@ class InboundServer:
         return await self.handler(request, str(proto.peer))
 
     def _protocol(self) -> H2Protocol:
-        return H2Protocol(
+        """A protocol for one accepted connection. The event loop runs the TLS handshake before it
+        calls ``connection_made``; when the handshake fails (expired certificate, unknown CA, wrong
+        key usage, no certificate, plaintext, TLS 1.2) the protocol is dropped without ever being
+        told, so its going away unopened is what counts and logs the refusal."""
+        opened = [False]
+
+        def on_open(proto: H2Protocol) -> None:
+            opened[0] = True
+            self._verify(proto)
+
+        proto = H2Protocol(
             client_side=False,
             handler=self._handle,
             limits=self.limits,
-            on_open=self._verify,
+            on_open=on_open,
             on_close=self.connections.discard,
             idle_timeout=self.idle_timeout,
             stream_idle_timeout=self.stream_idle_timeout,
         )
+        weakref.finalize(proto, self._handshake_failed, opened)
+        return proto
+
+    def _handshake_failed(self, opened: list[bool]) -> None:
+        if not opened[0]:
+            self.refused += 1
+            log.warning(
+                "refused an inbound connection: its TLS handshake failed (certificate not valid for "
+                "this mesh, no certificate, or not TLS 1.3)"
+            )
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""

@@ -567,15 +567,6 @@ def test_expired_certificate_cannot_come_back_through_session_resumption(env: En
     assert_others_served(env, mark)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product: mesh/inbound/server.py InboundServer.start/renew_listener hand the TLS handshake to "
-        "loop.create_server(ssl=...); handshake failures never reach InboundServer, so certificates "
-        "OpenSSL refuses (expired, unknown CA, no certificate, wrong purpose) are neither counted in "
-        "meshgate_sidecar_inbound_connections_refused_total nor logged"
-    ),
-)
 def test_certificates_refused_in_the_handshake_are_counted(env: Env) -> None:
     """docs/metrics.md: the counter is "inbound connections whose peer certificate or ALPN did not
     verify"; an expired certificate or one from an unknown CA did not verify."""
