@@ -17,12 +17,22 @@ from mesh.up.spec import _PLACEHOLDER, LocalStack, ServiceSpec
 MESHGATE = (sys.executable, "-m", "shared.cli")
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now, and never one this process gave out before: the
+    kernel may hand out a port again once its probing socket is closed, and two processes of one
+    stack must not be planned on the same port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        with socket.socket(family) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise OSError(f"no free port on {host} after 100 tries")
 
 
 def resolve(listen: str, pick: Callable[[str], int] = free_port) -> tuple[str, int]:
