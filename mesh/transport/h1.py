@@ -1,5 +1,6 @@
-"""HTTP/1.1 on asyncio streams with h11: the server apps talk to (outbound listener) and the pooled
-keep-alive client the inbound side uses to reach the local app."""
+"""HTTP/1.1 on asyncio streams with h11: the server apps talk to (outbound listener, gateway, admin
+ports). The pooled client the inbound side uses to reach the local app is ``h1pool.H1Pool``, re-exported
+here with its ``UpstreamError``."""
 
 from __future__ import annotations
 
@@ -12,20 +13,14 @@ from http import HTTPStatus
 
 import h11
 
+from mesh.transport.h1pool import IDEMPOTENT_METHODS, H1Pool, UpstreamError
 from mesh.transport.messages import Headers, Request, Response, error_response, strip_hop_by_hop
 
 log = logging.getLogger("meshgate.transport.h1")
 
+__all__ = ["IDEMPOTENT_METHODS", "ClientInfo", "H1Pool", "H1Server", "UpstreamError", "client_info"]
+
 READ_CHUNK = 65536
-
-
-class UpstreamError(Exception):
-    """The app could not be reached or broke the exchange; ``code`` is an ``x-meshgate-error`` value."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -361,187 +356,3 @@ class H1Server:
             if not isinstance(rest, h11.Data | h11.EndOfMessage):
                 break  # NEED_DATA: the rest is not here yet
         return conn.their_state is not h11.SEND_BODY
-
-
-@dataclass
-class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    h11: h11.Connection
-    idle_since: float = 0.0
-
-
-#: Methods an HTTP client may repeat on its own (RFC 9110 section 9.2.2).
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-
-class H1Pool:
-    """Keep-alive HTTP/1.1 connections to one app (host, port), reused one request at a time.
-
-    Servers close idle keep-alive connections on their own schedule (uvicorn after 5 s, gunicorn
-    after 2 s), and a request can cross the server's FIN on the wire. So an idle connection is not
-    reused after ``idle_timeout`` seconds (below those defaults) or once the server closed it, and a
-    bodyless idempotent request that meets a reused connection closing before any answer is sent
-    again, once, on a new connection (``stats["stale_retries"]``).
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        max_idle: int = 64,
-        connect_timeout: float = 2.0,
-        idle_timeout: float = 1.5,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.max_idle = max_idle
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self._idle: list[_Conn] = []
-        self.opened = 0
-        self.stats = {"stale_retries": 0, "idle_expired": 0}
-
-    def _checkout(self) -> _Conn | None:
-        """The most recently used idle connection that is still worth reusing, or None."""
-        now = asyncio.get_running_loop().time()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.writer.is_closing() or conn.reader.at_eof() or now - conn.idle_since > self.idle_timeout:
-                self.stats["idle_expired"] += 1
-                conn.writer.close()
-                continue
-            return conn
-        return None
-
-    async def _connect(self) -> _Conn:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=READ_CHUNK * 4), self.connect_timeout
-            )
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamError(
-                "connect_failure",
-                f"cannot connect to the app at {self.host}:{self.port}: {exc}",
-                retryable=True,
-            ) from exc
-        self.opened += 1
-        return _Conn(reader, writer, h11.Connection(h11.CLIENT))
-
-    def _release(self, conn: _Conn) -> None:
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
-            try:
-                conn.h11.start_next_cycle()
-            except h11.LocalProtocolError:
-                conn.writer.close()
-                return
-            if len(self._idle) < self.max_idle and not conn.writer.is_closing():
-                conn.idle_since = asyncio.get_running_loop().time()
-                self._idle.append(conn)
-                return
-        conn.writer.close()
-
-    async def request(self, request: Request) -> Response:
-        """Send ``request`` (body streamed) and return the response with its body still streaming.
-
-        The connection goes back to the pool when the body has been read to the end; a response
-        abandoned half-read closes it. Raises UpstreamError (``connect_failure`` is retryable;
-        ``upstream_reset`` after a reused connection died before answering is retryable too).
-        """
-        headers = [
-            ("host", request.authority or f"{self.host}:{self.port}"),
-            *((k, v) for k, v in strip_hop_by_hop(request.headers) if k != "host"),  # h2 clients may send one
-        ]
-        body = request.body.__aiter__()
-        first = b""
-        declared = next((v for k, v in headers if k == "content-length"), None)
-        if declared is None:
-            first = await anext(body, b"")  # peek: an empty body needs no framing at all
-            if first:
-                headers.append(("transfer-encoding", "chunked"))
-        repeatable = request.method in IDEMPOTENT_METHODS and not first and declared in (None, "0")
-        conn = self._checkout()
-        if conn is None:
-            return await self._exchange(await self._connect(), False, request, headers, first, body)
-        try:
-            return await self._exchange(conn, True, request, headers, first, body)
-        except UpstreamError as exc:
-            if not (repeatable and exc.code == "upstream_reset" and exc.retryable):
-                raise
-            self.stats["stale_retries"] += 1
-            log.debug(
-                "%s %s: kept-alive connection closed by the app; sending again", request.method, request.path
-            )
-            return await self._exchange(await self._connect(), False, request, headers, first, body)
-
-    async def _exchange(
-        self,
-        conn: _Conn,
-        reused: bool,
-        request: Request,
-        headers: Headers,
-        first: bytes,
-        body: AsyncIterator[bytes],
-    ) -> Response:
-        """One request on ``conn``; ``upstream_reset`` is marked retryable when ``reused`` and the
-        connection died before any answer."""
-        try:
-            head = h11.Request(method=request.method, target=request.path, headers=_encode(headers))
-            out = conn.h11.send(head)
-            if first:
-                out += conn.h11.send(h11.Data(data=first))
-            conn.writer.write(out)
-            async for chunk in body:
-                if chunk:
-                    conn.writer.write(conn.h11.send(h11.Data(data=chunk)))
-                    await conn.writer.drain()
-            conn.writer.write(conn.h11.send(h11.EndOfMessage()))
-            await conn.writer.drain()
-            event = await _next_event(conn.h11, conn.reader, None)
-            while isinstance(event, h11.InformationalResponse):
-                event = await _next_event(conn.h11, conn.reader, None)
-        except (ConnectionError, h11.ProtocolError, asyncio.IncompleteReadError) as exc:
-            conn.writer.close()
-            raise UpstreamError(
-                "upstream_reset",
-                f"the app closed the connection: {exc or type(exc).__name__}",
-                retryable=reused,
-            ) from exc
-        except BaseException:  # cancelled (the caller gave up) or the request body failed
-            conn.writer.close()
-            raise
-        if not isinstance(event, h11.Response):
-            conn.writer.close()
-            raise UpstreamError(
-                "upstream_reset", "the app closed the connection before answering", retryable=reused
-            )
-        finished = False
-
-        async def response_body() -> AsyncIterator[bytes]:
-            nonlocal finished
-            try:
-                while True:
-                    item = await _next_event(conn.h11, conn.reader, None)
-                    if isinstance(item, h11.Data):
-                        yield bytes(item.data)
-                    elif isinstance(item, h11.EndOfMessage):
-                        finished = True
-                        return
-                    else:
-                        raise UpstreamError("upstream_reset", "the app closed the connection mid-body")
-            except (ConnectionError, h11.ProtocolError) as exc:
-                raise UpstreamError("upstream_reset", f"the app broke the response: {exc}") from exc
-            finally:
-                if finished:
-                    self._release(conn)
-                else:
-                    conn.writer.close()
-
-        return Response(event.status_code, strip_hop_by_hop(_decode(event.headers)), response_body())
-
-    async def close(self) -> None:
-        """Close idle connections."""
-        for conn in self._idle:
-            conn.writer.close()
-        self._idle.clear()
