@@ -31,6 +31,7 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _VALID_HEAD = re.compile(
     rf"{_TOKEN} [\x21-\x7e\x80-\xff]+ HTTP/1\.1\r\n(?:{_TOKEN}:[^\r\n\x00]*\r\n)*\r\n", re.ASCII
 )
+_NAMES = re.compile(rf"(?:{_TOKEN}\n)*", re.ASCII)
 
 
 class UpstreamError(Exception):
@@ -44,9 +45,19 @@ class UpstreamError(Exception):
 
 def request_head(method: str, target: str, headers: Headers) -> bytes:
     """The HTTP/1.1 request head; ValueError when a part cannot be written safely (a space in the
-    target, CR/LF/NUL in a value, a name that is not a token, a character beyond Latin-1)."""
+    target, CR/LF/NUL in a value, a name that is not a token, a character beyond Latin-1).
+
+    Three C-speed checks instead of one per part: the joined head has the shape of a head, the names
+    joined alone are tokens (no colon hiding in one), and it holds exactly one LF and one CR per line
+    (so no value carries a line break that would pass as a header line of its own)."""
     text = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-    if _VALID_HEAD.fullmatch(text) is None:
+    lines = len(headers) + 2
+    if (
+        _VALID_HEAD.fullmatch(text) is None
+        or _NAMES.fullmatch("".join(f"{k}\n" for k, _ in headers)) is None
+        or text.count("\n") != lines
+        or text.count("\r") != lines
+    ):
         raise ValueError("request head is not valid HTTP/1.1")
     return text.encode("latin-1")
 
@@ -64,6 +75,7 @@ class _Parse:
         "headers",
         "keep_alive",
         "parser",
+        "pending_head",
         "status",
     )
 
@@ -76,19 +88,29 @@ class _Parse:
         self.complete = False
         self.extra = False  # bytes past the response: the connection is not reused
         self.head_bytes = 0
+        self.pending_head = 0
         self.status = 0
         self.keep_alive = False
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.complete:
+        if self.complete:  # a message after the response: dropped, and the connection with it
             self.extra = True
+            return
         self.headers = []
+        self.head_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        self.head_bytes += len(name) + len(value) + 4
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise UpstreamError("upstream_reset", f"the app's response head exceeds {MAX_HEAD_BYTES} bytes")
         status = self.parser.get_status_code()
         if status == 101:
             raise UpstreamError("upstream_reset", "the app switched protocols (101) on a proxied request")
@@ -100,7 +122,7 @@ class _Parse:
                 self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
-        if self.complete:
+        if self.complete:  # a body for HEAD, or one after the response
             self.extra = True
             return
         self.chunks.append(body)
@@ -113,8 +135,13 @@ class _Parse:
 
     # -------------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
+        """Parse ``data``; bytes past a complete response only mark the connection unusable."""
         if not self.head_done:
-            self.head_bytes += len(data)
+            self.pending_head += len(data)  # a head that never ends is cut off, however it arrives
+            if self.pending_head > MAX_HEAD_BYTES + READ_CHUNK:
+                raise UpstreamError(
+                    "upstream_reset", f"the app's response head exceeds {MAX_HEAD_BYTES} bytes"
+                )
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -122,9 +149,10 @@ class _Parse:
                 raise exc.__context__ from None
             raise UpstreamError("upstream_reset", f"the app broke the response: {exc}") from exc
         except httptools.HttpParserError as exc:
+            if self.complete:
+                self.extra = True
+                return
             raise UpstreamError("upstream_reset", f"the app sent a malformed response: {exc}") from exc
-        if not self.head_done and self.head_bytes > MAX_HEAD_BYTES:
-            raise UpstreamError("upstream_reset", f"the app's response head exceeds {MAX_HEAD_BYTES} bytes")
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.extra
@@ -301,7 +329,7 @@ class H1Pool:
                     raise UpstreamError(
                         "upstream_reset",
                         "the app closed the connection before answering",
-                        retryable=reused and not parse.head_bytes,
+                        retryable=reused and not parse.pending_head,
                     )
                 parse.feed(data)
         except UpstreamError:
