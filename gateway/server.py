@@ -1,6 +1,6 @@
 """``--server meshgate``: an ASGI server on the mesh's own transport (``mesh/transport``).
 
-HTTP/1.1 (h11) and HTTP/2 (the ``mesh/h2`` core with its abuse counters) on one port, plaintext
+HTTP/1.1 (llhttp) and HTTP/2 (the ``mesh/h2`` core with its abuse counters) on one port, plaintext
 (h2c told apart by its preface) or TLS (ALPN h2 / http/1.1), with what the other servers do not give
 an edge gateway: the client certificate in ``scope["extensions"]["tls"]`` (ASGI TLS extension), and
 response trailers (``http.response.trailers``) for gRPC.
@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-import h11
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from wsproto.connection import ConnectionType
@@ -38,7 +37,7 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from mesh.h2 import Limits
-from mesh.transport.h1 import ClientInfo
+from mesh.transport.h1 import ClientInfo, RequestHead
 from mesh.transport.h2c import Drain, serve_sniffing
 from mesh.transport.messages import Headers, Request, Response, body_of
 
@@ -226,7 +225,7 @@ class WebSocketBridge:
 
     async def __call__(
         self,
-        event: h11.Request,
+        event: RequestHead,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         leftover: bytes,
@@ -235,7 +234,7 @@ class WebSocketBridge:
         """Serve one WebSocket connection until it closes."""
         handshake = H11Handshake(ConnectionType.SERVER)
         try:
-            handshake.initiate_upgrade_connection(list(event.headers), event.target)
+            handshake.initiate_upgrade_connection([(k.lower(), v) for k, v in event.headers], event.target)
             request = next(iter(handshake.events()))
         except (RemoteProtocolError, StopIteration) as exc:
             writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")

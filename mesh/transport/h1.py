@@ -1,4 +1,4 @@
-"""HTTP/1.1 on asyncio streams with h11: the server apps talk to (outbound listener, gateway, admin
+"""HTTP/1.1 on asyncio streams: the server apps talk to (outbound listener, gateway, admin
 ports). The pooled client the inbound side uses to reach the local app is ``h1pool.H1Pool``, re-exported
 here with its ``UpstreamError``."""
 
@@ -9,18 +9,23 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from http import HTTPStatus
 
-import h11
-
-from mesh.transport.h1pool import IDEMPOTENT_METHODS, H1Pool, UpstreamError
+from mesh.transport.h1parse import H1ParseError, Message, RequestHead, RequestParser, response_head
+from mesh.transport.h1pool import IDEMPOTENT_METHODS, READ_CHUNK, H1Pool, UpstreamError
 from mesh.transport.messages import Headers, Request, Response, error_response, strip_hop_by_hop
 
 log = logging.getLogger("meshgate.transport.h1")
 
-__all__ = ["IDEMPOTENT_METHODS", "ClientInfo", "H1Pool", "H1Server", "UpstreamError", "client_info"]
-
-READ_CHUNK = 65536
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "ClientInfo",
+    "H1Pool",
+    "H1Server",
+    "RequestHead",
+    "UpgradeHandler",
+    "UpstreamError",
+    "client_info",
+]
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,10 @@ def client_info(transport_like: object, protocol: str = "1.1") -> ClientInfo:
 
 
 H1Handler = Callable[[Request, ClientInfo], Awaitable[Response]]
-#: Takes over a connection whose request asked for a WebSocket (request, reader, writer, bytes already
-#: read past the request, client).
+#: Takes over a connection whose request asked for a WebSocket (request head, reader, writer, bytes
+#: already read past the head, client).
 UpgradeHandler = Callable[
-    [h11.Request, asyncio.StreamReader, asyncio.StreamWriter, bytes, ClientInfo], Awaitable[None]
+    [RequestHead, asyncio.StreamReader, asyncio.StreamWriter, bytes, ClientInfo], Awaitable[None]
 ]
 
 
@@ -58,32 +63,8 @@ def _wants_websocket(headers: Headers) -> bool:
     return upgrade and connection
 
 
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
 def _decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
-
-
-def _encode(headers: Headers) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float | None) -> object:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        if timeout:
-            async with asyncio.timeout(timeout):  # no task per read, unlike asyncio.wait_for
-                data = await reader.read(READ_CHUNK)
-        else:
-            data = await reader.read(READ_CHUNK)
-        conn.receive_data(data)
 
 
 LINGER_SECONDS = 1.0
@@ -105,7 +86,12 @@ async def _linger(writer: asyncio.StreamWriter, reader: asyncio.StreamReader) ->
 
 
 class H1Server:
-    """Serves HTTP/1.1 keep-alive connections, one request at a time each, by calling ``handler``."""
+    """Serves HTTP/1.1 keep-alive connections, one request at a time each, by calling ``handler``.
+
+    Requests are parsed by :class:`mesh.transport.h1parse.RequestParser` (llhttp); responses are
+    framed here: Content-Length as the handler gave it (a body that breaks it closes the connection),
+    else chunked for HTTP/1.1 and close-delimited for HTTP/1.0; no body for HEAD, 1xx, 204 and 304.
+    """
 
     def __init__(
         self,
@@ -143,26 +129,22 @@ class H1Server:
         if task is not None:
             self.connections.add(task)
         info = client_info(writer)
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        parser = RequestParser(self.max_header_bytes)
         try:
             while True:
                 try:
-                    event = await self._request_head(conn, reader, writer)
-                except (h11.RemoteProtocolError, TimeoutError) as exc:
-                    await self._refuse(conn, writer, exc, reader)
+                    msg = await self._request_head(parser, reader, writer)
+                except H1ParseError as exc:
+                    await self._refuse(writer, exc.status, str(exc), reader)
                     return
-                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                except TimeoutError:
+                    # idle, or a head that did not arrive in time (slowloris): close, spend nothing more
                     return
-                if not isinstance(event, h11.Request):
+                if msg is None:
                     return
-                if not await self._exchange(conn, reader, writer, event, info):
+                if not await self._exchange(parser, msg, reader, writer, info):
                     return
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                try:
-                    conn.start_next_cycle()
-                except h11.LocalProtocolError:
-                    return
+                parser.done()
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
@@ -173,87 +155,79 @@ class H1Server:
                 await writer.wait_closed()
 
     async def _request_head(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> object:
-        """The next request head: up to ``idle_timeout`` for its first bytes, then ``header_timeout`` for
-        the rest of it (a client dribbling a header block out byte by byte is cut off: slowloris). While
-        no byte of it has come, a drain may close the connection (see :meth:`drain`)."""
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        if self.draining and conn.their_state is h11.IDLE:
-            return h11.ConnectionClosed()
-        self._idle.add(writer)
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                conn.receive_data(await reader.read(READ_CHUNK))
-        finally:
-            self._idle.discard(writer)
+        self, parser: RequestParser, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Message | None:
+        """The next request: up to ``idle_timeout`` for its first bytes, then ``header_timeout`` for
+        the rest of its head (a client dribbling a header block out byte by byte is cut off:
+        slowloris). While no byte of it has come, a drain may close the connection (see
+        :meth:`drain`). None when the client closed the connection."""
+        msg = parser.next()
+        if msg is not None:
+            return msg
+        if parser.upgraded:
+            return None
+        if parser.idle:
+            if self.draining:
+                return None
+            self._idle.add(writer)
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    data = await reader.read(READ_CHUNK)
+            finally:
+                self._idle.discard(writer)
+            if not data:
+                return None
+            parser.feed(data)
         async with asyncio.timeout(self.header_timeout):
-            while (event := conn.next_event()) is h11.NEED_DATA:
-                conn.receive_data(await reader.read(READ_CHUNK))
-        return event
+            while (msg := parser.next()) is None:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    return None
+                parser.feed(data)
+        return msg
 
     async def _refuse(
         self,
-        conn: h11.Connection,
         writer: asyncio.StreamWriter,
-        exc: Exception,
+        status: int,
+        reason: str,
         reader: asyncio.StreamReader | None = None,
         method: bytes | None = None,
     ) -> None:
         """Answer a request we will not serve, then close. With ``reader``, the client's unread bytes are
         drained for a moment first (a lingering close, RFC 9112 section 9.6): closing with data unread
         makes the kernel send a reset, and the client would see that instead of our answer."""
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        status = 408 if isinstance(exc, TimeoutError) else getattr(exc, "error_status_hint", 400)
-        if status == 501:  # h11's hint for an unknown or repeated Transfer-Encoding: a framing error
-            status = 400
-        if isinstance(exc, TimeoutError) and conn.their_state is h11.IDLE:
-            return  # idle keep-alive connection: just close
-        body = f"{'request timeout' if status == 408 else 'bad request'}\n".encode()
+        log.debug("refusing an HTTP/1.1 request with %d: %s", status, reason)
+        body = b"request timeout\n" if status == 408 else b"bad request\n"
         with contextlib.suppress(Exception):
-            out = conn.send(
-                h11.Response(
-                    status_code=status,
-                    reason=_reason(status),
-                    headers=[("content-length", str(len(body))), ("connection", "close")],
-                )
-            )
-            if method != b"HEAD":  # an answer to HEAD has no body
-                out += conn.send(h11.Data(data=body))
-            out += conn.send(h11.EndOfMessage())
-            writer.write(out)
+            out = response_head(status, [("content-length", str(len(body))), ("connection", "close")])
+            writer.write(out if method == b"HEAD" else out + body)  # an answer to HEAD has no body
             await writer.drain()
         if reader is not None:
             await _linger(writer, reader)
 
     async def _exchange(
         self,
-        conn: h11.Connection,
+        parser: RequestParser,
+        msg: Message,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        event: h11.Request,
         info: ClientInfo,
     ) -> bool:
+        """Serve one request; True when the connection may carry the next one."""
+        event = msg.head
+        assert event is not None
         headers = _decode(event.headers)
-        head_bytes = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers.raw_items())
-        if head_bytes > self.max_header_bytes:  # h11 caps only a head that arrives in pieces
-            await self._refuse(
-                conn, writer, h11.RemoteProtocolError("header block too large", 431), reader, event.method
-            )
+        if event.size > self.max_header_bytes:  # a head that arrived whole in one read
+            await self._refuse(writer, 431, "header block too large", reader, event.method)
             return False
-        if not event.http_version.startswith(b"1."):  # h11 parses "HTTP/2.0" request lines too
-            await self._refuse(
-                conn, writer, h11.RemoteProtocolError("HTTP version not supported", 505), reader, event.method
-            )
+        if event.http_version not in (b"1.1", b"1.0"):  # llhttp parses "HTTP/2.0" request lines too
+            await self._refuse(writer, 505, "HTTP version not supported", reader, event.method)
             return False
         hosts = [v for k, v in headers if k == "host"]
-        if len(hosts) > 1:  # RFC 9112 section 3.2: 400 for more than one Host (h11 lets it pass)
-            await self._refuse(
-                conn, writer, h11.RemoteProtocolError("more than one Host header", 400), reader, event.method
-            )
+        if len(hosts) > 1 or (not hosts and event.http_version == b"1.1"):
+            # RFC 9112 section 3.2: 400 for an HTTP/1.1 request with no Host or more than one
+            await self._refuse(writer, 400, "missing or repeated Host header", reader, event.method)
             return False
         if self.upgrade is not None and event.method == b"GET" and _wants_websocket(headers):
             # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here. A handshake
@@ -261,47 +235,32 @@ class H1Server:
             if any(
                 k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers
             ):
-                await self._refuse(
-                    conn, writer, h11.RemoteProtocolError("a WebSocket handshake with a body", 400), reader
-                )
+                await self._refuse(writer, 400, "a WebSocket handshake with a body", reader)
                 return False
-            while conn.their_state is h11.SEND_BODY:
-                if not isinstance(conn.next_event(), h11.EndOfMessage | h11.Data):
-                    await self._refuse(
-                        conn, writer, h11.RemoteProtocolError("bad WebSocket handshake", 400), reader
-                    )
-                    return False
-            leftover, _ = conn.trailing_data
-            await self.upgrade(event, reader, writer, bytes(leftover), info)
-            return False
-        names = {k for k, _ in headers}
-        if "content-length" in names and "transfer-encoding" in names:
-            # RFC 9112 section 6.1: a smuggling attempt (h11 would go by Transfer-Encoding and read the
-            # rest as the next request): refuse and close
-            await self._refuse(
-                conn,
-                writer,
-                h11.RemoteProtocolError("Content-Length with Transfer-Encoding", 400),
-                reader,
-                event.method,
-            )
+            await self.upgrade(event, reader, writer, msg.leftover, info)
             return False
         authority = hosts[0] if hosts else ""
         target = event.target.decode("latin-1")
-        done = asyncio.Event()
+        idle_timeout = self.idle_timeout
 
         async def body() -> AsyncIterator[bytes]:
-            try:
-                while True:
-                    item = await _next_event(conn, reader, self.idle_timeout)
-                    if isinstance(item, h11.Data):
-                        yield bytes(item.data)
-                    elif isinstance(item, h11.EndOfMessage):
-                        return
-                    else:
-                        raise ConnectionError("client closed the connection mid-body")
-            finally:
-                done.set()
+            while True:
+                chunks = msg.chunks
+                if chunks:
+                    chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    chunks.clear()
+                    yield chunk
+                    continue
+                if msg.complete:
+                    return
+                async with asyncio.timeout(idle_timeout):
+                    data = await reader.read(READ_CHUNK)
+                if not data:
+                    raise ConnectionError("client closed the connection mid-body")
+                try:
+                    parser.feed(data)
+                except H1ParseError as exc:
+                    raise ConnectionError(f"malformed request body: {exc}") from exc
 
         request = Request(
             method=event.method.decode("ascii"),
@@ -317,42 +276,82 @@ class H1Server:
         except Exception:
             log.exception("handler failed for %s %s", request.method, target)
             response = error_response(500, "internal_error", "internal error in the sidecar")
-        out_headers = strip_hop_by_hop(response.headers)
-        if self.draining:  # the client opens a new connection (to another instance) for its next request
-            out_headers.append(("connection", "close"))
+        # the parser stops at an upgrade it was not asked to follow: answer, then close
+        keep = event.keep_alive and not event.upgrade and not self.draining
         try:
-            head = h11.Response(
-                status_code=response.status, headers=_encode(out_headers), reason=_reason(response.status)
-            )
-            # the head waits for the first chunk if that is ready in this loop iteration (one write,
-            # one segment); a body that is slow to start gets its head sent on its own first
-            pending = [conn.send(head)]
-
-            def send_head() -> None:
-                if pending:
-                    writer.write(pending.pop())
-
-            asyncio.get_running_loop().call_soon(send_head)
-            async for chunk in response.body:
-                if chunk:
-                    data = conn.send(h11.Data(data=chunk))
-                    writer.write(pending.pop() + data if pending else data)
-                    await writer.drain()
-            writer.write((pending.pop() if pending else b"") + conn.send(h11.EndOfMessage()))
-            await writer.drain()
-        except (h11.LocalProtocolError, ConnectionError) as exc:
+            keep = await self._respond(writer, event, response, keep)
+        except ConnectionError as exc:
             log.debug("response to %s aborted: %s", info, exc)
             return False
         finally:
             if response.on_close is not None:
                 response.on_close()
-        # a handler that did not read the request body: what is already buffered may finish it (a GET
+        # a handler that did not read the request body: what is already parsed may finish it (a GET
         # has nothing to read but its end); otherwise the connection is unusable and closes
-        while conn.their_state is h11.SEND_BODY:
-            try:
-                rest = conn.next_event()
-            except h11.RemoteProtocolError:
+        return keep and msg.complete
+
+    async def _respond(
+        self, writer: asyncio.StreamWriter, event: RequestHead, response: Response, keep: bool
+    ) -> bool:
+        """Write ``response``; True when it was framed whole and the connection may stay open."""
+        status = response.status
+        out_headers = strip_hop_by_hop(response.headers)
+        bodyless = event.method == b"HEAD" or status in (204, 304) or status < 200
+        declared: int | None = None
+        chunked = False
+        if status == 204 or status < 200:
+            out_headers = [(k, v) for k, v in out_headers if k != "content-length"]
+        elif not bodyless:
+            values = [v for k, v in out_headers if k == "content-length"]
+            if values and len(set(values)) == 1 and values[0].isascii() and values[0].isdigit():
+                declared = int(values[0])
+            else:
+                out_headers = [(k, v) for k, v in out_headers if k != "content-length"]
+                if event.http_version == b"1.1":
+                    out_headers.append(("transfer-encoding", "chunked"))
+                    chunked = True
+                else:
+                    keep = False  # HTTP/1.0: the body ends with the connection
+        if not keep:
+            # the client opens a new connection (to another instance, when draining) for its next request
+            out_headers.append(("connection", "close"))
+        try:
+            head = response_head(status, out_headers)
+        except (ValueError, UnicodeEncodeError) as exc:
+            log.warning("cannot write the response to %s %s: %s", event.method, event.target, exc)
+            async for _ in response.body:  # the upstream's stream still ends properly
+                pass
+            head = response_head(502, [("content-length", "0"), ("connection", "close")])
+            writer.write(head)
+            await writer.drain()
+            return False
+        # the head waits for the first chunk if that is ready in this loop iteration (one write,
+        # one segment); a body that is slow to start gets its head sent on its own first
+        pending = [head]
+
+        def send_head() -> None:
+            if pending:
+                writer.write(pending.pop())
+
+        asyncio.get_running_loop().call_soon(send_head)
+        sent = 0
+        async for chunk in response.body:
+            if not chunk or bodyless:
+                continue
+            sent += len(chunk)
+            if declared is not None and sent > declared:
+                log.warning("response body longer than its content-length (%d): closing", declared)
+                if pending:
+                    writer.write(pending.pop())
                 return False
-            if not isinstance(rest, h11.Data | h11.EndOfMessage):
-                break  # NEED_DATA: the rest is not here yet
-        return conn.their_state is not h11.SEND_BODY
+            data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+            writer.write(pending.pop() + data if pending else data)
+            await writer.drain()
+        end = b"0\r\n\r\n" if chunked else b""
+        if pending or end:
+            writer.write((pending.pop() if pending else b"") + end)
+        await writer.drain()
+        if declared is not None and sent != declared:
+            log.warning("response body of %d bytes, content-length %d: closing", sent, declared)
+            return False
+        return keep

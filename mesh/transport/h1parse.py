@@ -1,0 +1,210 @@
+"""HTTP/1.1 requests off one connection, sans-IO, with httptools (llhttp, Node.js's C parser).
+
+llhttp is strict where request smuggling lives: it refuses Content-Length with Transfer-Encoding, two
+Content-Length fields, a Transfer-Encoding that does not end in ``chunked``, whitespace before a
+colon, obs-fold, bare LF and control characters in the target. What it accepts and HTTP/1.1 servers
+must still refuse (two Host fields, versions other than 1.0 and 1.1, oversized heads) the server checks.
+
+Requests are parsed in order into :class:`Message` objects; pipelined requests queue up behind the
+current one (bounded: the server reads only while the current request is incomplete).
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import httptools
+
+__all__ = ["H1ParseError", "Message", "RequestHead", "RequestParser", "response_head"]
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_VALID_HEAD = re.compile(rf"HTTP/1\.1 \d{{3}} [^\r\n\x00]*\r\n(?:{_TOKEN}:[^\r\n\x00]*\r\n)*\r\n", re.ASCII)
+_NAMES = re.compile(rf"(?:{_TOKEN}\n)*", re.ASCII)
+
+
+class H1ParseError(Exception):
+    """The client broke HTTP/1.1; ``status`` is the answer (400, 431, 505) before closing."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A request line and header fields, as received (names in their original case)."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes  # b"1.1" or b"1.0"
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool  # HTTP/1.1 without ``Connection: close``
+    upgrade: bool = False  # llhttp stopped after the head (``Upgrade`` with ``Connection: upgrade``, CONNECT)
+    size: int = 0  # bytes of the target and header fields
+
+
+@dataclass(slots=True)
+class Message:
+    """One request: its head once complete, body bytes not yet taken, whether it ended."""
+
+    head: RequestHead | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    complete: bool = False
+    leftover: bytes = b""  # after an upgrade: the bytes past the head (the new protocol's)
+
+
+class RequestParser:
+    """Feed bytes; complete requests come out of :meth:`next` in order.
+
+    A parse error is kept and raised by :meth:`next` once the requests before it are taken, and by
+    :meth:`feed` when it falls inside the request being read (``current``)."""
+
+    def __init__(self, max_header_bytes: int = 65536) -> None:
+        self.max_header_bytes = max_header_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: collections.deque[Message] = collections.deque()
+        self._building: Message | None = None
+        self._url: list[bytes] = []
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._size = 0
+        self._pending_head = 0  # bytes fed since a head began and before it ended
+        self._overhead = 0  # bytes fed into the current body that were not body: framing, trailers
+        self._body = 0
+        self.error: H1ParseError | None = None
+        self.upgraded = False  # llhttp paused at an upgrade: nothing more is parsed
+
+    # -- httptools callbacks ------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._building = Message()
+        self._url = []
+        self._headers = []
+        self._size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._size += len(name) + len(value) + 4
+        if self._building is not None and self._building.head is not None:
+            # a trailer field of a chunked body: counted, dropped (as h11 and most servers do)
+            if self._size > self.max_header_bytes:
+                raise H1ParseError("trailer fields too large", 431)
+            return
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        msg = self._building
+        assert msg is not None
+        version = parser.get_http_version().encode("ascii")
+        msg.head = RequestHead(
+            method=parser.get_method(),
+            target=b"".join(self._url),
+            http_version=version,
+            headers=self._headers,
+            keep_alive=version == b"1.1" and parser.should_keep_alive(),
+            upgrade=parser.should_upgrade(),
+            size=self._size,
+        )
+        self._queue.append(msg)
+        self._pending_head = 0
+        self._size = 0
+        self._overhead = self._body = 0
+
+    def on_body(self, body: bytes) -> None:
+        if self._building is not None:
+            self._building.chunks.append(body)
+            self._body += len(body)
+            self._overhead -= len(body)
+
+    def on_message_complete(self) -> None:
+        if self._building is not None:
+            self._building.complete = True
+            self._building = None
+
+    # -----------------------------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """No request queued and no byte of the next one received."""
+        return not self._queue and self._building is None and not self._pending_head
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises H1ParseError when the error falls in the request being read."""
+        if self.error is not None or self.upgraded or not data:
+            return
+        building = self._building
+        if building is None or building.head is None:
+            self._pending_head += len(data)
+        else:
+            self._overhead += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            error = exc.__context__
+            if not isinstance(error, H1ParseError):  # pragma: no cover - our callbacks raise nothing else
+                error = H1ParseError(f"malformed request: {exc}", 400)
+            self._fail(error)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            offset = int(exc.args[0]) if exc.args else len(data)
+            if self._queue:
+                self._queue[-1].leftover = bytes(data[offset:])
+        except httptools.HttpParserInvalidMethodError as exc:
+            self._fail(H1ParseError(f"invalid method: {exc}", 400))
+        except httptools.HttpParserInvalidURLError as exc:
+            self._fail(H1ParseError(f"invalid request target: {exc}", 400))
+        except httptools.HttpParserError as exc:
+            self._fail(H1ParseError(f"malformed request: {exc}", 400))
+        if self.error is None and self._pending_head > self.max_header_bytes:
+            self._fail(H1ParseError("header block too large", 431))
+        building = self._building
+        if (
+            self.error is None
+            and building is not None
+            and building.head is not None
+            and self._overhead > self.max_header_bytes + 8 * self._body
+        ):  # chunk framing and trailers are bounded too: httptools buffers a field until it ends
+            self._fail(H1ParseError("chunk framing or trailer fields too large", 431))
+
+    def _fail(self, error: H1ParseError) -> None:
+        self.error = error
+        building = self._building
+        if building is not None and building.head is not None and not building.complete:
+            raise error  # inside the body being read
+
+    def next(self) -> Message | None:
+        """The next request whose head is complete (it stays first until :meth:`done`), or None
+        while more bytes are needed; raises the parse error that stands next in line."""
+        if self._queue:
+            return self._queue[0]
+        if self.error is not None:
+            raise self.error
+        return None
+
+    def done(self) -> None:
+        """The first request has been answered."""
+        if self._queue:
+            self._queue.popleft()
+
+
+def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """An HTTP/1.1 status line and header fields; ValueError when a name is not a token or a value
+    holds CR, LF or NUL (never written: they would split the response)."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    text = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    lines = len(headers) + 2
+    if (
+        _VALID_HEAD.fullmatch(text) is None
+        or _NAMES.fullmatch("".join(f"{k}\n" for k, _ in headers)) is None
+        or text.count("\n") != lines
+        or text.count("\r") != lines
+    ):
+        raise ValueError(f"response head for {status} is not valid HTTP/1.1")
+    return text.encode("latin-1")
