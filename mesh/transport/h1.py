@@ -178,6 +178,9 @@ class H1Server:
             if not data:
                 return None
             parser.feed(data)
+            msg = parser.next()
+            if msg is not None:  # the usual case: the whole head in one read, no second timer
+                return msg
         async with asyncio.timeout(self.header_timeout):
             while (msg := parser.next()) is None:
                 data = await reader.read(READ_CHUNK)
