@@ -264,6 +264,8 @@ class H1Server:
                     parser.feed(data)
                 except H1ParseError as exc:
                     raise ConnectionError(f"malformed request body: {exc}") from exc
+                if parser.error is not None and not msg.complete:  # never more bytes for this body
+                    raise ConnectionError(f"malformed request: {parser.error}")
 
         request = Request(
             method=event.method.decode("ascii"),

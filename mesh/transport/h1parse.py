@@ -73,11 +73,14 @@ class RequestParser:
         self._pending_head = 0  # bytes fed since a head began and before it ended
         self._overhead = 0  # bytes fed into the current body that were not body: framing, trailers
         self._body = 0
+        self._body_total = 0  # body bytes over the connection's life (for the head bound above)
+        self._began = False
         self.error: H1ParseError | None = None
         self.upgraded = False  # llhttp paused at an upgrade: nothing more is parsed
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._began = True
         self._building = Message()
         self._url = []
         self._headers = []
@@ -119,6 +122,7 @@ class RequestParser:
         if self._building is not None:
             self._building.chunks.append(body)
             self._body += len(body)
+            self._body_total += len(body)
             self._overhead -= len(body)
 
     def on_message_complete(self) -> None:
@@ -141,6 +145,8 @@ class RequestParser:
             self._pending_head += len(data)
         else:
             self._overhead += len(data)
+        self._began = False
+        body_before = self._body_total
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -159,6 +165,11 @@ class RequestParser:
             self._fail(H1ParseError(f"invalid request target: {exc}", 400))
         except httptools.HttpParserError as exc:
             self._fail(H1ParseError(f"malformed request: {exc}", 400))
+        building = self._building
+        if self._began and building is not None and building.head is None:
+            # a head began inside this feed, after the end of an earlier request: its bytes are at
+            # most what this feed held beyond the body bytes it delivered (an upper bound)
+            self._pending_head = max(self._pending_head, len(data) - (self._body_total - body_before))
         if self.error is None and self._pending_head > self.max_header_bytes:
             self._fail(H1ParseError("header block too large", 431))
         building = self._building
@@ -171,10 +182,18 @@ class RequestParser:
             self._fail(H1ParseError("chunk framing or trailer fields too large", 431))
 
     def _fail(self, error: H1ParseError) -> None:
+        """Keep ``error`` for :meth:`next`. A request whose head was queued but whose head or body
+        then failed (llhttp judges Transfer-Encoding after the head) leaves the queue: it is never
+        served. Raises at once only when that request is the first in line (being read now)."""
         self.error = error
         building = self._building
         if building is not None and building.head is not None and not building.complete:
-            raise error  # inside the body being read
+            first = bool(self._queue) and self._queue[0] is building
+            if self._queue and self._queue[-1] is building:
+                self._queue.pop()
+            self._building = None
+            if first:
+                raise error
 
     def next(self) -> Message | None:
         """The next request whose head is complete (it stays first until :meth:`done`), or None
