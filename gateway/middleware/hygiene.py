@@ -21,6 +21,7 @@ from typing import Any
 from cryptography import x509
 
 from gateway.exchange import Exchange, local_error
+from mesh.transport.h1parse import decode_headers
 from mesh.transport.messages import HOP_BY_HOP, Headers, Response
 from shared.identity.spiffeid import InvalidSpiffeId, SpiffeId
 from shared.policy.paths import normalize_path
@@ -41,10 +42,6 @@ class HygieneSettings:
     max_header_bytes: int = 65536
     max_headers: int = 200
     trusted_hops: int = 0
-
-
-def _decode(raw: list[tuple[bytes, bytes]]) -> Headers:
-    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
 
 
 def _bad(message: str) -> Response:
@@ -99,7 +96,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         size += len(k) + len(v) + 32  # as HTTP/2 counts a header list (RFC 9113 section 6.5.2)
     if size > settings.max_header_bytes:
         return local_error(431, "headers_too_large", f"header block over {settings.max_header_bytes} bytes")
-    headers = _decode(raw)
+    headers = decode_headers(raw)
     hosts = [v for k, v in headers if k == "host"]
     if len(hosts) > 1:
         return _bad("more than one Host header")

@@ -7,10 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from mesh.transport.h1parse import H1ParseError, Message, RequestHead, RequestParser, response_head
+from mesh.transport.h1parse import (
+    H1ParseError,
+    Message,
+    RequestHead,
+    RequestParser,
+    decode_headers,
+    response_head,
+)
 from mesh.transport.h1pool import IDEMPOTENT_METHODS, READ_CHUNK, H1Pool, UpstreamError
 from mesh.transport.messages import Headers, Request, Response, error_response, strip_hop_by_hop
 
@@ -61,10 +68,6 @@ def _wants_websocket(headers: Headers) -> bool:
     upgrade = any(k == "upgrade" and "websocket" in v.lower() for k, v in headers)
     connection = any(k == "connection" and "upgrade" in v.lower() for k, v in headers)
     return upgrade and connection
-
-
-def _decode(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
 
 
 LINGER_SECONDS = 1.0
@@ -220,7 +223,7 @@ class H1Server:
         """Serve one request; True when the connection may carry the next one."""
         event = msg.head
         assert event is not None
-        headers = _decode(event.headers)
+        headers = decode_headers(event.headers)
         if event.size > self.max_header_bytes:  # a head that arrived whole in one read
             await self._refuse(writer, 431, "header block too large", reader, event.method)
             return False

@@ -13,16 +13,27 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import httptools
 
-__all__ = ["H1ParseError", "Message", "RequestHead", "RequestParser", "response_head"]
+__all__ = [
+    "TOKEN",
+    "H1ParseError",
+    "Message",
+    "RequestHead",
+    "RequestParser",
+    "decode_headers",
+    "encode_head",
+    "response_head",
+]
 
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_VALID_HEAD = re.compile(rf"HTTP/1\.1 \d{{3}} [^\r\n\x00]*\r\n(?:{_TOKEN}:[^\r\n\x00]*\r\n)*\r\n", re.ASCII)
-_NAMES = re.compile(rf"(?:{_TOKEN}\n)*", re.ASCII)
+TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_FIELDS = re.compile(rf"(?:{TOKEN}:[^\r\n\x00]*\r\n)*\r\n", re.ASCII)
+_NAMES = re.compile(rf"(?:{TOKEN}\n)*", re.ASCII)
+_STATUS_LINE = re.compile(r"HTTP/1\.1 \d{3} [^\r\n\x00]*", re.ASCII)
 
 
 class H1ParseError(Exception):
@@ -210,20 +221,34 @@ class RequestParser:
             self._queue.popleft()
 
 
+def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Header fields as the data path carries them: lower-case ``str`` names, Latin-1 values."""
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+
+
+def encode_head(start_line: str, start_ok: re.Pattern[str], headers: list[tuple[str, str]]) -> bytes:
+    """``start_line`` and ``headers`` as an HTTP/1.1 head; ValueError when ``start_ok`` refuses the
+    start line, a name is not a token or a value holds CR, LF or NUL (never written: they would split
+    the message). Three C-speed checks instead of one per field: the fields joined have the shape of
+    header lines, the names joined alone are tokens (no colon hiding in one), and there is exactly
+    one CR and one LF per line (no value carries a line break that would pass as a line of its own)."""
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+    lines = len(headers) + 1
+    if (
+        start_ok.fullmatch(start_line) is None
+        or _FIELDS.fullmatch(fields) is None
+        or _NAMES.fullmatch("".join(f"{k}\n" for k, _ in headers)) is None
+        or fields.count("\n") != lines
+        or fields.count("\r") != lines
+    ):
+        raise ValueError(f"{start_line[:40]!r}...: head is not valid HTTP/1.1")
+    return (start_line + "\r\n" + fields).encode("latin-1")
+
+
 def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
-    """An HTTP/1.1 status line and header fields; ValueError when a name is not a token or a value
-    holds CR, LF or NUL (never written: they would split the response)."""
+    """An HTTP/1.1 status line and header fields (:func:`encode_head`'s checks)."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = ""
-    text = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
-    lines = len(headers) + 2
-    if (
-        _VALID_HEAD.fullmatch(text) is None
-        or _NAMES.fullmatch("".join(f"{k}\n" for k, _ in headers)) is None
-        or text.count("\n") != lines
-        or text.count("\r") != lines
-    ):
-        raise ValueError(f"response head for {status} is not valid HTTP/1.1")
-    return text.encode("latin-1")
+    return encode_head(f"HTTP/1.1 {status} {reason}", _STATUS_LINE, headers)

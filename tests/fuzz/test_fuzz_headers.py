@@ -1,5 +1,5 @@
 """Hypothesis fuzzing of header handling (issue 10, item 4): the gateway's edge hygiene, path
-normalization, X-Forwarded-For with trusted hops, hop-by-hop stripping, the HTTP/1.1 server (h11) fed
+normalization, X-Forwarded-For with trusted hops, hop-by-hop stripping, the HTTP/1.1 server (llhttp) fed
 raw request heads, in memory and over a real socket, and HTTP/2 header-block validation.
 
 Properties: nothing raises but the documented error; the HTTP/1.1 server answers every input with a
@@ -370,7 +370,7 @@ def parse_responses(data: bytes, methods: list[str]) -> list[int]:
 
 
 _HANDLED = {200, 405}
-#: h11's refusals: 400, 431 (head over the cap), 501 (unknown transfer coding); 408 is for timeouts.
+#: The HTTP/1.1 server's refusals: 400, 431 (head over the cap), 501 (kept from h11's days); 408: timeouts.
 _REFUSED = {400, 408, 431, 501, 505}  # 505: an HTTP/2.0 request line on the HTTP/1.1 parser
 
 _METHODS = [

@@ -1,4 +1,4 @@
-"""HTTP/1.1 server and pooled client (h11 on asyncio streams), over real loopback sockets."""
+"""HTTP/1.1 server and pooled client (llhttp, on asyncio streams), over real loopback sockets."""
 
 from __future__ import annotations
 
