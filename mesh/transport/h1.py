@@ -187,8 +187,8 @@ class H1Server:
         async with asyncio.timeout(self.header_timeout):
             while (msg := parser.next()) is None:
                 data = await reader.read(READ_CHUNK)
-                if not data:
-                    return None
+                if not data:  # the client ended its side inside a head: it still gets an answer
+                    raise H1ParseError("connection closed inside a request head", 400)
                 parser.feed(data)
         return msg
 
