@@ -7,7 +7,9 @@
 
 Reports the throughput ratio to the nghttpx pair, the latency each proxy pair adds at a fixed
 1,000 requests/s (P50/P90/P99 over h2load's per-request log, minus the direct path's), CPU seconds per
-1,000 requests per sidecar (from /proc) and sidecar RSS under that load. Last stdout line: one JSON
+1,000 requests per sidecar (from /proc) and sidecar RSS under that load. The fixed rate is measured
+with evenly spaced arrivals (the headline) and with h2load's default synchronized bursts (``*_bursts``
+fields): see the comment in ``main``. Last stdout line: one JSON
 object. Everything on 127.0.0.1; every run bounded by h2load's duration.
 
     .venv/bin/python bench/mesh.py [--seconds 10] [--connections 32]
@@ -385,43 +387,56 @@ def main() -> int:
             results[name] = {"rps": rps, "ok": good, "failed": failed}
             print(f"throughput {name:9s} {rps:10.0f} req/s  ({good} ok, {failed} failed)")
         rate_clients = 10
-        for name, (url, host) in targets.items():  # latency at a fixed 1,000 requests/s
-            log = tmp / f"{name}.tsv"
-            pids = sidecars if name == "meshgate" else ref_pids if name == "nghttpx" else []
-            before = [process_cpu(p) for p in pids]
-            out = h2load(
-                url,
-                "-c",
-                str(rate_clients),
-                "--rps",
-                "100",
-                "-D",
-                str(args.seconds),
-                "-t",
-                "1",
-                f"--log-file={log}",
-                host=host,
-            )
-            after = [process_cpu(p) for p in pids]
-            values = latencies(log)
-            results[name] |= {
-                "p50": pct(values, 0.5),
-                "p90": pct(values, 0.9),
-                "p99": pct(values, 0.99),
-                "n": len(values),
-                "cpu_per_1000": max(
-                    (a - b) / (len(values) / 1000) for a, b in zip(after, before, strict=True)
+        # A fixed 1,000 requests/s from 10 clients at 100/s each, in two arrival patterns:
+        # "even": the clients start 1 ms apart (h2load -r 1 --rate-period 1ms), so one request
+        #   arrives every millisecond: the fixed rate the target is stated at (the headline figures);
+        # "bursts": h2load's default, every client starts at once and their timers tick together,
+        #   so 10 requests arrive at the same instant every 10 ms and queue behind each other.
+        patterns = {
+            "even": ("-n", str(1000 * args.seconds), "-r", "1", "--rate-period", "1ms"),
+            "bursts": ("-D", str(args.seconds)),
+        }
+        for pattern, timing in patterns.items():
+            for name, (url, host) in targets.items():
+                log = tmp / f"{name}-{pattern}.tsv"
+                pids = sidecars if name == "meshgate" else ref_pids if name == "nghttpx" else []
+                before = [process_cpu(p) for p in pids]
+                h2load(
+                    url,
+                    "-c",
+                    str(rate_clients),
+                    "--rps",
+                    "100",
+                    *timing,
+                    "-t",
+                    "1",
+                    f"--log-file={log}",
+                    host=host,
                 )
-                if pids
-                else 0.0,
-                "rss_mb": max(sum(rss_mb(c) for c in with_children(p)) for p in pids) if pids else 0.0,
-            }
-            r = results[name]
-            print(
-                f"at 1000/s  {name:9s} p50 {r['p50']:.3f} ms  p90 {r['p90']:.3f} ms  p99 {r['p99']:.3f} ms "
-                f"({len(values)} requests; per-proxy cpu {r['cpu_per_1000']:.3f} s/1000, "
-                f"rss {r['rss_mb']:.0f} MB)"
-            )
+                after = [process_cpu(p) for p in pids]
+                values = latencies(log)
+                suffix = "" if pattern == "even" else "_bursts"
+                results[name] |= {
+                    "p50" + suffix: pct(values, 0.5),
+                    "p90" + suffix: pct(values, 0.9),
+                    "p99" + suffix: pct(values, 0.99),
+                    "n" + suffix: len(values),
+                    "cpu_per_1000" + suffix: max(
+                        (a - b) / (len(values) / 1000) for a, b in zip(after, before, strict=True)
+                    )
+                    if pids
+                    else 0.0,
+                    "rss_mb" + suffix: max(sum(rss_mb(c) for c in with_children(p)) for p in pids)
+                    if pids
+                    else 0.0,
+                }
+                r = results[name]
+                print(
+                    f"at 1000/s {pattern:6s} {name:9s} p50 {r['p50' + suffix]:.3f} ms  "
+                    f"p90 {r['p90' + suffix]:.3f} ms  p99 {r['p99' + suffix]:.3f} ms "
+                    f"({len(values)} requests; per-proxy cpu {r['cpu_per_1000' + suffix]:.3f} s/1000, "
+                    f"rss {r['rss_mb' + suffix]:.0f} MB)"
+                )
     finally:
         stack.stop()
     d, m, n = results["direct"], results["meshgate"], results["nghttpx"]
@@ -433,6 +448,11 @@ def main() -> int:
         "cpu_s_per_1000": round(m["cpu_per_1000"], 3),
         "rss_mb": round(m["rss_mb"], 1),
         "nghttpx_added_p90_ms": round(n["p90"] - d["p90"], 3),
+        "added_p50_ms_bursts": round(m["p50_bursts"] - d["p50_bursts"], 3),
+        "added_p90_ms_bursts": round(m["p90_bursts"] - d["p90_bursts"], 3),
+        "added_p99_ms_bursts": round(m["p99_bursts"] - d["p99_bursts"], 3),
+        "nghttpx_added_p90_ms_bursts": round(n["p90_bursts"] - d["p90_bursts"], 3),
+        "cpu_s_per_1000_bursts": round(m["cpu_per_1000_bursts"], 3),
         "nghttpx_cpu_s_per_1000": round(n["cpu_per_1000"], 3),
         "meshgate_rps": round(m["rps"]),
         "nghttpx_rps": round(n["rps"]),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
 from collections.abc import Sequence
 
 from mesh.outbound.endpoints import Endpoint
@@ -14,33 +13,53 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class RetryBudgetTracker:
-    """As Linkerd's: retries may add ``percent`` of recent requests plus ``min_per_second``."""
+    """As Linkerd's: retries may add ``percent`` of recent requests plus ``min_per_second``.
 
-    def __init__(self, budget: RetryBudget, window: float = 10.0) -> None:
+    "Recent" is the last ``window`` seconds, counted in ``buckets`` slots of ``window / buckets``
+    seconds each (so the oldest slot leaves whole): constant memory and time per request whatever
+    the traffic. (A timestamp per request, trimmed only when a retry was asked for, grew by 40
+    bytes a request on a sidecar that never retried.)
+    """
+
+    def __init__(self, budget: RetryBudget, window: float = 10.0, buckets: int = 10) -> None:
         self.budget = budget
         self.window = window
-        self._requests: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._width = window / buckets
+        self._requests = [0] * buckets
+        self._retries = [0] * buckets
+        self._total_requests = 0
+        self._total_retries = 0
+        self._slot: int | None = None  # the slot number (time // width) counts go to now
 
-    def _trim(self, now: float) -> None:
-        edge = now - self.window
-        while self._requests and self._requests[0] < edge:
-            self._requests.popleft()
-        while self._retries and self._retries[0] < edge:
-            self._retries.popleft()
+    def _advance(self, now: float) -> int:
+        """Move to the slot of ``now``, emptying the slots that left the window; its index."""
+        slot = int(now // self._width)
+        n = len(self._requests)
+        if self._slot is None:
+            self._slot = slot
+        elif slot > self._slot:
+            for s in range(self._slot + 1, min(slot, self._slot + n) + 1):
+                i = s % n
+                self._total_requests -= self._requests[i]
+                self._total_retries -= self._retries[i]
+                self._requests[i] = self._retries[i] = 0
+            self._slot = slot
+        return self._slot % n  # a clock that went back counts in the current slot
 
     def record_request(self, now: float | None = None) -> None:
         """Count one original request."""
-        self._requests.append(time.monotonic() if now is None else now)
+        i = self._advance(time.monotonic() if now is None else now)
+        self._requests[i] += 1
+        self._total_requests += 1
 
     def try_retry(self, now: float | None = None) -> bool:
         """Take one retry from the budget; False when it is spent."""
-        t = time.monotonic() if now is None else now
-        self._trim(t)
-        allowed = self.budget.percent * len(self._requests) + self.budget.min_per_second * self.window
-        if len(self._retries) + 1 > allowed:
+        i = self._advance(time.monotonic() if now is None else now)
+        allowed = self.budget.percent * self._total_requests + self.budget.min_per_second * self.window
+        if self._total_retries + 1 > allowed:
             return False
-        self._retries.append(t)
+        self._retries[i] += 1
+        self._total_retries += 1
         return True
 
 

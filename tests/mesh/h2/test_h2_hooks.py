@@ -9,7 +9,7 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.stream import H2Stream
 from h2_frames import POST, REQUEST, client, names, of_type, parse_frames, server
-from hyperframe.frame import DataFrame, GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, RstStreamFrame
 
 from mesh.h2 import ErrorCode, Limits
 from mesh.h2.connection import HookedConnection
@@ -35,6 +35,7 @@ def test_h2_still_has_the_hooked_methods() -> None:
     ):
         assert piece in source, piece
     assert source.count("except") == 2
+    assert "size_limit=self.MAX_CLOSED_STREAMS" in inspect.getsource(H2Connection.__init__)
     conn = HookedConnection(H2Configuration(client_side=True))
     assert isinstance(conn._data_to_send, bytearray) and conn.pending == 0
 
@@ -102,3 +103,52 @@ def test_limits_are_checked() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def _served(ep: object, ff: object, sid: int) -> None:
+    """One request on ``sid`` answered and closed at both ends."""
+    ep.receive(ff.headers(sid, REQUEST, end_stream=True))  # type: ignore[attr-defined]
+    ep.send_headers(sid, [(b":status", b"204")], end_stream=True)  # type: ignore[attr-defined]
+    ep.data_to_send()  # type: ignore[attr-defined]
+
+
+def test_closed_streams_are_remembered_within_a_bound() -> None:
+    """h2 keeps 65,536 closed streams per connection (~8.5 MiB); the hook keeps CLOSED_STREAMS_KEPT."""
+    from mesh.h2.connection import CLOSED_STREAMS_KEPT
+
+    ep, ff = server()
+    last = 0
+    for n in range(CLOSED_STREAMS_KEPT + 300):
+        last = 2 * n + 1
+        _served(ep, ff, last)
+    assert len(ep._h2._closed_streams) == CLOSED_STREAMS_KEPT  # type: ignore[attr-defined]
+    assert not ep.is_closed
+
+
+def test_data_on_a_remembered_closed_stream_resets_that_stream() -> None:
+    ep, ff = server()
+    for sid in (1, 3, 5):
+        _served(ep, ff, sid)
+    assert ep.receive(ff.data(3, b"late")) == []
+    rst = of_type(parse_frames(ep.data_to_send()), RstStreamFrame)
+    assert [(f.stream_id, f.error_code) for f in rst] == [(3, ErrorCode.STREAM_CLOSED)]
+    assert not ep.is_closed
+
+
+def test_data_on_a_forgotten_stream_resets_that_stream_only() -> None:
+    """A frame on a stream closed longer ago than the connection remembers gets RST_STREAM
+    (STREAM_CLOSED), as on one it remembers; the connection, with its other streams, lives on."""
+    from mesh.h2.connection import CLOSED_STREAMS_KEPT
+
+    ep, ff = server()
+    for n in range(CLOSED_STREAMS_KEPT + 10):
+        _served(ep, ff, 2 * n + 1)
+    open_sid = 2 * (CLOSED_STREAMS_KEPT + 10) + 1
+    ep.receive(ff.headers(open_sid, POST))
+    ep.data_to_send()
+    ep.receive(ff.data(1, b"very late"))
+    rst = of_type(parse_frames(ep.data_to_send()), RstStreamFrame)
+    assert [(f.stream_id, f.error_code) for f in rst] == [(1, ErrorCode.STREAM_CLOSED)]
+    assert not ep.is_closed
+    (event,) = ep.receive(ff.data(open_sid, b"body", end_stream=True))
+    assert (event.stream_id, event.data, event.end_stream) == (open_sid, b"body", True)  # type: ignore[attr-defined]

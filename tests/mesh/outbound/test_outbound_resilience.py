@@ -185,3 +185,23 @@ def test_a_single_endpoint_is_never_ejected_at_the_default_share() -> None:
     (only,) = eps(1)
     assert not d.record(only, status=None, connect_failure=True, all_eps=[only], now=0.0)
     assert only.available(0.0)
+
+
+def test_budget_memory_does_not_grow_with_traffic() -> None:
+    """A sidecar that never retries must not keep one entry per request (the soak test's leak)."""
+    tracker = RetryBudgetTracker(RetryBudget(), window=10.0)
+    for i in range(50_000):
+        tracker.record_request(now=i * 0.001)
+    assert len(tracker._requests) == 10 and tracker._total_requests <= 10_000
+    # at t=50 s the window holds the last ~10 s: 9,000-10,000 requests, so 20% + 10/s = ~1,900-2,100
+    granted = sum(tracker.try_retry(now=50.0) for _ in range(3000))
+    assert 1_800 <= granted <= 2_100
+
+
+def test_budget_forgets_everything_after_a_long_quiet_spell() -> None:
+    tracker = RetryBudgetTracker(RetryBudget.model_validate({"percent": "50%", "minPerSecond": 0}))
+    for _ in range(100):
+        tracker.record_request(now=1.0)
+    assert tracker.try_retry(now=2.0)
+    assert not tracker.try_retry(now=1_000_000.0)  # nothing recent: nothing allowed
+    assert tracker._total_requests == tracker._total_retries == 0
