@@ -3,9 +3,10 @@
 Common ASGI servers accept requests without Host, with two Hosts and with 100 KB of headers, and some
 pass Content-Length next to Transfer-Encoding: this step refuses those itself. It also removes
 hop-by-hop headers (and every header ``Connection`` names, except the ones the gateway itself relies
-on), strips identity headers a client might forge (``x-meshgate-*``, ``x-forwarded-client-cert``),
-and rebuilds ``X-Forwarded-For/-Proto/-Host`` and ``x-request-id``: a client-sent
-``X-Forwarded-For`` counts only through ``trusted_hops`` proxies in front of the gateway.
+on) and ``Expect`` (the server in front answers 100-continue), strips identity headers a client might
+forge (``x-meshgate-*``, ``x-forwarded-client-cert``), and rebuilds ``X-Forwarded-For/-Proto/-Host``
+and ``x-request-id``: a client-sent ``X-Forwarded-For`` counts only through ``trusted_hops`` proxies
+in front of the gateway.
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     forwarded_for = [v for k, v in headers if k == "x-forwarded-for"]
     kept: Headers = []
     for key, value in headers:
-        if key in HOP_BY_HOP or key in named or key == "host" or key in FORWARDED:
-            continue
+        if key in HOP_BY_HOP or key in named or key == "host" or key in FORWARDED or key == "expect":
+            continue  # Expect: the server in front answered 100-continue when the body was first read
         if key in IDENTITY_HEADERS or key.startswith(IDENTITY_PREFIXES):
             continue
         kept.append((key, value))

@@ -248,8 +248,15 @@ class H1Server:
         authority = hosts[0] if hosts else ""
         target = event.target.decode("latin-1")
         idle_timeout = self.idle_timeout
+        # RFC 9110 section 10.1.1: a client that sent "Expect: 100-continue" waits (curl: 1 s) for
+        # "100 Continue" before its body; it goes out when the handler first needs bytes of the body
+        # that have not arrived, so a request refused without reading its body never sends one
+        expect = event.http_version == b"1.1" and any(
+            k == "expect" and v.strip().lower() == "100-continue" for k, v in headers
+        )
 
         async def body() -> AsyncIterator[bytes]:
+            nonlocal expect
             while True:
                 chunks = msg.chunks
                 if chunks:
@@ -259,6 +266,9 @@ class H1Server:
                     continue
                 if msg.complete:
                     return
+                if expect:
+                    expect = False
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 async with asyncio.timeout(idle_timeout):
                     data = await reader.read(READ_CHUNK)
                 if not data:
@@ -275,7 +285,9 @@ class H1Server:
             path=target,
             authority=authority,
             headers=[
-                (k, v) for k, v in (headers if self.raw_headers else strip_hop_by_hop(headers)) if k != "host"
+                (k, v)
+                for k, v in (headers if self.raw_headers else strip_hop_by_hop(headers))
+                if k != "host" and not (expect and k == "expect" and not self.raw_headers)  # answered here
             ],
             body=body(),
         )
