@@ -61,6 +61,7 @@ class _Parse:
         "parser",
         "pending_head",
         "status",
+        "trailer_bytes",
     )
 
     def __init__(self, head_only: bool) -> None:
@@ -72,6 +73,7 @@ class _Parse:
         self.complete = False
         self.extra = False  # bytes past the response: the connection is not reused
         self.head_bytes = 0
+        self.trailer_bytes = 0
         self.pending_head = 0
         self.status = 0
         self.keep_alive = False
@@ -86,6 +88,13 @@ class _Parse:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
+            return
+        if self.head_done:  # a trailer of a chunked body: dropped (trailers of apps come over h2c),
+            self.trailer_bytes += len(name) + len(value) + 4  # and bounded like the head
+            if self.trailer_bytes > MAX_HEAD_BYTES:
+                raise UpstreamError(
+                    "upstream_reset", f"the app's response trailers exceed {MAX_HEAD_BYTES} bytes"
+                )
             return
         self.head_bytes += len(name) + len(value) + 4
         self.headers.append((name, value))

@@ -403,3 +403,23 @@ def test_a_request_body_breaking_its_content_length_is_an_upstream_error(parts: 
         assert (await _read(pool))[::2] == (200, b"ok") and pool.opened == 2
 
     _run(app, check)
+
+
+def test_response_trailers_are_dropped_and_bounded() -> None:
+    """Trailers of a chunked response from the app are not kept; more than MAX_HEAD_BYTES of them
+    is a broken response (the body fails), not memory without end."""
+    small = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n"
+    field = b"x-pad: " + b"a" * 200 + b"\r\n"
+    big = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n" + field * (
+        MAX_HEAD_BYTES // len(field) + 10
+    )
+    app = App(small, big + b"\r\n")
+
+    async def check(pool: H1Pool) -> None:
+        status, headers, body = await _read(pool)
+        assert (status, body) == (200, b"ok") and ("x-t", "1") not in headers
+        with pytest.raises(UpstreamError) as caught:
+            await _read(pool)
+        assert _upstream_reset(caught) and "trailers" in str(caught.value)
+
+    _run(app, check)
