@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
-from mesh.transport.messages import Request, Response, on_finish
+from mesh.transport.messages import LOCAL_ERROR_CODES, Request, Response, on_finish
 from shared.policy.request import split_spiffe_id
 from shared.telemetry.metrics import Counter, Family, Histogram, Registry
 from shared.telemetry.tracing import Tracing, end, finish
@@ -60,7 +60,8 @@ class RequestMetrics:
         self.denied: dict[str, int] = {}  # inbound policy denials by calling service
         self.errors: Counter = registry.counter(
             "meshgate_sidecar_local_errors_total",
-            "Responses the sidecar made itself, by direction and reason (the x-meshgate-error code).",
+            "Responses the sidecar made itself, by direction and reason (the x-meshgate-error code; "
+            "_other for a value Meshgate does not send, e.g. from an app).",
             ["direction", "reason"],
         )
 
@@ -136,7 +137,7 @@ class RequestMetrics:
             self.requests.inc(direction, service, str(response.status))
             error = response.header("x-meshgate-error")
             if error is not None:
-                self.errors.inc(direction, error)
+                self.errors.inc(direction, error if error in LOCAL_ERROR_CODES else "_other")
                 if error == "policy_denied" and direction == "inbound":
                     self.denied[service] = self.denied.get(service, 0) + 1
             if self.access_log:

@@ -123,6 +123,10 @@ GRPC_STATUS = {
     "trailers_unsupported": 13,
 }
 
+#: Every ``x-meshgate-error`` code Meshgate itself sends; metrics count any other value (an app may
+#: send the header too) as ``_other``, so that a label set cannot grow with what an app writes.
+LOCAL_ERROR_CODES = frozenset(GRPC_STATUS) | {"internal_error", "ext_authz_failed"}
+
 
 def is_grpc(headers: Headers) -> bool:
     """True for a gRPC request (``content-type: application/grpc...``)."""

@@ -118,3 +118,23 @@ def test_a_report_of_many_callers_still_fits_a_heartbeat() -> None:
     report = {"status": "passing", "report": {"inbound": metrics.traffic_report()}}
     body = json.dumps(report, separators=(",", ":"))  # compact, as httpx sends it
     assert len(body.encode()) <= MAX_BODY_BYTES, len(body.encode())
+
+
+def test_error_reasons_an_app_invents_do_not_grow_the_label_set() -> None:
+    """``x-meshgate-error`` from an app (a value per request) must not become a series per value."""
+    metrics = RequestMetrics(Registry())
+
+    async def chatty(request: Request, who: str) -> Response:
+        return Response(500, [("x-meshgate-error", f"app_{request.path}")])
+
+    wrapped = metrics.wrap("inbound", chatty, lambda r, who: who)
+
+    async def go() -> None:
+        for i in range(500):
+            await wrapped(Request("GET", str(i), "orders"), spiffe("web"))
+        await metrics.wrap("inbound", app, lambda r, who: who)(
+            Request("GET", "/denied", "orders"), spiffe("web")
+        )
+
+    asyncio.run(go())
+    assert metrics.errors.values == {("inbound", "_other"): 500.0, ("inbound", "policy_denied"): 1.0}
