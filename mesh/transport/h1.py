@@ -255,6 +255,8 @@ class H1Server:
             k == "expect" and v.strip().lower() == "100-continue" for k, v in headers
         )
 
+        responding = False  # once the response head is out, an interim 100 would corrupt it
+
         async def body() -> AsyncIterator[bytes]:
             nonlocal expect
             while True:
@@ -268,7 +270,8 @@ class H1Server:
                     return
                 if expect:
                     expect = False
-                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    if not responding:
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 async with asyncio.timeout(idle_timeout):
                     data = await reader.read(READ_CHUNK)
                 if not data:
@@ -298,6 +301,7 @@ class H1Server:
             response = error_response(500, "internal_error", "internal error in the sidecar")
         # the parser stops at an upgrade it was not asked to follow: answer, then close
         keep = event.keep_alive and not event.upgrade and not self.draining
+        responding = True
         try:
             keep = await self._respond(writer, event, response, keep)
         except ConnectionError as exc:

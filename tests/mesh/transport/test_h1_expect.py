@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from mesh.transport.h1 import ClientInfo, H1Server
@@ -131,3 +131,19 @@ def test_curl_upload_with_expect_does_not_stall() -> None:
     elapsed, code = run(go())
     assert code == "200"
     assert elapsed < 3.0, f"curl waited {elapsed:.1f} s for 100 Continue"
+
+
+def test_no_100_continue_once_the_response_has_started() -> None:
+    """A handler that answers first and reads the body afterwards (an ASGI app may): an interim
+    100 written then would land inside the response."""
+
+    async def answer_then_read(request: Request, info: ClientInfo) -> Response:
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"head-first;"
+            yield b"".join([chunk async for chunk in request.body])
+
+        return Response(200, [("content-length", str(len("head-first;hello")))], stream())
+
+    first, rest = run(_exchange(answer_then_read, HEAD, b"hello"))
+    assert CONTINUE not in first + rest
+    assert (first + rest).startswith(b"HTTP/1.1 200") and (first + rest).endswith(b"head-first;hello")
