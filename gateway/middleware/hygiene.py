@@ -3,7 +3,7 @@
 Common ASGI servers accept requests without Host, with two Hosts and with 100 KB of headers, and some
 pass Content-Length next to Transfer-Encoding: this step refuses those itself. It also removes
 hop-by-hop headers (and every header ``Connection`` names, except the ones the gateway itself relies
-on) and ``Expect`` (the server in front answers 100-continue), strips identity headers a client might
+on) and ``Expect`` (an HTTP/1.1 server in front answers 100-continue), strips identity headers a client might
 forge (``x-meshgate-*``, ``x-forwarded-client-cert``), and rebuilds ``X-Forwarded-For/-Proto/-Host``
 and ``x-request-id``: a client-sent ``X-Forwarded-For`` counts only through ``trusted_hops`` proxies
 in front of the gateway.
@@ -127,7 +127,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     kept: Headers = []
     for key, value in headers:
         if key in HOP_BY_HOP or key in named or key == "host" or key in FORWARDED or key == "expect":
-            continue  # Expect: the server in front answered 100-continue when the body was first read
+            continue  # Expect: for this hop only (HTTP/1.1: our server sends 100 when the body is read)
         if key in IDENTITY_HEADERS or key.startswith(IDENTITY_PREFIXES):
             continue
         kept.append((key, value))

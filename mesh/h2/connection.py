@@ -14,7 +14,7 @@ h2 (pinned >= 4.4.1) keeps these internals stable; ``tests/mesh/h2`` pins each h
   sends it, with the last stream it actually delivered.
 - ``MAX_CLOSED_STREAMS``: h2 remembers how each of the last 65,536 closed streams ended (~130
   bytes each: ~8.5 MiB per connection and side, which a long-lived sidecar connection fills in
-  minutes and which looked like a leak in the soak test); here the last ``CLOSED_STREAMS_KEPT``.
+  minutes and which looked like a leak in the soak test); here the last 1,024.
   A frame on a closed stream is a stream error (RST_STREAM STREAM_CLOSED, see the endpoint)
   whether or not the stream is still remembered.
 """
@@ -33,10 +33,7 @@ from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
 from .errors import ErrorCode
 
-__all__ = ["CLOSED_STREAMS_KEPT", "HookedConnection"]
-
-#: How many closed streams a connection remembers (h2's default: 65,536).
-CLOSED_STREAMS_KEPT = 1024
+__all__ = ["HookedConnection"]
 
 
 class _UncountedStream(H2Stream):
@@ -52,7 +49,7 @@ class _UncountedStream(H2Stream):
 class HookedConnection(H2Connection):
     """``H2Connection`` plus the hooks listed in the module docstring."""
 
-    MAX_CLOSED_STREAMS = CLOSED_STREAMS_KEPT
+    MAX_CLOSED_STREAMS = 1024  # closed streams a connection remembers (h2's default: 65,536)
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config=config)

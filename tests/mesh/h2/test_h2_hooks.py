@@ -113,15 +113,13 @@ def _served(ep: object, ff: object, sid: int) -> None:
 
 
 def test_closed_streams_are_remembered_within_a_bound() -> None:
-    """h2 keeps 65,536 closed streams per connection (~8.5 MiB); the hook keeps CLOSED_STREAMS_KEPT."""
-    from mesh.h2.connection import CLOSED_STREAMS_KEPT
-
+    """h2 keeps 65,536 closed streams per connection (~8.5 MiB); the hook keeps MAX_CLOSED_STREAMS."""
     ep, ff = server()
     last = 0
-    for n in range(CLOSED_STREAMS_KEPT + 300):
+    for n in range(HookedConnection.MAX_CLOSED_STREAMS + 300):
         last = 2 * n + 1
         _served(ep, ff, last)
-    assert len(ep._h2._closed_streams) == CLOSED_STREAMS_KEPT  # type: ignore[attr-defined]
+    assert len(ep._h2._closed_streams) == HookedConnection.MAX_CLOSED_STREAMS  # type: ignore[attr-defined]
     assert not ep.is_closed
 
 
@@ -138,12 +136,10 @@ def test_data_on_a_remembered_closed_stream_resets_that_stream() -> None:
 def test_data_on_a_forgotten_stream_resets_that_stream_only() -> None:
     """A frame on a stream closed longer ago than the connection remembers gets RST_STREAM
     (STREAM_CLOSED), as on one it remembers; the connection, with its other streams, lives on."""
-    from mesh.h2.connection import CLOSED_STREAMS_KEPT
-
     ep, ff = server()
-    for n in range(CLOSED_STREAMS_KEPT + 10):
+    for n in range(HookedConnection.MAX_CLOSED_STREAMS + 10):
         _served(ep, ff, 2 * n + 1)
-    open_sid = 2 * (CLOSED_STREAMS_KEPT + 10) + 1
+    open_sid = 2 * (HookedConnection.MAX_CLOSED_STREAMS + 10) + 1
     ep.receive(ff.headers(open_sid, POST))
     ep.data_to_send()
     ep.receive(ff.data(1, b"very late"))
