@@ -439,3 +439,38 @@ def test_console_script_checks_the_example_policies(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert bad.stderr.startswith(f"{tmp_path / 'mesh.yaml'}:3: Mesh/mesh: trustDomain: ")
+
+
+# --- command dispatch ------------------------------------------------------------------------------
+
+
+def test_the_command_table_names_what_each_module_registers() -> None:
+    import argparse
+    from importlib import import_module
+
+    import shared.cli
+
+    registered: dict[str, str] = {}
+    for name in shared.cli.COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        import_module(name).register(sub)
+        registered |= dict.fromkeys(sub.choices, name)
+    assert registered == shared.cli.COMMANDS
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    code = (
+        "import sys, shared.cli\n"
+        "shared.cli.build_parser(shared.cli._modules_for(['sidecar', '--help']))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('mesh.controlplane', 'shared.identity.cli',"
+        " 'shared.config.cli', 'gateway'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_and_unknown_commands_still_list_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(capsys, "no-such-command")
+    for command in ("policy", "ca", "control-plane", "sidecar", "gateway", "demo"):
+        assert command in err
