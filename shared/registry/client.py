@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +33,7 @@ from shared.identity.tls import PeerIdentityError, client_context, verify_peer
 from shared.registry.backoff import Backoff
 from shared.registry.cache import DiskCache
 from shared.registry.delta import apply_delta
+from shared.registry.http import HttpClient, HttpError, HttpResponse
 from shared.registry.jointoken import JoinToken
 
 log = logging.getLogger("meshgate.registry")
@@ -77,7 +77,7 @@ class RegistryClient:
         self.certs: CertificateManager | None = None
         self.index = 0
         self.snapshot: dict[str, Any] | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: HttpClient | None = None
         self._http_ctx: ssl.SSLContext | None = None
         self.instance_id: str | None = None
         self._registration: dict[str, Any] | None = None
@@ -88,10 +88,9 @@ class RegistryClient:
         assert self.bundle is not None
         return SpiffeId(self.bundle.trust_domain, CONTROL_PLANE_ID_PATH)
 
-    def _check_server(self, response: httpx.Response) -> None:
-        """The control plane must present its own SPIFFE ID (not merely any certificate of the mesh)."""
-        stream = response.extensions.get("network_stream")
-        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    def _check_server(self, ssl_object: ssl.SSLObject | None) -> None:
+        """The control plane must present its own SPIFFE ID (not merely any certificate of the mesh);
+        checked after each handshake, before a request is written."""
         assert self.bundle is not None
         try:
             verify_peer(ssl_object, self.bundle.trust_domain, self._server_id())
@@ -104,10 +103,10 @@ class RegistryClient:
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
         insecure.minimum_version = ssl.TLSVersion.TLSv1_3
-        async with httpx.AsyncClient(verify=insecure, timeout=self.timeout) as http:
+        async with HttpClient(self.url, ssl_context=insecure, timeout=self.timeout) as http:
             try:
-                response = await http.get(f"{self.url}/v1/bundle")
-            except httpx.HTTPError as exc:
+                response = await http.get("/v1/bundle")
+            except HttpError as exc:
                 raise ControlPlaneUnavailable(f"cannot reach {self.url}: {exc}") from exc
         try:
             bundle = TrustBundle.from_jwks(response.json())
@@ -182,26 +181,18 @@ class RegistryClient:
         ctx.check_hostname = False
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.load_verify_locations(cadata=self.bundle.to_pem())
-        limits = httpx.Limits(max_connections=1)
-        server_id = self._server_id()
-
-        async def check_peer(event: str, info: dict[str, Any]) -> None:
-            # runs right after each TLS handshake, before the request (and the token) is written
-            if event == "connection.start_tls.complete" and info.get("return_value") is not None:
-                ssl_object = info["return_value"].get_extra_info("ssl_object")
-                verify_peer(ssl_object, server_id.trust_domain, server_id)
-
-        async with httpx.AsyncClient(verify=ctx, timeout=self.timeout, limits=limits) as http:
+        # the peer is checked right after the TLS handshake, before the request (and the token) is written
+        async with HttpClient(
+            self.url, ssl_context=ctx, timeout=self.timeout, check_peer=self._check_server
+        ) as http:
             try:
-                response = await http.post(
-                    f"{self.url}/v1/sign",
+                response = await http.request(
+                    "POST",
+                    "/v1/sign",
                     json={"csr": make_csr(key, identity).decode()},
                     headers={"authorization": f"Bearer {self.token}"},
-                    extensions={"trace": check_peer},
                 )
-            except PeerIdentityError as exc:
-                raise ControlPlaneUnavailable(f"{self.url} is not the control plane: {exc}") from exc
-            except httpx.HTTPError as exc:
+            except HttpError as exc:
                 raise ControlPlaneUnavailable(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code != 200:
             raise ControlPlaneUnavailable(f"join refused ({response.status_code}): {_message(response)}")
@@ -219,15 +210,18 @@ class RegistryClient:
 
     # ----- HTTP -----------------------------------------------------------------------------------------
 
-    def _client(self) -> httpx.AsyncClient:
+    def _client(self) -> HttpClient:
         assert self.certs is not None
         ctx = self.certs.client_context()
         if self._http is None or ctx is not self._http_ctx:
             old = self._http
-            # A context of our own with the same SVID: httpcore sets ALPN http/1.1 on the context it is
-            # given, and the manager's context is the one the data path dials peers with (ALPN h2).
+            # A context of our own with the same SVID and no ALPN (HTTP/1.1): the manager's context is
+            # the one the data path dials peers with (ALPN h2).
             own = client_context(self.certs.chain, self._key(), self.certs.bundle)
-            self._http = httpx.AsyncClient(verify=own, timeout=self.timeout)
+            own.set_alpn_protocols(["http/1.1"])
+            self._http = HttpClient(
+                self.url, ssl_context=own, timeout=self.timeout, check_peer=self._check_server
+            )
             self._http_ctx = ctx
             if old is not None:
                 asyncio.get_running_loop().create_task(old.aclose())
@@ -243,12 +237,9 @@ class RegistryClient:
         ok: tuple[int, ...] = (200, 201),
     ) -> Any:
         try:
-            response = await self._client().request(
-                method, f"{self.url}{path}", json=json, timeout=timeout or self.timeout
-            )
-        except httpx.HTTPError as exc:
-            raise ControlPlaneUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        self._check_server(response)
+            response = await self._client().request(method, path, json=json, timeout=timeout or self.timeout)
+        except HttpError as exc:
+            raise ControlPlaneUnavailable(f"{method} {path}: {exc}") from exc
         if response.status_code not in ok:
             raise ControlPlaneUnavailable(f"{method} {path}: {response.status_code} {_message(response)}")
         return response.json() if response.content else None
@@ -370,7 +361,7 @@ class RegistryClient:
                 await self._accept(snapshot, listener)
 
 
-def _message(response: httpx.Response) -> str:
+def _message(response: HttpResponse) -> str:
     try:
         data = response.json()
         return str(data.get("message") or data)

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
-
 from shared.registry.client import ControlPlaneUnavailable, RegistryClient
+from shared.registry.http import HttpClient, HttpError
 
 log = logging.getLogger("meshgate.registry.health")
 
@@ -45,12 +44,15 @@ class AppCheck:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             return "passing", f"tcp {self.host}:{self.port} connected"
-        url = f"http://{self.host}:{self.port}{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{host}:{self.port}{self.path}"
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as http:
-                response = await http.get(url)
-        except httpx.HTTPError as exc:
-            return "critical", f"GET {url}: {type(exc).__name__}: {exc}"
+            async with HttpClient(
+                f"http://{host}:{self.port}", timeout=self.timeout, max_body=1 << 20
+            ) as http:
+                response = await http.get(self.path)
+        except HttpError as exc:
+            return "critical", f"GET {url}: {exc}"
         if 200 <= response.status_code < 300:
             return "passing", f"GET {url}: {response.status_code}"
         if response.status_code == 429:
