@@ -126,6 +126,54 @@ def _raw(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
 RequestHandler = Callable[[Request, "H2Protocol"], Awaitable[Response]]
 
 
+class _StreamBody:
+    """A stream's body as the consumer pulls it. A response body (``done`` given) that is abandoned
+    (closed, failed or dropped before its end) resets its stream with CANCEL; ``done`` runs once."""
+
+    __slots__ = ("_conn", "_done", "_ended", "_stream")
+
+    def __init__(self, conn: H2Protocol, stream: _Stream, done: Callable[[], None] | None = None) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._done = done
+        self._ended = False
+
+    def __aiter__(self) -> _StreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._ended:
+            raise StopAsyncIteration
+        try:
+            data = await self._conn._next_chunk(self._stream)
+        except BaseException:
+            self._end(finished=False)
+            raise
+        if data is None:
+            self._end(finished=True)
+            raise StopAsyncIteration
+        return data
+
+    async def aclose(self) -> None:
+        self._end(finished=False)
+
+    def _end(self, *, finished: bool) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._done is None:
+            return
+        sid = self._stream.stream_id
+        if not finished and sid in self._conn.streams:
+            self._conn._reset(sid, ErrorCode.CANCEL)
+        self._done()
+
+    def __del__(self) -> None:
+        if not self._ended and self._done is not None:
+            with contextlib.suppress(Exception):
+                self._end(finished=False)
+
+
 class H2Protocol(asyncio.Protocol):
     """An HTTP/2 connection. Server side: calls ``handler`` per request. Client side: :meth:`request`."""
 
@@ -365,22 +413,25 @@ class H2Protocol(asyncio.Protocol):
             pass
 
     def _body(self, stream: _Stream) -> AsyncIterator[bytes]:
-        async def body() -> AsyncIterator[bytes]:
-            while True:
-                item = await stream.chunks.get()
-                if item is _END:
-                    stream.body_done = True
-                    return
-                if isinstance(item, StreamError):
-                    raise item
-                data, flow = item
-                if flow:
-                    self.endpoint.ack(stream.stream_id, flow)
-                    self._flush_soon()
-                if data:
-                    yield data
+        return _StreamBody(self, stream)
 
-        return body()
+    async def _next_chunk(self, stream: _Stream) -> bytes | None:
+        """The next bytes of ``stream``'s body (acknowledged for flow control), None at its end;
+        raises the StreamError that ended it."""
+        chunks = stream.chunks
+        while True:
+            item = chunks.get_nowait() if not chunks.empty() else await chunks.get()
+            if item is _END:
+                stream.body_done = True
+                return None
+            if isinstance(item, StreamError):
+                raise item
+            data, flow = item
+            if flow:
+                self.endpoint.ack(stream.stream_id, flow)
+                self._flush_soon()
+            if data:
+                return data  # type: ignore[no-any-return]
 
     async def _send_body(
         self,
@@ -629,18 +680,7 @@ class H2Protocol(asyncio.Protocol):
         return response
 
     def _client_body(self, stream: _Stream, done: Callable[[], None]) -> AsyncIterator[bytes]:
-        async def body() -> AsyncIterator[bytes]:
-            finished = False
-            try:
-                async for chunk in self._body(stream):
-                    yield chunk
-                finished = True
-            finally:
-                if not finished and stream.stream_id in self.streams:
-                    self._reset(stream.stream_id, ErrorCode.CANCEL)
-                done()
-
-        return body()
+        return _StreamBody(self, stream, done)
 
     def goaway(self, error_code: int = 0) -> None:
         """GOAWAY now: no new streams from the peer; streams in flight finish."""

@@ -31,20 +31,41 @@ HOP_BY_HOP = frozenset(
 )
 
 
-async def _no_body() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
+# Bodies on the request path are small classes, not async generators: each async generator costs a
+# registration with the event loop (a WeakSet entry, added and removed), one more frame per chunk and
+# its layer, and a finalizer; a proxied request made seven of them per sidecar.
+
+
+class _Once:
+    """A body of one chunk (or none)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data or None
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = self._data
+        if data is None:
+            raise StopAsyncIteration
+        self._data = None
+        return data
+
+    async def aclose(self) -> None:
+        self._data = None
 
 
 def empty_body() -> AsyncIterator[bytes]:
     """A body with no bytes."""
-    return _no_body()
+    return _Once(b"")
 
 
-async def body_of(data: bytes) -> AsyncIterator[bytes]:
+def body_of(data: bytes) -> AsyncIterator[bytes]:
     """A body made of ``data`` in one chunk."""
-    if data:
-        yield data
+    return _Once(data)
 
 
 @dataclass
@@ -175,37 +196,80 @@ def error_response(status: int, code: str, message: str) -> Response:
 
 
 def on_finish(response: Response, callback: Callable[[], None]) -> None:
-    """Run ``callback`` once, when the body has been read to its end or abandoned, or the response is
-    closed unread (Trailers-Only answers, errors replaced for gRPC callers): counts and spans must
-    never leak."""
-    done = False
-
-    def once() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            callback()
-
-    response.body = _on_end(response.body, once)
-    previous = response.on_close
-
-    def close() -> None:
-        once()
-        if previous is not None:
-            previous()
-
-    response.on_close = close
+    """Run ``callback`` once, when the body has been read to its end, failed or been abandoned
+    (closed, or dropped unread), or the response is closed unread (Trailers-Only answers, errors
+    replaced for gRPC callers): counts and spans must never leak. Callbacks run in the order given."""
+    body = response.body
+    if not (isinstance(body, _Finishing) and response.on_close == body.on_close):
+        body = _Finishing(body, response.on_close)
+        response.body = body
+        response.on_close = body.on_close
+    body.callbacks.append(callback)
 
 
-async def _on_end(body: AsyncIterator[bytes], callback: Callable[[], None]) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in body:
-            yield chunk
-    finally:
-        # abandoned early (aclose): close the body it wraps too, so its own clean-up (stream reset,
-        # breaker slot) runs now and not whenever the garbage collector gets to it
-        close = getattr(body, "aclose", None)
+class _Finishing:
+    """A body that runs its ``callbacks`` once, when it ends in any way (see :func:`on_finish`)."""
+
+    __slots__ = ("_body", "_previous", "callbacks", "done")
+
+    def __init__(self, body: AsyncIterator[bytes], previous: Callable[[], None] | None) -> None:
+        self._body = body
+        self._previous = previous  # the response's own on_close, run after the callbacks
+        self.callbacks: list[Callable[[], None]] = []
+        self.done = False
+
+    def __aiter__(self) -> _Finishing:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.done:
+            raise StopAsyncIteration
+        try:
+            return await self._body.__anext__()
+        except StopAsyncIteration:
+            self.finish()
+            raise
+        except BaseException:
+            await self._close_body()
+            self.finish()
+            raise
+
+    async def aclose(self) -> None:
+        """Abandoned early: close the wrapped body too, so that its own clean-up (stream reset,
+        breaker slot) runs now and not whenever the garbage collector gets to it."""
+        if not self.done:
+            await self._close_body()
+            self.finish()
+
+    async def _close_body(self) -> None:
+        close = getattr(self._body, "aclose", None)
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
-        callback()
+
+    def finish(self) -> None:
+        """Run the callbacks (once); a failing one does not stop the others."""
+        if self.done:
+            return
+        self.done = True
+        failure: BaseException | None = None
+        for callback in self.callbacks:
+            try:
+                callback()
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    def on_close(self) -> None:
+        """The response is closed (sent, or dropped unread)."""
+        try:
+            self.finish()
+        finally:
+            if self._previous is not None:
+                self._previous()
+
+    def __del__(self) -> None:
+        if not self.done:  # dropped unread and never closed: counts and spans still end
+            with contextlib.suppress(Exception):
+                self.finish()

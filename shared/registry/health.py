@@ -48,7 +48,7 @@ class AppCheck:
         url = f"http://{host}:{self.port}{self.path}"
         try:
             async with HttpClient(
-                f"http://{host}:{self.port}", timeout=self.timeout, max_body=1 << 20
+                f"http://{host}:{self.port}", timeout=self.timeout, keep_body=False
             ) as http:
                 response = await http.get(self.path)
         except HttpError as exc:
@@ -71,7 +71,10 @@ async def heartbeat_loop(
     given). Never raises on outages."""
     stop = stop or asyncio.Event()
     while not stop.is_set():
-        status, output = await check.run()
+        try:
+            status, output = await check.run()
+        except Exception as exc:  # a bug or an odd app must not end the heartbeats
+            status, output = "critical", f"check failed: {type(exc).__name__}: {exc}"
         try:
             await client.heartbeat(status, output, report() if report is not None else None)
         except ControlPlaneUnavailable as exc:

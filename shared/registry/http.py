@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -27,6 +28,9 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole configuration snapshot of a large mesh fits many times
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _READ = 64 * 1024
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: What a request target may hold as it is; anything else (space, CR, LF, non-ASCII) is percent-encoded.
+_TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
 PeerCheck = Callable[[ssl.SSLObject | None], None]
 
@@ -37,6 +41,15 @@ class HttpError(Exception):
 
 class _StaleConnection(Exception):
     """A reused connection ended before any byte of the response."""
+
+
+def _feed_error(exc: Exception) -> HttpError:
+    cause = exc.__context__
+    if isinstance(cause, HttpError):
+        return cause
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return HttpError("the server switched protocols (101) on a plain request")
+    return HttpError(f"malformed response: {exc}")
 
 
 @dataclass
@@ -58,6 +71,10 @@ class HttpResponse:
         return self.content.decode("utf-8", "replace")
 
 
+class _Stop(Exception):
+    """Raised from a parser callback: bytes after the response (never parsed into it)."""
+
+
 @dataclass
 class _Parsed:
     status: int = 0
@@ -67,32 +84,46 @@ class _Parsed:
     head_size: int = 0
     done: bool = False
     limit: int = MAX_BODY_BYTES
+    keep_body: bool = True  # False: the body is counted against no limit and dropped
+    head_only: bool = False  # the answer to HEAD: no body, whatever its head announces
     keep_alive: bool = False
     head_done: bool = False
+    extra: bool = False  # bytes followed the response: the connection is not reused
     parser: Any = None
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+            raise _Stop
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_size += len(name) + len(value)
         if self.head_size > MAX_HEAD_BYTES:
             raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
-        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        if not self.head_done:  # after the head: chunked trailers, dropped
+            self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         if self.status < 200:  # an interim response: its head is dropped, the final one follows
             self.headers.clear()
-        else:
-            self.head_done = True
+            return
+        self.head_done = True
+        if self.head_only:
+            self.done = True  # llhttp would wait for the body the head announces
+            self.extra = True  # and cannot be told where it ends: no reuse
 
     def on_body(self, data: bytes) -> None:
+        if not self.keep_body:
+            return
         self.size += len(data)
         if self.size > self.limit:
             raise HttpError(f"response body over {self.limit} bytes")
         self.body.append(data)
 
     def on_message_complete(self) -> None:
-        if not self.head_done:
+        if not self.head_done or self.done:
             return
         self.done = True
         self.keep_alive = self.parser is not None and self.parser.should_keep_alive()  # reset after this
@@ -133,6 +164,8 @@ class HttpClient:
 
     ``check_peer`` runs after each TLS handshake with the session's ``SSLObject``; an exception from it
     aborts the connection before anything (a token, say) is sent, and propagates to the caller.
+    Responses carry at most ``max_body`` bytes of body (HttpError beyond); with ``keep_body=False``
+    bodies of any size are read and dropped (a health check decides by the status alone).
     """
 
     def __init__(
@@ -143,6 +176,7 @@ class HttpClient:
         timeout: float = 10.0,
         check_peer: PeerCheck | None = None,
         max_body: int = MAX_BODY_BYTES,
+        keep_body: bool = True,
         max_idle: int = 4,
     ) -> None:
         parts = urlsplit(base_url)
@@ -159,6 +193,7 @@ class HttpClient:
         self.timeout = timeout
         self.check_peer = check_peer
         self.max_body = max_body
+        self.keep_body = keep_body
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
         self._closed = False
@@ -189,10 +224,15 @@ class HttpClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> HttpResponse:
-        """Send one request and read the whole response. Raises HttpError (whatever the status) only when
-        no complete response arrived in ``timeout`` seconds (default: the client's)."""
+        """Send one request and read the whole response, whatever its status. Raises HttpError when no
+        complete response arrived in ``timeout`` seconds (default: the client's), ValueError for a
+        method that is not a token or a header with a line break. Characters a request target may
+        not hold (space, controls, non-ASCII) are percent-encoded."""
+        if not _TOKEN.fullmatch(method):
+            raise ValueError(f"not an HTTP method: {method!r}")
+        target = quote(f"{self.prefix}{path}", safe=_TARGET_SAFE) or "/"
         body = b"" if json is None else jsonlib.dumps(json, separators=(",", ":")).encode()
-        head = [f"{method} {self.prefix}{path} HTTP/1.1", f"host: {self.authority}", "accept: */*"]
+        head = [f"{method} {target} HTTP/1.1", f"host: {self.authority}", "accept: */*"]
         if json is not None:
             head.append("content-type: application/json")
         if body or method in ("POST", "PUT", "PATCH"):
@@ -207,7 +247,7 @@ class HttpClient:
             async with asyncio.timeout(seconds):
                 return await self._exchange(method, wire)
         except TimeoutError:
-            raise HttpError(f"{method} {self.base}{path}: no response within {seconds:g}s") from None
+            raise HttpError(f"no response within {seconds:g}s") from None
 
     async def _exchange(self, method: str, wire: bytes) -> HttpResponse:
         while True:
@@ -235,6 +275,16 @@ class HttpClient:
             conn.abort()
         return None
 
+    @staticmethod
+    def _feed(parser: Any, parsed: _Parsed, data: bytes) -> None:
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if parsed.done:  # bytes after the response: it stands, the connection is not reused
+                parsed.extra = True
+                return
+            raise _feed_error(exc) from exc
+
     async def _connect(self) -> _Conn:
         try:
             reader, writer = await asyncio.open_connection(
@@ -258,7 +308,7 @@ class HttpClient:
         return conn
 
     async def _send(self, conn: _Conn, method: str, wire: bytes) -> HttpResponse:
-        parsed = _Parsed(limit=self.max_body)
+        parsed = _Parsed(limit=self.max_body, keep_body=self.keep_body, head_only=method == "HEAD")
         parser = parsed.parser = httptools.HttpResponseParser(parsed)
         first = not conn.used
         conn.used = True
@@ -275,23 +325,21 @@ class HttpClient:
                         raise HttpError("connection closed in the middle of a response")
                     break  # a body delimited by the end of the connection (RFC 9112 section 6.3)
                 got += len(data)
-                parser.feed_data(data)
+                if not parsed.head_done and got > MAX_HEAD_BYTES + _READ:
+                    # llhttp gathers a header line whole before its callback: count what is fed
+                    raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
+                self._feed(parser, parsed, data)
         except (ConnectionResetError, BrokenPipeError) as exc:
             if got == 0 and not first:
                 raise _StaleConnection from exc
             raise HttpError(f"connection reset: {exc}") from exc
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HttpError):
-                raise cause from None
-            raise HttpError(f"malformed response: {exc}") from exc
         except ssl.SSLError as exc:
             raise HttpError(f"TLS error: {exc.reason or exc}") from exc
         except OSError as exc:
             raise HttpError(f"connection failed: {exc.strerror or exc}") from exc
         response = HttpResponse(parsed.status, parsed.headers, b"".join(parsed.body), conn.ssl_object)
         parsed.parser = None
-        if parsed.keep_alive and not self._closed and len(self._idle) < self.max_idle:
+        if parsed.keep_alive and not parsed.extra and not self._closed and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:
             await conn.aclose()
