@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mesh.transport.h1parse import (
@@ -255,34 +255,7 @@ class H1Server:
             k == "expect" and v.strip().lower() == "100-continue" for k, v in headers
         )
 
-        responding = False  # once the response head is out, an interim 100 would corrupt it
-
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal expect
-            while True:
-                chunks = msg.chunks
-                if chunks:
-                    chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    chunks.clear()
-                    yield chunk
-                    continue
-                if msg.complete:
-                    return
-                if expect:
-                    expect = False
-                    if not responding:
-                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                async with asyncio.timeout(idle_timeout):
-                    data = await reader.read(READ_CHUNK)
-                if not data:
-                    raise ConnectionError("client closed the connection mid-body")
-                try:
-                    parser.feed(data)
-                except H1ParseError as exc:
-                    raise ConnectionError(f"malformed request body: {exc}") from exc
-                if parser.error is not None and not msg.complete:  # never more bytes for this body
-                    raise ConnectionError(f"malformed request: {parser.error}")
-
+        body = _RequestBody(msg, parser, reader, writer, idle_timeout, expect)
         request = Request(
             method=event.method.decode("ascii"),
             path=target,
@@ -292,7 +265,7 @@ class H1Server:
                 for k, v in (headers if self.raw_headers else strip_hop_by_hop(headers))
                 if k != "host" and not (expect and k == "expect" and not self.raw_headers)  # answered here
             ],
-            body=body(),
+            body=body,
         )
         try:
             response = await self.handler(request, info)
@@ -301,7 +274,7 @@ class H1Server:
             response = error_response(500, "internal_error", "internal error in the sidecar")
         # the parser stops at an upgrade it was not asked to follow: answer, then close
         keep = event.keep_alive and not event.upgrade and not self.draining
-        responding = True
+        body.responding = True
         try:
             keep = await self._respond(writer, event, response, keep)
         except ConnectionError as exc:
@@ -379,3 +352,58 @@ class H1Server:
             log.warning("response body of %d bytes, content-length %d: closing", sent, declared)
             return False
         return keep
+
+
+class _RequestBody:
+    """The body of a request, read from the connection as the handler pulls it. With ``expect`` (the
+    client sent ``Expect: 100-continue``) the first read that needs bytes not yet arrived sends
+    ``100 Continue`` first, unless the response has begun (``responding``): an interim response
+    then would land inside it."""
+
+    __slots__ = ("_expect", "_msg", "_parser", "_reader", "_timeout", "_writer", "responding")
+
+    def __init__(
+        self,
+        msg: Message,
+        parser: RequestParser,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float,
+        expect: bool,
+    ) -> None:
+        self._msg = msg
+        self._parser = parser
+        self._reader = reader
+        self._writer = writer
+        self._timeout = timeout
+        self._expect = expect
+        self.responding = False
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        msg = self._msg
+        while True:
+            chunks = msg.chunks
+            if chunks:
+                chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                return chunk
+            if msg.complete:
+                raise StopAsyncIteration
+            if self._expect:
+                self._expect = False
+                if not self.responding:
+                    self._writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            async with asyncio.timeout(self._timeout):
+                data = await self._reader.read(READ_CHUNK)
+            if not data:
+                raise ConnectionError("client closed the connection mid-body")
+            parser = self._parser
+            try:
+                parser.feed(data)
+            except H1ParseError as exc:
+                raise ConnectionError(f"malformed request body: {exc}") from exc
+            if parser.error is not None and not msg.complete:  # never more bytes for this body
+                raise ConnectionError(f"malformed request: {parser.error}")

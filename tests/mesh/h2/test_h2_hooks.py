@@ -148,3 +148,19 @@ def test_data_on_a_forgotten_stream_resets_that_stream_only() -> None:
     assert not ep.is_closed
     (event,) = ep.receive(ff.data(open_sid, b"body", end_stream=True))
     assert (event.stream_id, event.data, event.end_stream) == (open_sid, b"body", True)  # type: ignore[attr-defined]
+
+
+def test_hpack_debug_logging_is_dropped_and_hpack_logs_nothing_else() -> None:
+    import inspect
+    import re
+
+    import hpack.hpack
+    import hpack.table
+
+    import mesh.h2.connection  # noqa: F401 - installs the replacement
+
+    for module in (hpack.hpack, hpack.table):
+        assert type(module.log).__name__ == "_NoDebugLog"
+        assert module.log.debug("Decoded %s", ("authorization", "secret")) is None
+        # the replacement has debug() only: hpack must call nothing else on its logger
+        assert set(re.findall(r"\blog\.(\w+)\(", inspect.getsource(module))) == {"debug"}
