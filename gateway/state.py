@@ -158,6 +158,7 @@ class GatewayRuntime:
         self.registry: RegistryClient | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing: set[asyncio.Task[Any]] = set()  # providers of a replaced configuration closing
         self._admin: asyncio.Server | None = None
         self.admin_port: int | None = None
 
@@ -327,7 +328,10 @@ class GatewayRuntime:
         if old is not None:
             for name, provider in old.providers.items():
                 if providers.get(name) is not provider:
-                    asyncio.get_running_loop().create_task(provider.close())
+                    # held until done: the loop keeps only a weak reference to a task
+                    task = asyncio.get_running_loop().create_task(provider.close())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, for ``/config``."""

@@ -79,6 +79,7 @@ class RegistryClient:
         self.snapshot: dict[str, Any] | None = None
         self._http: HttpClient | None = None
         self._http_ctx: ssl.SSLContext | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.instance_id: str | None = None
         self._registration: dict[str, Any] | None = None
 
@@ -224,7 +225,9 @@ class RegistryClient:
             )
             self._http_ctx = ctx
             if old is not None:
-                asyncio.get_running_loop().create_task(old.aclose())
+                task = asyncio.get_running_loop().create_task(old.aclose())
+                self._closing.add(task)  # held until done: the loop keeps only a weak reference
+                task.add_done_callback(self._closing.discard)
         return self._http
 
     async def _call(
