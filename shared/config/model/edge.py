@@ -196,7 +196,7 @@ class DecisionCache(Spec):
     ttl: Duration = timedelta(seconds=30)
     deny_ttl: Duration = timedelta(seconds=5)
     key_headers: list[HeaderName] = Field(default_factory=lambda: ["authorization"])
-    max_entries: int = Field(default=10_000, ge=1)
+    max_entries: int = Field(default=10_000, ge=1, le=1_000_000)  # ~0.3 KB each: bounded memory
 
 
 class ExtAuthzSettings(Spec):
