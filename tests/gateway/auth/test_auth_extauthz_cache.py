@@ -387,3 +387,12 @@ def test_without_a_cache_every_request_is_checked(server: AuthServer) -> None:
 
     run(main())
     assert server.calls == 5
+
+
+def test_max_entries_in_a_policy_is_bounded() -> None:
+    from pydantic import ValidationError
+
+    ok = ExtAuthzSettings.model_validate({"url": "http://a", "cache": {"maxEntries": 1_000_000}})
+    assert ok.cache is not None and ok.cache.max_entries == 1_000_000
+    with pytest.raises(ValidationError, match="less than or equal to 1000000"):
+        ExtAuthzSettings.model_validate({"url": "http://a", "cache": {"maxEntries": 1_000_001}})
