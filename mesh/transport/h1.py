@@ -18,8 +18,9 @@ from mesh.transport.h1parse import (
     decode_headers,
     response_head,
 )
-from mesh.transport.h1pool import IDEMPOTENT_METHODS, READ_CHUNK, H1Pool, UpstreamError
+from mesh.transport.h1pool import IDEMPOTENT_METHODS, H1Pool, UpstreamError
 from mesh.transport.messages import Headers, Request, Response, error_response, strip_hop_by_hop
+from shared.http1 import READ_CHUNK
 
 log = logging.getLogger("meshgate.transport.h1")
 

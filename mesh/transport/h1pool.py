@@ -13,16 +13,12 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
-import httptools
-
 from mesh.transport.h1parse import TOKEN, decode_headers, encode_head
 from mesh.transport.messages import Headers, Request, Response, strip_hop_by_hop
+from shared.http1 import READ_CHUNK, ResponseError, ResponseParse
 
 log = logging.getLogger("meshgate.transport.h1")
 
-READ_CHUNK = 65536
-#: A response head larger than this is refused (``upstream_reset``), as h11's default did at 16 KiB.
-MAX_HEAD_BYTES = 65536
 
 #: Methods an HTTP client may repeat on its own (RFC 9110 section 9.2.2).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -46,117 +42,16 @@ def request_head(method: str, target: str, headers: Headers) -> bytes:
     return encode_head(f"{method} {target} HTTP/1.1", _REQUEST_LINE, headers)
 
 
-class _Parse:
-    """httptools callbacks for one response; ``feed`` raises UpstreamError on a broken response."""
+class _Parse(ResponseParse):
+    """The shared response parser; a broken response is the app's ``upstream_reset``."""
 
-    __slots__ = (
-        "chunks",
-        "complete",
-        "extra",
-        "head_bytes",
-        "head_done",
-        "head_only",
-        "headers",
-        "keep_alive",
-        "parser",
-        "pending_head",
-        "status",
-        "trailer_bytes",
-    )
+    __slots__ = ()
 
-    def __init__(self, head_only: bool) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.head_only = head_only  # a response to HEAD: no body whatever its headers say
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.chunks: list[bytes] = []
-        self.head_done = False
-        self.complete = False
-        self.extra = False  # bytes past the response: the connection is not reused
-        self.head_bytes = 0
-        self.trailer_bytes = 0
-        self.pending_head = 0
-        self.status = 0
-        self.keep_alive = False
-
-    # -- httptools callbacks -------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self.complete:  # a message after the response: dropped, and the connection with it
-            self.extra = True
-            return
-        self.headers = []
-        self.head_bytes = 0
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:
-            return
-        if self.head_done:  # a trailer of a chunked body: dropped (trailers of apps come over h2c),
-            self.trailer_bytes += len(name) + len(value) + 4  # and bounded like the head
-            if self.trailer_bytes > MAX_HEAD_BYTES:
-                raise UpstreamError(
-                    "upstream_reset", f"the app's response trailers exceed {MAX_HEAD_BYTES} bytes"
-                )
-            return
-        self.head_bytes += len(name) + len(value) + 4
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        if self.complete:
-            return
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise UpstreamError("upstream_reset", f"the app's response head exceeds {MAX_HEAD_BYTES} bytes")
-        status = self.parser.get_status_code()
-        if status == 101:
-            raise UpstreamError("upstream_reset", "the app switched protocols (101) on a proxied request")
-        if status >= 200:
-            self.status = status
-            self.head_done = True
-            if self.head_only:
-                self.complete = True
-                self.keep_alive = self.parser.should_keep_alive()
-
-    def on_body(self, body: bytes) -> None:
-        if self.complete:  # a body for HEAD, or one after the response
-            self.extra = True
-            return
-        self.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        if self.status:  # a final response (1xx heads end their own message and are dropped)
-            if not self.complete:
-                self.keep_alive = self.parser.should_keep_alive()  # reset once the message ends
-            self.complete = True
-
-    # -------------------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        """Parse ``data``; bytes past a complete response only mark the connection unusable."""
-        if not self.head_done:
-            self.pending_head += len(data)  # a head that never ends is cut off, however it arrives
-            if self.pending_head > MAX_HEAD_BYTES + READ_CHUNK:
-                raise UpstreamError(
-                    "upstream_reset", f"the app's response head exceeds {MAX_HEAD_BYTES} bytes"
-                )
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, UpstreamError):
-                raise exc.__context__ from None
-            raise UpstreamError("upstream_reset", f"the app broke the response: {exc}") from exc
-        except httptools.HttpParserError as exc:
-            if self.complete:
-                self.extra = True
-                return
-            raise UpstreamError("upstream_reset", f"the app sent a malformed response: {exc}") from exc
-
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.extra
-
-    def close_delimited(self) -> bool:
-        """No Content-Length and not chunked: the body ends when the app closes (RFC 9112 6.3)."""
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
-                return False
-        return True
+            super().feed(data)
+        except ResponseError as exc:
+            raise UpstreamError("upstream_reset", f"the app's answer: {exc}") from exc
 
 
 class _Conn:

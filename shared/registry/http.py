@@ -4,9 +4,10 @@ handshake and before the first byte of a request is written.
 
 Why not httpx: a sidecar makes a heartbeat every few seconds and holds one long poll; httpx (with
 httpcore, anyio, h11 and, when installed, click and pygments for its command line) added ~4 MB of
-resident memory and two worker threads to every sidecar for that. The parser is llhttp (httptools),
-which the data path already uses. Proxies from the environment are not used: the control plane is
-dialled directly, whatever ``HTTP_PROXY`` says (apps in the mesh set it to the sidecar itself).
+resident memory and two worker threads to every sidecar for that. Responses are parsed by
+``shared.http1.ResponseParse``, the parser of the sidecar's app pool. Proxies from the environment
+are not used: the control plane is dialled directly, whatever ``HTTP_PROXY`` says (apps in the mesh
+set it to the sidecar itself).
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ import json as jsonlib
 import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httptools
+from shared.http1 import MAX_HEAD_BYTES, READ_CHUNK, ResponseError, ResponseParse
 
 __all__ = ["HttpClient", "HttpError", "HttpResponse"]
 
-MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a whole configuration snapshot of a large mesh fits many times
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-_READ = 64 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: What a request target may hold as it is; anything else (space, CR, LF, non-ASCII) is percent-encoded.
 _TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
@@ -41,15 +40,6 @@ class HttpError(Exception):
 
 class _StaleConnection(Exception):
     """A reused connection ended before any byte of the response."""
-
-
-def _feed_error(exc: Exception) -> HttpError:
-    cause = exc.__context__
-    if isinstance(cause, HttpError):
-        return cause
-    if isinstance(exc, httptools.HttpParserUpgrade):
-        return HttpError("the server switched protocols (101) on a plain request")
-    return HttpError(f"malformed response: {exc}")
 
 
 @dataclass
@@ -69,71 +59,6 @@ class HttpResponse:
     def text(self) -> str:
         """The body as text (undecodable bytes replaced)."""
         return self.content.decode("utf-8", "replace")
-
-
-class _Stop(Exception):
-    """Raised from a parser callback: bytes after the response (never parsed into it)."""
-
-
-@dataclass
-class _Parsed:
-    status: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: list[bytes] = field(default_factory=list)
-    size: int = 0
-    head_size: int = 0
-    done: bool = False
-    limit: int = MAX_BODY_BYTES
-    keep_body: bool = True  # False: the body is counted against no limit and dropped
-    head_only: bool = False  # the answer to HEAD: no body, whatever its head announces
-    keep_alive: bool = False
-    head_done: bool = False
-    extra: bool = False  # bytes followed the response: the connection is not reused
-    parser: Any = None
-
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        if self.done:
-            self.extra = True
-            raise _Stop
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value)
-        if self.head_size > MAX_HEAD_BYTES:
-            raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
-        if not self.head_done:  # after the head: chunked trailers, dropped
-            self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        if self.status < 200:  # an interim response: its head is dropped, the final one follows
-            self.headers.clear()
-            return
-        self.head_done = True
-        if self.head_only:
-            self.done = True  # llhttp would wait for the body the head announces
-            self.extra = True  # and cannot be told where it ends: no reuse
-
-    def on_body(self, data: bytes) -> None:
-        if not self.keep_body:
-            return
-        self.size += len(data)
-        if self.size > self.limit:
-            raise HttpError(f"response body over {self.limit} bytes")
-        self.body.append(data)
-
-    def on_message_complete(self) -> None:
-        if not self.head_done or self.done:
-            return
-        self.done = True
-        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()  # reset after this
-
-    def close_delimited(self) -> bool:
-        """Neither Content-Length nor chunked: the body ends with the connection."""
-        return not any(
-            name == "content-length" or (name == "transfer-encoding" and "chunked" in value.lower())
-            for name, value in self.headers
-        )
 
 
 class _Conn:
@@ -275,16 +200,6 @@ class HttpClient:
             conn.abort()
         return None
 
-    @staticmethod
-    def _feed(parser: Any, parsed: _Parsed, data: bytes) -> None:
-        try:
-            parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            if parsed.done:  # bytes after the response: it stands, the connection is not reused
-                parsed.extra = True
-                return
-            raise _feed_error(exc) from exc
-
     async def _connect(self) -> _Conn:
         try:
             reader, writer = await asyncio.open_connection(
@@ -308,27 +223,35 @@ class HttpClient:
         return conn
 
     async def _send(self, conn: _Conn, method: str, wire: bytes) -> HttpResponse:
-        parsed = _Parsed(limit=self.max_body, keep_body=self.keep_body, head_only=method == "HEAD")
-        parser = parsed.parser = httptools.HttpResponseParser(parsed)
+        parse = ResponseParse(head_only=method == "HEAD")
+        body: list[bytes] = []
+        size = 0
         first = not conn.used
         conn.used = True
         got = 0
         try:
             conn.writer.write(wire)
             await conn.writer.drain()
-            while not parsed.done:
-                data = await conn.reader.read(_READ)
+            while not parse.complete:
+                data = await conn.reader.read(READ_CHUNK)
                 if not data:
                     if got == 0 and not first:
                         raise _StaleConnection
-                    if not (parsed.head_done and parsed.close_delimited()):
+                    if not (parse.head_done and parse.close_delimited()):
                         raise HttpError("connection closed in the middle of a response")
-                    break  # a body delimited by the end of the connection (RFC 9112 section 6.3)
+                    parse.extra = True  # a body delimited by the end of the connection (RFC 9112 6.3)
+                    break
                 got += len(data)
-                if not parsed.head_done and got > MAX_HEAD_BYTES + _READ:
-                    # llhttp gathers a header line whole before its callback: count what is fed
-                    raise HttpError(f"response head over {MAX_HEAD_BYTES} bytes")
-                self._feed(parser, parsed, data)
+                parse.feed(data)
+                if parse.chunks:
+                    size += sum(len(chunk) for chunk in parse.chunks)
+                    if self.keep_body:
+                        if size > self.max_body:
+                            raise HttpError(f"response body over {self.max_body} bytes")
+                        body += parse.chunks
+                    parse.chunks.clear()
+        except ResponseError as exc:
+            raise HttpError(str(exc)) from exc
         except (ConnectionResetError, BrokenPipeError) as exc:
             if got == 0 and not first:
                 raise _StaleConnection from exc
@@ -337,9 +260,9 @@ class HttpClient:
             raise HttpError(f"TLS error: {exc.reason or exc}") from exc
         except OSError as exc:
             raise HttpError(f"connection failed: {exc.strerror or exc}") from exc
-        response = HttpResponse(parsed.status, parsed.headers, b"".join(parsed.body), conn.ssl_object)
-        parsed.parser = None
-        if parsed.keep_alive and not parsed.extra and not self._closed and len(self._idle) < self.max_idle:
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in parse.headers]
+        response = HttpResponse(parse.status, headers, b"".join(body), conn.ssl_object)
+        if parse.reusable() and not self._closed and len(self._idle) < self.max_idle:
             self._idle.append(conn)
         else:
             await conn.aclose()

@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from mesh.transport.h1pool import MAX_HEAD_BYTES, H1Pool, UpstreamError, request_head
+from mesh.transport.h1pool import H1Pool, UpstreamError, request_head
 from mesh.transport.messages import Headers, Request
+from shared.http1 import MAX_HEAD_BYTES
 
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 #: An answer is written in one write (bytes) or piece by piece (tuple); None closes the connection.
