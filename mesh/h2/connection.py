@@ -1,4 +1,4 @@
-"""The ``h2.connection.H2Connection`` subclass the endpoint drives, with four narrow hooks.
+"""The ``h2.connection.H2Connection`` subclass the endpoint drives, with a few narrow hooks.
 
 h2 (pinned >= 4.4.1) keeps these internals stable; ``tests/mesh/h2`` pins each hook's behaviour:
 - ``_receive_frame``: h2's own logic minus its eager ``repr(frame)`` for a trace log (that repr
@@ -15,6 +15,8 @@ h2 (pinned >= 4.4.1) keeps these internals stable; ``tests/mesh/h2`` pins each h
 - hpack's module logger: it logs every header it codes at DEBUG (22 calls per proxied request and
   side, ~3% of a sidecar's CPU even with DEBUG off: each is a call and a level check); replaced by
   one that drops DEBUG, whatever the logging configuration. Header values (tokens) never reach a log.
+- ``encoder``: ``MeshEncoder`` (``encoder.py``): no Huffman coding, and no indexing of values that
+  rarely repeat (request and trace ids, ``:path``...).
 - ``MAX_CLOSED_STREAMS``: h2 remembers how each of the last 65,536 closed streams ended (~130
   bytes each: ~8.5 MiB per connection and side, which a long-lived sidecar connection fills in
   minutes and which looked like a leak in the soak test); here the last 1,024.
@@ -36,6 +38,7 @@ from h2.stream import H2Stream
 from hpack.exceptions import HPACKError
 from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
+from .encoder import MeshEncoder
 from .errors import ErrorCode
 
 __all__ = ["HookedConnection"]
@@ -70,6 +73,7 @@ class HookedConnection(H2Connection):
 
     def __init__(self, config: H2Configuration) -> None:
         super().__init__(config=config)
+        self.encoder = MeshEncoder()
         self.collected: list[Event] = []
 
     @property
