@@ -1,8 +1,11 @@
-"""Sidecar data-plane benchmark, one invocation, three paths to the same app (nginx, 1 KiB body):
+"""Sidecar data-plane benchmark, one invocation, four paths to the same app (nginx, 1 KiB body):
 
 - meshgate: h2load (HTTP/1.1) -> outbound sidecar -> mTLS HTTP/2 -> inbound sidecar -> app
 - nghttpx pair (reference): h2load -> nghttpx (plaintext in, TLS h2 out with a client certificate)
   -> nghttpx (TLS in, client certificate verified) -> app; one worker each, as our sidecars have one core
+- floor: h2load -> bench/floor.py outbound -> mTLS HTTP/2 -> bench/floor.py inbound -> app: the same
+  libraries as our sidecars (uvloop, httptools, h2, ssl) with none of their features, to tell what
+  CPython and the libraries cost from what our code adds
 - direct: h2load -> app
 
 Reports the throughput ratio to the nghttpx pair, the latency each proxy pair adds at a fixed
@@ -235,15 +238,17 @@ def start_gateway(
     return proc, port
 
 
-def reference_certificates(stack: Stack, prefix: str, *names: str) -> dict[str, tuple[Path, Path]]:
-    """A private CA (its root in ``root.pem``) and, for each of ``names``, a certificate chain and key
-    (SPIFFE ID ``prefix-name``): name -> (chain file, key file)."""
+def reference_certificates(
+    stack: Stack, prefix: str, *names: str, root: str = "root.pem"
+) -> dict[str, tuple[Path, Path]]:
+    """A private CA (its root in ``root``, under the stack's folder) and, for each of ``names``, a
+    certificate chain and key (SPIFFE ID ``prefix-name``): name -> (chain file, key file)."""
     from cryptography.hazmat.primitives import serialization
 
     from shared.identity.ca import CertificateAuthority, chain_pem
     from shared.identity.spiffeid import workload_id
 
-    ca = CertificateAuthority.init(stack.tmp / "ref-ca", TD)
+    ca = CertificateAuthority.init(stack.tmp / f"{prefix}-ca", TD)
     files = {}
     for name in names:
         chain, key = ca.issue(workload_id(TD, f"{prefix}-{name}"))
@@ -254,7 +259,7 @@ def reference_certificates(stack: Stack, prefix: str, *names: str) -> dict[str, 
             )
         )
         files[name] = (stack.tmp / f"{name}.pem", stack.tmp / f"{name}.key")
-    (stack.tmp / "root.pem").write_bytes(ca.bundle().to_pem().encode())
+    (stack.tmp / root).write_bytes(ca.bundle().to_pem().encode())
     return files
 
 
@@ -323,6 +328,46 @@ def start_nghttpx_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
     return front, [f.pid, b.pid]
 
 
+def start_floor_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
+    """bench/floor.py's two roles: the same libraries as our sidecar pair, none of its features."""
+    files = reference_certificates(stack, "floor", "floor-out", "floor-in", root="floor-root.pem")
+    out, inb = free_port(), free_port()
+    common = ["--ca", str(stack.tmp / "floor-root.pem")]
+    floor = str(Path(__file__).resolve().parent / "floor.py")
+    i = stack.start(
+        "floor-in",
+        sys.executable,
+        floor,
+        "inbound",
+        "--listen",
+        f"127.0.0.1:{inb}",
+        "--app",
+        f"127.0.0.1:{app_port}",
+        "--cert",
+        str(files["floor-in"][0]),
+        "--key",
+        str(files["floor-in"][1]),
+        *common,
+    )
+    o = stack.start(
+        "floor-out",
+        sys.executable,
+        floor,
+        "outbound",
+        "--listen",
+        f"127.0.0.1:{out}",
+        "--peer",
+        f"127.0.0.1:{inb}",
+        "--cert",
+        str(files["floor-out"][0]),
+        "--key",
+        str(files["floor-out"][1]),
+        *common,
+    )
+    wait(lambda: ok(f"http://127.0.0.1:{out}/"), what="floor pair")
+    return out, [i.pid, o.pid]
+
+
 def h2load(url: str, *args: str, host: str | None = None) -> str:
     argv = ["h2load", "--h1", *args]
     if host:
@@ -374,18 +419,25 @@ def main() -> int:
         wait(lambda: ok(f"http://127.0.0.1:{app}/"), what="nginx")
         mg_port, sidecars = start_meshgate(stack, app)
         ref_port, ref_pids = start_nghttpx_pair(stack, app)
+        floor_port, floor_pids = start_floor_pair(stack, app)
         targets = {
             "direct": (f"http://127.0.0.1:{app}/bench", None),
             "meshgate": (f"http://127.0.0.1:{mg_port}/bench", None),
             "nghttpx": (f"http://127.0.0.1:{ref_port}/bench", None),
+            "floor": (f"http://127.0.0.1:{floor_port}/bench", None),
         }
+        proxies = {"meshgate": sidecars, "nghttpx": ref_pids, "floor": floor_pids}
         results: dict[str, dict[str, float]] = {}
         for name, (url, host) in targets.items():  # throughput, closed loop
             h2load(url, "-n", "2000", "-c", "8", host=host)  # warm-up: connections, sessions, caches
+            pids = proxies.get(name, [])
+            before = [process_cpu(p) for p in pids]
             out = h2load(url, "-c", str(args.connections), "-D", str(args.seconds), "-t", "1", host=host)
+            after = [process_cpu(p) for p in pids]
             rps, good, failed = throughput(out)
-            results[name] = {"rps": rps, "ok": good, "failed": failed}
-            print(f"throughput {name:9s} {rps:10.0f} req/s  ({good} ok, {failed} failed)")
+            cpu = [round((a - b) / max(good, 1) * 1000, 3) for a, b in zip(after, before, strict=True)]
+            results[name] = {"rps": rps, "ok": good, "failed": failed, "cpu_closed": max(cpu, default=0.0)}
+            print(f"throughput {name:9s} {rps:10.0f} req/s  ({good} ok, {failed} failed; cpu s/1000 {cpu})")
         rate_clients = 10
         # A fixed 1,000 requests/s from 10 clients at 100/s each, in two arrival patterns:
         # "even": the clients start 1 ms apart (h2load -r 1 --rate-period 1ms), so one request
@@ -399,7 +451,7 @@ def main() -> int:
         for pattern, timing in patterns.items():
             for name, (url, host) in targets.items():
                 log = tmp / f"{name}-{pattern}.tsv"
-                pids = sidecars if name == "meshgate" else ref_pids if name == "nghttpx" else []
+                pids = proxies.get(name, [])
                 before = [process_cpu(p) for p in pids]
                 h2load(
                     url,
@@ -439,7 +491,7 @@ def main() -> int:
                 )
     finally:
         stack.stop()
-    d, m, n = results["direct"], results["meshgate"], results["nghttpx"]
+    d, m, n, f = results["direct"], results["meshgate"], results["nghttpx"], results["floor"]
     figures = {
         "ratio_vs_nghttpx": round(m["rps"] / n["rps"], 3) if n["rps"] else None,
         "added_p50_ms": round(m["p50"] - d["p50"], 3),
@@ -454,6 +506,12 @@ def main() -> int:
         "nghttpx_added_p90_ms_bursts": round(n["p90_bursts"] - d["p90_bursts"], 3),
         "cpu_s_per_1000_bursts": round(m["cpu_per_1000_bursts"], 3),
         "nghttpx_cpu_s_per_1000": round(n["cpu_per_1000"], 3),
+        "floor_ratio_vs_nghttpx": round(f["rps"] / n["rps"], 3) if n["rps"] else None,
+        "floor_added_p90_ms": round(f["p90"] - d["p90"], 3),
+        "floor_cpu_s_per_1000": round(f["cpu_per_1000"], 3),
+        "floor_rss_mb": round(f["rss_mb"], 1),
+        "cpu_s_per_1000_closed_loop": m["cpu_closed"],
+        "floor_cpu_s_per_1000_closed_loop": f["cpu_closed"],
         "meshgate_rps": round(m["rps"]),
         "nghttpx_rps": round(n["rps"]),
         "direct_rps": round(d["rps"]),
