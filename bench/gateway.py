@@ -6,7 +6,10 @@ app (nginx returning 1 KiB), so that like is compared with like (an edge proxy p
 - meshgate plain: gateway route (default server, 1 worker) -> mTLS HTTP/2 -> the app's sidecar
   inbound -> app; also under granian and uvicorn (the server comparison of docs/gateway.md);
 - meshgate full: the same with API-key auth + Redis rate limit (never triggered) + 1% trace sampling;
-- hand-rolled: the Starlette + httpx proxy most Python teams write (uvicorn, 1 worker), straight to the app.
+- hand-rolled: the Starlette + httpx proxy most Python teams write (uvicorn, 1 worker), straight to the app;
+- floor: bench/floor.py's pair (HTTP/1.1 in -> mTLS HTTP/2 -> HTTP/1.1 to the app), the plain path's
+  shape built from the same libraries with no gateway or sidecar feature: what CPython and the libraries
+  alone cost.
 
 Last stdout line: {"plain_vs_reference": ..., "full_vs_reference": ..., "plain_vs_handrolled": ...}.
 Everything on 127.0.0.1; every run bounded by wrk's duration.
@@ -245,6 +248,7 @@ def main() -> int:
         gr_port, gr_pid = gateways["granian"]
         ref_port, ref_pids = start_reference(stack, app)
         hand_port, hand_pid = start_handrolled(stack, app)
+        floor_port, floor_pids = bm.start_floor_pair(stack, app)
         key = f"x-api-key: {API_KEY}"
         targets = {
             "direct": (f"http://127.0.0.1:{app}/x", (), []),
@@ -254,6 +258,7 @@ def main() -> int:
             "plain-uvicorn": (f"http://127.0.0.1:{uv_port}/plain/x", (), [uv_pid, sidecar_pid]),
             "plain-granian": (f"http://127.0.0.1:{gr_port}/plain/x", (), [gr_pid, sidecar_pid]),
             "handrolled": (f"http://127.0.0.1:{hand_port}/x", (), [hand_pid]),
+            "floor": (f"http://127.0.0.1:{floor_port}/x", (), floor_pids[::-1]),
         }
         for url, headers, _ in targets.values():
             wrk(url, 2, 8, *headers)  # warm-up: connections, sessions, caches
@@ -284,6 +289,7 @@ def main() -> int:
         "plain_vs_handrolled": round(results["plain"]["rps"] / results["handrolled"]["rps"], 2)
         if results["handrolled"]["rps"]
         else None,
+        "floor_vs_reference": round(results["floor"]["rps"] / ref, 3) if ref else None,
         **{f"{k.replace('-', '_')}_rps": round(v["rps"]) for k, v in results.items()},
         "failed": int(sum(v["failed"] for k, v in results.items() if k != "direct")),
     }
