@@ -38,6 +38,7 @@ class ResponseParse:
         "keep_alive",
         "parser",
         "pending_head",
+        "since_body",
         "status",
         "trailer_bytes",
     )
@@ -53,6 +54,7 @@ class ResponseParse:
         self.head_bytes = 0
         self.trailer_bytes = 0
         self.pending_head = 0
+        self.since_body = 0  # bytes fed after the head since a feed last delivered body bytes
         self.status = 0
         self.keep_alive = False
 
@@ -109,6 +111,8 @@ class ResponseParse:
             self.pending_head += len(data)  # a head that never ends is cut off, however it arrives
             if self.pending_head > MAX_HEAD_BYTES + READ_CHUNK:
                 raise ResponseError(f"response head over {MAX_HEAD_BYTES} bytes")
+        in_body = self.head_done and not self.complete
+        chunks = len(self.chunks)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -120,6 +124,12 @@ class ResponseParse:
                 self.extra = True
                 return
             raise ResponseError(f"malformed response: {exc}") from exc
+        if in_body and not self.complete:
+            # httptools holds a trailer field (or chunk framing junk) until it ends: bounded like a
+            # head, counted from the last feed that delivered body bytes
+            self.since_body = 0 if len(self.chunks) > chunks else self.since_body + len(data)
+            if self.since_body > MAX_HEAD_BYTES + READ_CHUNK:
+                raise ResponseError(f"response trailers or chunk framing over {MAX_HEAD_BYTES} bytes")
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.extra

@@ -85,6 +85,7 @@ class RequestParser:
         self._overhead = 0  # bytes fed into the current body that were not body: framing, trailers
         self._body = 0
         self._body_total = 0  # body bytes over the connection's life (for the head bound above)
+        self._since_body = 0  # bytes fed inside a body since a feed last delivered body bytes
         self._began = False
         self.error: H1ParseError | None = None
         self.upgraded = False  # llhttp paused at an upgrade: nothing more is parsed
@@ -127,7 +128,7 @@ class RequestParser:
         self._queue.append(msg)
         self._pending_head = 0
         self._size = 0
-        self._overhead = self._body = 0
+        self._overhead = self._body = self._since_body = 0
 
     def on_body(self, body: bytes) -> None:
         if self._building is not None:
@@ -184,13 +185,17 @@ class RequestParser:
         if self.error is None and self._pending_head > self.max_header_bytes:
             self._fail(H1ParseError("header block too large", 431))
         building = self._building
-        if (
-            self.error is None
-            and building is not None
-            and building.head is not None
-            and self._overhead > self.max_header_bytes + 8 * self._body
-        ):  # chunk framing and trailers are bounded too: httptools buffers a field until it ends
-            self._fail(H1ParseError("chunk framing or trailer fields too large", 431))
+        if self.error is None and building is not None and building.head is not None:
+            # chunk framing and trailers are bounded too. In all: by the head limit plus 8 bytes per
+            # body byte (1-byte chunks); and since the last body byte, by the head limit (to within a
+            # read), because httptools holds a trailer field until it ends: a trailer line after a
+            # large body must not grow to a multiple of that body
+            self._since_body = 0 if self._body_total > body_before else self._since_body + len(data)
+            if (
+                self._overhead > self.max_header_bytes + 8 * self._body
+                or self._since_body > self.max_header_bytes
+            ):
+                self._fail(H1ParseError("chunk framing or trailer fields too large", 431))
 
     def _fail(self, error: H1ParseError) -> None:
         """Keep ``error`` for :meth:`next`. A request whose head was queued but whose head or body

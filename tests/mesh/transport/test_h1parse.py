@@ -248,6 +248,31 @@ def test_endless_chunk_framing_is_431(start: bytes, piece: bytes) -> None:
     assert info.value.status == 431 and parser.error is info.value and not msg.complete
 
 
+def test_a_trailer_line_after_a_large_body_is_bounded_by_the_head_limit() -> None:
+    # httptools holds a field until it ends: after 1 MiB of body, a trailer line must not be allowed
+    # to grow to a multiple of the body (the framing allowance), only to about the head limit
+    parser, msg = _parse(CHUNKED, limit=1024)
+    for _ in range(64):
+        parser.feed(b"4000\r\n" + b"b" * 0x4000 + b"\r\n")
+    parser.feed(b"0\r\nX-T: ")
+    fed = 0
+    with pytest.raises(H1ParseError) as info:
+        while fed < 1 << 20:
+            parser.feed(b"v" * 512)
+            fed += 512
+    assert info.value.status == 431 and not msg.complete
+    assert fed <= 2048, fed
+
+
+def test_a_body_trickled_in_small_pieces_is_not_mistaken_for_trailers() -> None:
+    parser, msg = _parse(CHUNKED, limit=1024)
+    parser.feed(b"10000\r\n")  # one 64 KiB chunk, fed a byte at a time below
+    for _ in range(0x10000):
+        parser.feed(b"c")
+    parser.feed(b"\r\n0\r\n\r\n")
+    assert parser.error is None and msg.complete and sum(map(len, msg.chunks)) == 0x10000
+
+
 def test_small_chunks_without_extensions_are_fine() -> None:
     parser, msg = _parse(CHUNKED, limit=1024)
     for _ in range(2000):
