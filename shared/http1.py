@@ -129,7 +129,8 @@ class ResponseParse:
             # head, counted from the last feed that delivered body bytes
             self.since_body = 0 if len(self.chunks) > chunks else self.since_body + len(data)
             if self.since_body > MAX_HEAD_BYTES + READ_CHUNK:
-                raise ResponseError(f"response trailers or chunk framing over {MAX_HEAD_BYTES} bytes")
+                bound = MAX_HEAD_BYTES + READ_CHUNK
+                raise ResponseError(f"response trailers or chunk framing: over {bound} bytes without body")
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.extra

@@ -29,6 +29,7 @@ __all__ = [
     "ClientInfo",
     "H1Pool",
     "H1Server",
+    "RequestBodyError",
     "RequestHead",
     "UpgradeHandler",
     "UpstreamError",
@@ -271,6 +272,9 @@ class H1Server:
         try:
             response = await self.handler(request, info)
         except Exception:
+            if body.error is not None:  # the client's fault, not ours: its answer, then close
+                await self._refuse(writer, body.error.status, str(body.error), reader, event.method)
+                return False
             log.exception("handler failed for %s %s", request.method, target)
             response = error_response(500, "internal_error", "internal error in the sidecar")
         # the parser stops at an upgrade it was not asked to follow: answer, then close
@@ -355,13 +359,22 @@ class H1Server:
         return keep
 
 
+class RequestBodyError(ConnectionError):
+    """The request body broke while a handler read it: the client closed, or framed it wrongly;
+    ``status`` is the answer (400, 431) when no response has begun."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class _RequestBody:
     """The body of a request, read from the connection as the handler pulls it. With ``expect`` (the
     client sent ``Expect: 100-continue``) the first read that needs bytes not yet arrived sends
     ``100 Continue`` first, unless the response has begun (``responding``): an interim response
     then would land inside it."""
 
-    __slots__ = ("_expect", "_msg", "_parser", "_reader", "_timeout", "_writer", "responding")
+    __slots__ = ("_expect", "_msg", "_parser", "_reader", "_timeout", "_writer", "error", "responding")
 
     def __init__(
         self,
@@ -379,6 +392,7 @@ class _RequestBody:
         self._timeout = timeout
         self._expect = expect
         self.responding = False
+        self.error: RequestBodyError | None = None  # why the body broke, once it did
 
     def __aiter__(self) -> _RequestBody:
         return self
@@ -400,11 +414,15 @@ class _RequestBody:
             async with asyncio.timeout(self._timeout):
                 data = await self._reader.read(READ_CHUNK)
             if not data:
-                raise ConnectionError("client closed the connection mid-body")
+                raise self._broken("client closed the connection mid-body", 400)
             parser = self._parser
             try:
                 parser.feed(data)
             except H1ParseError as exc:
-                raise ConnectionError(f"malformed request body: {exc}") from exc
+                raise self._broken(f"malformed request body: {exc}", exc.status) from exc
             if parser.error is not None and not msg.complete:  # never more bytes for this body
-                raise ConnectionError(f"malformed request: {parser.error}")
+                raise self._broken(f"malformed request: {parser.error}", parser.error.status)
+
+    def _broken(self, message: str, status: int) -> RequestBodyError:
+        self.error = RequestBodyError(message, status)
+        return self.error

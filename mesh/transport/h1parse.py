@@ -153,7 +153,9 @@ class RequestParser:
         if self.error is not None or self.upgraded or not data:
             return
         building = self._building
-        if building is None or building.head is None:
+        started_in = building
+        in_body = building is not None and building.head is not None  # this feed begins in its body
+        if not in_body:
             self._pending_head += len(data)
         else:
             self._overhead += len(data)
@@ -189,8 +191,10 @@ class RequestParser:
             # chunk framing and trailers are bounded too. In all: by the head limit plus 8 bytes per
             # body byte (1-byte chunks); and since the last body byte, by the head limit (to within a
             # read), because httptools holds a trailer field until it ends: a trailer line after a
-            # large body must not grow to a multiple of that body
-            self._since_body = 0 if self._body_total > body_before else self._since_body + len(data)
+            # large body must not grow to a multiple of that body. Only feeds that began inside this
+            # request's body count (not the bytes of its head, nor of requests before it).
+            if in_body and building is started_in:
+                self._since_body = 0 if self._body_total > body_before else self._since_body + len(data)
             if (
                 self._overhead > self.max_header_bytes + 8 * self._body
                 or self._since_body > self.max_header_bytes

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 from collections.abc import Awaitable, Callable
+
+import pytest
 
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server, UpstreamError
 from mesh.transport.messages import Request, Response, body_of
@@ -156,3 +159,33 @@ def test_a_header_block_dribbled_slower_than_the_header_timeout_is_cut_off() -> 
     data, elapsed = run(go())  # type: ignore[misc]
     assert elapsed < 1.5
     assert data == b"" or data.startswith(b"HTTP/1.1 408")
+
+
+def test_a_body_broken_while_the_handler_reads_it_gets_its_status_not_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that reads the whole body (as the mesh client does for a replayable request) and
+    fails because the client framed it wrongly: the client gets the parser's answer (431 for an
+    endless trailer line), and the server logs no error."""
+
+    async def go() -> bytes:
+        server, port = await _serve(_echo)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"3\r\nabc\r\n0\r\nX-T: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(64):
+                writer.write(b"v" * 4096)
+                await writer.drain()
+        data = await reader.read()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return data
+
+    with caplog.at_level(logging.DEBUG, logger="meshgate.transport.h1"):
+        data = run(go())
+    assert isinstance(data, bytes) and data.startswith(b"HTTP/1.1 431"), data[:80]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -264,6 +264,33 @@ def test_a_trailer_line_after_a_large_body_is_bounded_by_the_head_limit() -> Non
     assert fed <= 2048, fed
 
 
+@pytest.mark.parametrize(("limit", "head", "trailer"), [(65536, 40_000, 26_000), (8192, 7_000, 1_500)])
+def test_the_head_does_not_count_against_the_trailer_bound(limit: int, head: int, trailer: int) -> None:
+    pad = b"X-Pad: " + b"p" * (head - len(CHUNKED) - 9) + b"\r\n"
+    parser, msg = _parse(CHUNKED[:-2] + pad + b"\r\n", limit=limit)
+    parser.feed(b"0\r\n")
+    parser.feed(b"X-T: " + b"v" * trailer)
+    parser.feed(b"\r\n\r\n")
+    assert parser.error is None and msg.complete
+
+
+def test_pipelined_requests_before_a_chunked_one_do_not_count_against_its_trailer_bound() -> None:
+    gets = GET * (60_000 // len(GET))
+    filler = 65536 - len(gets) - len(CHUNKED) - len(b"X-F: \r\n")
+    post = CHUNKED[:-2] + b"X-F: " + b"f" * filler + b"\r\n\r\n"
+    assert len(gets + post) == 65536  # one full read
+    parser = RequestParser(65536)
+    parser.feed(gets + post)
+    parser.feed(b"5\r\n")
+    parser.feed(b"hello\r\n0\r\n\r\n")
+    for _ in range(len(gets) // len(GET)):
+        msg = parser.next()
+        assert msg is not None and msg.complete
+        parser.done()
+    msg = parser.next()
+    assert parser.error is None and msg is not None and msg.complete and msg.chunks == [b"hello"]
+
+
 def test_a_body_trickled_in_small_pieces_is_not_mistaken_for_trailers() -> None:
     parser, msg = _parse(CHUNKED, limit=1024)
     parser.feed(b"10000\r\n")  # one 64 KiB chunk, fed a byte at a time below
