@@ -29,11 +29,14 @@ from http import HTTPStatus
 from typing import cast
 
 import h2.config
-import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import httptools
 import uvloop
+from h2.settings import SettingCodes
+
+from mesh.h2.connection import HookedConnection
 
 Headers = list[tuple[bytes, bytes]]
 HOP = frozenset(
@@ -45,8 +48,10 @@ REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
-def h2_connection(client_side: bool) -> h2.connection.H2Connection:
-    return h2.connection.H2Connection(
+def h2_connection(client_side: bool) -> HookedConnection:
+    """The h2 connection class Meshgate's core drives (``mesh/h2/connection.py``: its HPACK encoder, no
+    per-frame repr, no hpack debug calls, 1,024 remembered closed streams), with the same flags."""
+    return HookedConnection(
         h2.config.H2Configuration(
             client_side=client_side,
             header_encoding=None,
@@ -84,7 +89,12 @@ class H2Peer(asyncio.Protocol):
         if tls is None or tls.selected_alpn_protocol() != "h2":
             transport.close()
             return
-        self.h2.initiate_connection()
+        conn = self.h2
+        conn.local_settings = h2.settings.Settings(  # Meshgate's windows: 1 MiB per stream, 16 MiB in all
+            client=conn.config.client_side, initial_values={SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
+        )
+        conn.initiate_connection()
+        conn.increment_flow_control_window((1 << 24) - 65535)
         self.flush()
 
     def flush(self) -> None:
@@ -110,11 +120,14 @@ class H2Peer(asyncio.Protocol):
 
     def receive(self, data: bytes) -> list[h2.events.Event]:
         try:
-            return self.h2.receive_data(data)
+            self.h2.receive_data(data)  # the hooked connection collects the events
         except h2.exceptions.ProtocolError:
-            self.flush()  # h2 has queued a GOAWAY
+            self.flush()  # a protocol error: what is queued, then close
             self.transport.close()
             return []
+        finally:
+            events, self.h2.collected = self.h2.collected, []
+        return events
 
 
 # -- outbound: HTTP/1.1 in, HTTP/2 out -------------------------------------------------------------------
