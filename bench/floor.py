@@ -12,9 +12,9 @@ and response bodies are buffered whole before they are forwarded (the benchmark'
 requests are answered in order, trailers, Upgrade/CONNECT and absolute-form request targets are not
 supported, a lost connection to the peer answers its in-flight requests with 502.
 
-    .venv/bin/python bench/floor.py outbound --listen 127.0.0.1:PORT --peer 127.0.0.1:PORT \\
+    .venv/bin/python -P bench/floor.py outbound --listen 127.0.0.1:PORT --peer 127.0.0.1:PORT \\
         --cert CHAIN.pem --key KEY.pem --ca ROOT.pem
-    .venv/bin/python bench/floor.py inbound --listen 127.0.0.1:PORT --app 127.0.0.1:PORT \\
+    .venv/bin/python -P bench/floor.py inbound --listen 127.0.0.1:PORT --app 127.0.0.1:PORT \\
         --cert CHAIN.pem --key KEY.pem --ca ROOT.pem
 """
 

@@ -333,11 +333,11 @@ def start_floor_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
     files = reference_certificates(stack, "floor", "floor-out", "floor-in", root="floor-root.pem")
     out, inb = free_port(), free_port()
     common = ["--ca", str(stack.tmp / "floor-root.pem")]
-    floor = str(Path(__file__).resolve().parent / "floor.py")
+    # -P: bench/ not on sys.path, where this file (mesh.py) would shadow the package floor.py imports
+    floor = [sys.executable, "-P", str(Path(__file__).resolve().parent / "floor.py")]
     i = stack.start(
         "floor-in",
-        sys.executable,
-        floor,
+        *floor,
         "inbound",
         "--listen",
         f"127.0.0.1:{inb}",
@@ -351,8 +351,7 @@ def start_floor_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
     )
     o = stack.start(
         "floor-out",
-        sys.executable,
-        floor,
+        *floor,
         "outbound",
         "--listen",
         f"127.0.0.1:{out}",
