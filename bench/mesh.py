@@ -329,42 +329,33 @@ def start_nghttpx_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
 
 
 def start_floor_pair(stack: Stack, app_port: int) -> tuple[int, list[int]]:
-    """bench/floor.py's two roles: the same libraries as our sidecar pair, none of its features."""
-    files = reference_certificates(stack, "floor", "floor-out", "floor-in", root="floor-root.pem")
+    """bench/floor.py's two roles: the same libraries as our sidecar pair, none of its features; the
+    outbound's port and the pids (inbound first)."""
+    files = reference_certificates(stack, "floor", "outbound", "inbound", root="floor-root.pem")
     out, inb = free_port(), free_port()
-    common = ["--ca", str(stack.tmp / "floor-root.pem")]
     # -P: bench/ not on sys.path, where this file (mesh.py) would shadow the package floor.py imports
     floor = [sys.executable, "-P", str(Path(__file__).resolve().parent / "floor.py")]
-    i = stack.start(
-        "floor-in",
-        *floor,
-        "inbound",
-        "--listen",
-        f"127.0.0.1:{inb}",
-        "--app",
-        f"127.0.0.1:{app_port}",
-        "--cert",
-        str(files["floor-in"][0]),
-        "--key",
-        str(files["floor-in"][1]),
-        *common,
-    )
-    o = stack.start(
-        "floor-out",
-        *floor,
-        "outbound",
-        "--listen",
-        f"127.0.0.1:{out}",
-        "--peer",
-        f"127.0.0.1:{inb}",
-        "--cert",
-        str(files["floor-out"][0]),
-        "--key",
-        str(files["floor-out"][1]),
-        *common,
-    )
+    pids = []
+    for role, port, target in (("inbound", inb, ("--app", app_port)), ("outbound", out, ("--peer", inb))):
+        chain, key = files[role]
+        proc = stack.start(
+            f"floor-{role}",
+            *floor,
+            role,
+            "--listen",
+            f"127.0.0.1:{port}",
+            target[0],
+            f"127.0.0.1:{target[1]}",
+            "--cert",
+            str(chain),
+            "--key",
+            str(key),
+            "--ca",
+            str(stack.tmp / "floor-root.pem"),
+        )
+        pids.append(proc.pid)
     wait(lambda: ok(f"http://127.0.0.1:{out}/"), what="floor pair")
-    return out, [i.pid, o.pid]
+    return out, pids
 
 
 def h2load(url: str, *args: str, host: str | None = None) -> str:
