@@ -22,6 +22,7 @@ from mesh.h2 import (
     DataReceived,
     ErrorCode,
     H2Endpoint,
+    H2Error,
     HeaderListTooLarge,
     InformationalReceived,
     Limits,
@@ -105,6 +106,7 @@ class _Stream:
     task: asyncio.Task[None] | None = None
     headers_only: bool = False  # the peer ended the stream on its HEADERS (e.g. gRPC Trailers-Only)
     body_done: bool = False  # the consumer read the body to its end
+    expect: bool = False  # server side: the client waits for "100" before its body (Expect: 100-continue)
 
 
 def _text(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -419,6 +421,12 @@ class H2Protocol(asyncio.Protocol):
         """The next bytes of ``stream``'s body (acknowledged for flow control), None at its end;
         raises the StreamError that ended it."""
         chunks = stream.chunks
+        if stream.expect:  # the body is wanted and none has come: the client may send it now
+            stream.expect = False
+            if chunks.empty() and stream.stream_id in self.streams:
+                with contextlib.suppress(H2Error):
+                    self.endpoint.send_headers(stream.stream_id, [(b":status", b"100")])
+                self._flush()
         while True:
             item = chunks.get_nowait() if not chunks.empty() else await chunks.get()
             if item is _END:
@@ -488,6 +496,11 @@ class H2Protocol(asyncio.Protocol):
             stream.chunks.put_nowait(_END)
             if not stream.trailers.done():  # no body, so no trailers: nobody may wait for them
                 stream.trailers.set_result([])
+        elif any(k == "expect" and v.strip().lower() == "100-continue" for k, v in headers):
+            # RFC 9110 section 10.1.1: answered here with an interim 100 when the handler first needs
+            # body bytes that have not arrived (never when it answers without reading); not forwarded
+            stream.expect = True
+            headers = [(k, v) for k, v in headers if k != "expect"]
         request = Request(
             method=pseudo.get(":method", "GET"),
             path=pseudo.get(":path", "/"),
@@ -515,6 +528,7 @@ class H2Protocol(asyncio.Protocol):
             self._reset(sid, ErrorCode.INTERNAL_ERROR)
             return
         try:
+            stream.expect = False  # no interim response once the final one begins
             head = [(":status", str(response.status)), *strip_hop_by_hop(response.headers)]
             if response.headers_only:  # one HEADERS frame with END_STREAM (gRPC Trailers-Only)
                 self.endpoint.send_headers(sid, _raw(head), end_stream=True)
