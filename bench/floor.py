@@ -1,6 +1,8 @@
-"""The floor reference for bench/mesh.py: a proxy pair built from the same libraries as a Meshgate sidecar
-pair (uvloop, asyncio Protocols, httptools, h2, ssl) with none of its features, so that a sidecar's
-per-request CPU can be split into what CPython + these libraries cost and what our own code adds.
+"""The floor reference for bench/mesh.py and bench/gateway.py: a proxy pair built from the same parts as a
+Meshgate sidecar pair (uvloop, asyncio Protocols, httptools, ssl, and h2 through the connection class our
+core drives, ``mesh/h2/connection.py``, with Meshgate's windows) with none of its features, so that a
+sidecar's per-request CPU can be split into what CPython + these libraries cost and what our code adds.
+Run with ``-P``: bench/ holds a ``mesh.py`` that would shadow the ``mesh`` package.
 
 - outbound: plaintext HTTP/1.1 keep-alive in (httptools); every request becomes an HTTP/2 stream on ONE
   long-lived TLS 1.3 connection to the peer (ALPN h2, client certificate, server verified against --ca);
