@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -149,6 +147,9 @@ def run_loop(coro: Any) -> Any:
 
 def cmd_wait_ready(args: argparse.Namespace) -> int:
     """Exit 0 once ``ADMIN/readyz`` answers 200; 1 after the timeout."""
+    import urllib.error  # here, not at the top: a sidecar process never needs urllib.request (~2 MB)
+    import urllib.request
+
     deadline = time.monotonic() + args.timeout
     url = args.admin.rstrip("/") + "/readyz"
     while time.monotonic() < deadline:
