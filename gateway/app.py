@@ -215,10 +215,12 @@ async def _send(
 ) -> None:
     """Response head, then the body as it comes (more_body until the declared length or the end), then
     the trailers when the server carries them."""
+    # hop-by-hop fields go, but for "connection: close" (only the gateway's own answers carry one:
+    # an HTTP/2 upstream cannot): the server then closes after a request the gateway refused
     raw = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in (*response.headers, *extra)
-        if k not in HOP_BY_HOP and not k.startswith(":")
+        if (k not in HOP_BY_HOP or (k == "connection" and v == "close")) and not k.startswith(":")
     ]
     trailers = response.trailers if trailers_ok and not response.headers_only else None
     start: dict[str, Any] = {"type": "http.response.start", "status": response.status, "headers": raw}

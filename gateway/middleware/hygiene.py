@@ -29,7 +29,7 @@ from shared.policy.paths import normalize_path
 
 #: Headers a client could use to impersonate someone, or to pass for the mesh: never taken from outside.
 IDENTITY_PREFIXES = ("x-meshgate-",)
-IDENTITY_HEADERS = frozenset({"x-forwarded-client-cert", "x-request-id", "forwarded"})
+IDENTITY_HEADERS = frozenset({"x-forwarded-client-cert", "x-request-id", "forwarded", "x-real-ip"})
 #: What ``Connection`` may not remove: the gateway reads these itself.
 PROTECTED = frozenset({"host", "content-length", "authorization"})
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
@@ -114,8 +114,14 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         return _bad("conflicting Content-Length headers")
     if lengths and not _DIGITS.fullmatch(next(iter(lengths))):
         return _bad("malformed Content-Length")
-    if encodings and [e.strip().lower() for e in ",".join(encodings).split(",")][-1] != "chunked":
-        return _bad("unsupported Transfer-Encoding")
+    codings = [e.strip().lower() for e in ",".join(encodings).split(",")] if encodings else []
+    if codings and (codings[-1] != "chunked" or codings.count("chunked") > 1):
+        return _bad("unsupported Transfer-Encoding")  # RFC 9112 section 6.1: the length is unknown
+    if codings and codings != ["chunked"]:
+        # RFC 9112 section 6.1: a coding before chunked (gzip, chunked) is not implemented here
+        response = local_error(501, "bad_request", "unsupported Transfer-Encoding")
+        response.headers.append(("connection", "close"))
+        return response
     named = {
         token.strip().lower()
         for key, value in headers
@@ -128,6 +134,10 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     for key, value in headers:
         if key in HOP_BY_HOP or key in named or key == "host" or key in FORWARDED or key == "expect":
             continue  # Expect: for this hop only (HTTP/1.1: our server sends 100 when the body is read)
+        if "_" in key:  # apps that map names CGI-style (x_meshgate_peer -> HTTP_X_MESHGATE_PEER) must
+            dashed = key.replace("_", "-")  # not see look-alikes of the identity headers set here
+            if dashed in IDENTITY_HEADERS or dashed in FORWARDED or dashed.startswith(IDENTITY_PREFIXES):
+                continue
         if key in IDENTITY_HEADERS or key.startswith(IDENTITY_PREFIXES):
             continue
         kept.append((key, value))

@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from mesh.transport.h1parse import (
     H1ParseError,
@@ -66,6 +67,17 @@ UpgradeHandler = Callable[
 ]
 
 
+def _target_fits(method: bytes, target: str) -> bool:
+    """The request target's form suits the method (RFC 9112 section 3.2)."""
+    if target.startswith("/"):
+        return True
+    if target == "*":
+        return method == b"OPTIONS"
+    if method == b"CONNECT":
+        return True
+    return target[:8].lower().startswith(("http://", "https://"))
+
+
 def _wants_websocket(headers: Headers) -> bool:
     upgrade = any(k == "upgrade" and "websocket" in v.lower() for k, v in headers)
     connection = any(k == "connection" and "upgrade" in v.lower() for k, v in headers)
@@ -73,6 +85,7 @@ def _wants_websocket(headers: Headers) -> bool:
 
 
 LINGER_SECONDS = 1.0
+_STATUSES = frozenset(s.value for s in HTTPStatus)
 LINGER_BYTES = 1024 * 1024
 
 
@@ -206,7 +219,9 @@ class H1Server:
         drained for a moment first (a lingering close, RFC 9112 section 9.6): closing with data unread
         makes the kernel send a reset, and the client would see that instead of our answer."""
         log.debug("refusing an HTTP/1.1 request with %d: %s", status, reason)
-        body = b"request timeout\n" if status == 408 else b"bad request\n"
+        body = (
+            (HTTPStatus(status).phrase.lower() + "\n").encode() if status in _STATUSES else b"bad request\n"
+        )
         with contextlib.suppress(Exception):
             out = response_head(status, [("content-length", str(len(body))), ("connection", "close")])
             writer.write(out if method == b"HEAD" else out + body)  # an answer to HEAD has no body
@@ -249,6 +264,13 @@ class H1Server:
             return False
         authority = hosts[0] if hosts else ""
         target = event.target.decode("latin-1")
+        if not _target_fits(event.method, target):
+            # RFC 9112 section 3.2: origin-form or absolute-form; "*" only for OPTIONS; authority-form
+            # only for CONNECT (which llhttp hands over as an upgrade)
+            await self._refuse(
+                writer, 400, f"request target {target[:64]!r} not allowed", reader, event.method
+            )
+            return False
         idle_timeout = self.idle_timeout
         # RFC 9110 section 10.1.1: a client that sent "Expect: 100-continue" waits (curl: 1 s) for
         # "100 Continue" before its body; it goes out when the handler first needs bytes of the body
@@ -277,6 +299,11 @@ class H1Server:
                 return False
             log.exception("handler failed for %s %s", request.method, target)
             response = error_response(500, "internal_error", "internal error in the sidecar")
+        if body.error is not None:  # the handler answered a broken body (ASGI: a disconnect): ours wins
+            if response.on_close is not None:
+                response.on_close()
+            await self._refuse(writer, body.error.status, str(body.error), reader, event.method)
+            return False
         # the parser stops at an upgrade it was not asked to follow: answer, then close
         keep = event.keep_alive and not event.upgrade and not self.draining
         body.responding = True
@@ -297,6 +324,8 @@ class H1Server:
     ) -> bool:
         """Write ``response``; True when it was framed whole and the connection may stay open."""
         status = response.status
+        if any(k == "connection" and "close" in v.lower() for k, v in response.headers):
+            keep = False  # the handler asks for the close (the gateway after a request it refused)
         out_headers = strip_hop_by_hop(response.headers)
         bodyless = event.method == b"HEAD" or status in (204, 304) or status < 200
         declared: int | None = None
@@ -361,7 +390,7 @@ class H1Server:
 
 class RequestBodyError(ConnectionError):
     """The request body broke while a handler read it: the client closed, or framed it wrongly;
-    ``status`` is the answer (400, 431) when no response has begun."""
+    ``status`` is the answer (400, 408, 413, 431, 501) when no response has begun."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
@@ -411,8 +440,11 @@ class _RequestBody:
                 self._expect = False
                 if not self.responding:
                     self._writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            async with asyncio.timeout(self._timeout):
-                data = await self._reader.read(READ_CHUNK)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    data = await self._reader.read(READ_CHUNK)
+            except TimeoutError:
+                raise self._broken(f"no request body bytes for {self._timeout:g}s", 408) from None
             if not data:
                 raise self._broken("client closed the connection mid-body", 400)
             parser = self._parser

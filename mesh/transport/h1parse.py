@@ -1,9 +1,19 @@
 """HTTP/1.1 requests off one connection, sans-IO, with httptools (llhttp, Node.js's C parser).
 
 llhttp is strict where request smuggling lives: it refuses Content-Length with Transfer-Encoding, two
-Content-Length fields, a Transfer-Encoding that does not end in ``chunked``, whitespace before a
-colon, obs-fold, bare LF and control characters in the target. What it accepts and HTTP/1.1 servers
-must still refuse (two Host fields, versions other than 1.0 and 1.1, oversized heads) the server checks.
+Content-Length fields, a Transfer-Encoding that does not end in ``chunked``, whitespace before a colon,
+obs-fold, bare LF and control characters in the target. This parser adds: 501 for a transfer coding
+before the final ``chunked`` (RFC 9112 section 6.1: ``gzip, chunked`` would reach the app as gzip bytes
+with nothing saying so), 400 for ``chunked`` twice, 400 for Transfer-Encoding in HTTP/1.0, 414 for a
+request target over the head limit, and trailing whitespace trimmed from field values (RFC 9110 section
+5.5; llhttp trims only the leading). What it accepts and HTTP/1.1 servers must still refuse (two Host
+fields, versions other than 1.0 and 1.1, oversized heads) the server checks.
+
+Upgrades: llhttp stops parsing after any head with ``Upgrade`` and ``Connection: upgrade`` (its body
+left unparsed) and after CONNECT. Only CONNECT and a WebSocket handshake (GET) are followed (the
+server decides what to do with them); any other ``Upgrade`` (``h2c`` from ``curl --http2``, an
+unknown protocol) is ignored, as RFC 9110 section 7.8 allows: the request, with its body, is parsed
+on by a fresh llhttp parser and served like any other.
 
 Requests are parsed in order into :class:`Message` objects; pipelined requests queue up behind the
 current one (bounded: the server reads only while the current request is incomplete).
@@ -89,9 +99,12 @@ class RequestParser:
         self._began = False
         self.error: H1ParseError | None = None
         self.upgraded = False  # llhttp paused at an upgrade: nothing more is parsed
+        self._priming = False  # a fresh llhttp parser is reading the synthetic head of a declined upgrade
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._priming:
+            return
         self._began = True
         self._building = Message()
         self._url = []
@@ -99,10 +112,17 @@ class RequestParser:
         self._size = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._priming:
+            return
         self._url.append(url)
         self._size += len(url)
+        if self._size > self.max_header_bytes:
+            raise H1ParseError("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._priming:
+            return
+        value = value.rstrip(b" \t")
         self._size += len(name) + len(value) + 4
         if self._building is not None and self._building.head is not None:
             # a trailer field of a chunked body: counted, dropped (as h11 and most servers do)
@@ -112,10 +132,25 @@ class RequestParser:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            self._priming = False
+            return
         parser = self._parser
         msg = self._building
         assert msg is not None
         version = parser.get_http_version().encode("ascii")
+        codings = [
+            c.strip().lower()
+            for k, v in self._headers
+            if k.lower() == b"transfer-encoding"
+            for c in v.split(b",")
+        ]
+        if codings and version == b"1.0":
+            raise H1ParseError("Transfer-Encoding in an HTTP/1.0 request", 400)
+        if codings and (codings[-1] != b"chunked" or codings.count(b"chunked") > 1):
+            raise H1ParseError("Transfer-Encoding does not end in one chunked", 400)  # RFC 9112 6.1
+        if codings and codings != [b"chunked"]:
+            raise H1ParseError(f"transfer coding not supported: {b', '.join(codings).decode('latin-1')}", 501)
         msg.head = RequestHead(
             method=parser.get_method(),
             target=b"".join(self._url),
@@ -169,8 +204,11 @@ class RequestParser:
                 error = H1ParseError(f"malformed request: {exc}", 400)
             self._fail(error)
         except httptools.HttpParserUpgrade as exc:
-            self.upgraded = True
             offset = int(exc.args[0]) if exc.args else len(data)
+            if self._queue and not _followed(self._queue[-1]):
+                self._decline_upgrade(self._queue[-1], bytes(data[offset:]))
+                return
+            self.upgraded = True
             if self._queue:
                 self._queue[-1].leftover = bytes(data[offset:])
         except httptools.HttpParserInvalidMethodError as exc:
@@ -201,6 +239,32 @@ class RequestParser:
             ):
                 self._fail(H1ParseError("chunk framing or trailer fields too large", 431))
 
+    def _decline_upgrade(self, msg: Message, rest: bytes) -> None:
+        """Go on parsing after an upgrade that is not followed (see the module docstring): a fresh
+        llhttp parser, first fed a synthetic head with the request's own framing so that the bytes
+        after the head are read as its body, then the requests after it."""
+        head = msg.head
+        assert head is not None
+        head.upgrade = False
+        self._parser = httptools.HttpRequestParser(self)
+        names = {k.lower(): v for k, v in head.headers}
+        if b"transfer-encoding" in names:
+            framing = b"transfer-encoding: chunked"
+        elif names.get(b"content-length", b"0").strip() not in (b"", b"0"):
+            framing = b"content-length: " + names[b"content-length"].strip()
+        else:
+            framing = b""
+        if framing:  # llhttp skipped the body and called it complete: it is not
+            msg.complete = False
+            self._building = msg
+            self._priming = True
+            try:
+                self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+            except httptools.HttpParserError as exc:  # pragma: no cover - llhttp accepted this framing
+                self._fail(H1ParseError(f"malformed request: {exc}", 400))
+                return
+        self.feed(rest)
+
     def _fail(self, error: H1ParseError) -> None:
         """Keep ``error`` for :meth:`next`. A request whose head was queued but whose head or body
         then failed (llhttp judges Transfer-Encoding after the head) leaves the queue: it is never
@@ -228,6 +292,16 @@ class RequestParser:
         """The first request has been answered."""
         if self._queue:
             self._queue.popleft()
+
+
+def _followed(msg: Message) -> bool:
+    """An upgrade llhttp stopped at that the server may take: CONNECT, or a WebSocket handshake."""
+    head = msg.head
+    if head is None or head.method == b"CONNECT":
+        return True
+    return head.method == b"GET" and any(
+        k.lower() == b"upgrade" and b"websocket" in v.lower() for k, v in head.headers
+    )
 
 
 def decode_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:

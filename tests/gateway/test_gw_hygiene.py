@@ -42,6 +42,9 @@ def refused(result: Exchange | Response) -> tuple[int, str | None]:
         ((("host", "a"), ("content-length", "+1")), 400),
         ((("host", "a"), ("transfer-encoding", "xchunked")), 400),
         ((("host", "a"), ("transfer-encoding", "chunked, gzip")), 400),
+        ((("host", "a"), ("transfer-encoding", "chunked, chunked")), 400),
+        ((("host", "a"), ("transfer-encoding", "gzip, chunked")), 501),  # RFC 9112 6.1: not implemented
+        ((("host", "a"), ("transfer-encoding", "identity"), ("transfer-encoding", "chunked")), 501),
     ],
 )
 def test_framing_and_host_violations_get_400(headers: tuple[tuple[str, str], ...], status: int) -> None:
@@ -123,3 +126,25 @@ def test_x_forwarded_for_counts_through_the_trusted_hops_only() -> None:
         HygieneSettings(trusted_hops=1),
     )
     assert isinstance(junk, Exchange) and junk.client_address == "10.0.0.5"
+
+
+def test_look_alikes_of_identity_headers_are_removed() -> None:
+    """Apps that map names CGI-style (``X_Meshgate_Peer`` and ``X-Meshgate-Peer`` both become
+    ``HTTP_X_MESHGATE_PEER``) must not see a client's underscore variant; nor a client's X-Real-IP."""
+    ex = check(
+        scope(
+            ("host", "a"),
+            ("x_meshgate_principal", "admin"),
+            ("X_Meshgate_Peer", "spiffe://x/ns/a/sa/b"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("x_request_id", "client-chosen"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x_custom", "kept"),
+        ),
+        HygieneSettings(),
+    )
+    assert isinstance(ex, Exchange)
+    names = [k.lower() for k, _ in ex.headers]
+    for gone in ("x_meshgate_principal", "x_meshgate_peer", "x_forwarded_for", "x_request_id", "x-real-ip"):
+        assert gone not in names, gone
+    assert ex.header("x_custom") == "kept"

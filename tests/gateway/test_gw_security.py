@@ -227,3 +227,35 @@ apiKey:
             return str(response.json()["path"])
 
     assert run(go()) == "/q/items?page=2&sort=asc"
+
+
+async def _until_closed(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Everything the server sends on a connection carrying ``data``, up to its close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("host", [b"", b"a,b", b"evil@orders"])
+def test_a_request_the_edge_refuses_closes_the_connection(tmp_path: Path, host: bytes) -> None:
+    """STANDARDS: 400 and close. The request pipelined behind a refused one never reaches the service
+    (it did: the gateway's ``connection: close`` was dropped as a hop-by-hop header)."""
+
+    async def go() -> bytes:
+        async with edge(tmp_path, POLICY) as gw:
+            server = await serve(gw.http._transport.app, "127.0.0.1", 0)  # type: ignore[attr-defined]
+            port = server.sockets[0].getsockname()[1]
+            try:
+                pipelined = b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n"
+                return await _until_closed(
+                    port, b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" + pipelined
+                )
+            finally:
+                server.close()
+
+    out = run(go())
+    assert out.startswith(b"HTTP/1.1 400") and b"connection: close" in out.lower()
+    assert out.count(b"HTTP/1.1 ") == 1, out  # nothing answered for /after: it was never read

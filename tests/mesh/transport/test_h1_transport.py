@@ -189,3 +189,95 @@ def test_a_body_broken_while_the_handler_reads_it_gets_its_status_not_a_500(
         data = run(go())
     assert isinstance(data, bytes) and data.startswith(b"HTTP/1.1 431"), data[:80]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _exchange_raw(server: asyncio.Server, data: bytes, *, wait: float = 5.0) -> bytes:
+    """Send ``data`` on a new connection and read until the server closes it (at most ``wait`` s)."""
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        out = await asyncio.wait_for(reader.read(), wait)
+    except TimeoutError:
+        out = b"(still open)"
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    return out
+
+
+def test_curl_offering_h2c_with_a_body_is_served_with_its_body() -> None:
+    """``curl --http2`` on http:// sends ``Upgrade: h2c`` with its POST; the upgrade is declined
+    (RFC 9110 section 7.8) and the body reaches the handler (it was lost: a 503 or an empty body)."""
+
+    async def go() -> str:
+        server, port = await _serve(_echo)
+        proc = await asyncio.create_subprocess_exec(
+            "curl", "-s", "--http2", "-H", "x-test: curl", "--data-binary", "hello",
+            f"http://127.0.0.1:{port}/up", stdout=subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        server.close()
+        await server.wait_closed()
+        return out.decode()
+
+    assert run(go()) == "POST /up 5 curl\nhello"
+
+
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [(b"GET *", b"400"), (b"GET example.com:80", b"400"), (b"OPTIONS *", b"200")],
+)
+def test_a_request_target_of_the_wrong_form_is_400_not_500(
+    target: bytes, status: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def go() -> bytes:
+        server, _ = await _serve(_echo)
+        out = await _exchange_raw(server, target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        server.close()
+        await server.wait_closed()
+        return out
+
+    with caplog.at_level(logging.DEBUG, logger="meshgate.transport.h1"):
+        out = run(go())
+    assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 " + status), out[:60]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_body_that_stops_coming_gets_408_and_close(caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> bytes:
+        server = await asyncio.start_server(H1Server(_echo, idle_timeout=0.3), "127.0.0.1", 0)
+        out = await _exchange_raw(server, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        server.close()
+        await server.wait_closed()
+        return out
+
+    with caplog.at_level(logging.DEBUG, logger="meshgate.transport.h1"):
+        out = run(go())
+    assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 408"), out[:60]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_handler_answer_with_connection_close_closes_the_connection() -> None:
+    """The gateway refuses a request with ``connection: close``; a pipelined request behind it must
+    not be served (it was: the header was dropped as hop-by-hop and the connection kept)."""
+    seen: list[str] = []
+
+    async def handler(request: Request, info: ClientInfo) -> Response:
+        seen.append(request.path)
+        if request.path == "/bad":
+            return Response(400, [("connection", "close"), ("content-length", "0")], body_of(b""))
+        return await _echo(request, info)
+
+    async def go() -> bytes:
+        server, _ = await _serve(handler)
+        out = await _exchange_raw(
+            server, b"GET /bad HTTP/1.1\r\nHost: a\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        server.close()
+        await server.wait_closed()
+        return out
+
+    out = run(go())
+    assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 400") and b"connection: close" in out
+    assert seen == ["/bad"]

@@ -370,3 +370,84 @@ def test_response_head() -> None:
 def test_response_head_refuses_split_fields(name: str, value: str) -> None:
     with pytest.raises(ValueError):
         response_head(200, [("content-length", "0"), (name, value)])
+
+
+# -- found by the eighth session's review ------------------------------------------------------------
+def test_trailing_whitespace_is_not_part_of_a_field_value() -> None:
+    """RFC 9110 section 5.5: llhttp trims the leading whitespace only; an HTTP/2 hop refuses a value
+    that ends in one (it was a 500 before)."""
+    _, msg = _parse(b"POST / HTTP/1.1\r\nHost: x \r\nX-A: b\t\r\nContent-Length: 2 \r\n\r\nhi")
+    assert msg.head is not None
+    assert msg.head.headers == [(b"Host", b"x"), (b"X-A", b"b"), (b"Content-Length", b"2")]
+    assert msg.chunks == [b"hi"] and msg.complete
+
+
+@pytest.mark.parametrize("codings", [b"gzip, chunked", b"foo, chunked", b"identity, chunked"])
+def test_a_transfer_coding_before_chunked_is_501(codings: bytes) -> None:
+    """RFC 9112 section 6.1: the app would get the coded bytes with nothing saying so."""
+    parser = RequestParser()
+    with pytest.raises(H1ParseError) as info:
+        parser.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + codings + b"\r\n\r\n0\r\n\r\n")
+        parser.next()
+    assert info.value.status == 501
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["chunked-twice", "http-1.0"],
+)
+def test_faulty_chunked_framing_is_400(data: bytes) -> None:
+    parser = RequestParser()
+    with pytest.raises(H1ParseError) as info:
+        parser.feed(data)
+        parser.next()
+    assert info.value.status == 400
+
+
+def test_a_request_target_over_the_head_limit_is_414() -> None:
+    parser = RequestParser(1024)
+    with pytest.raises(H1ParseError) as info:
+        parser.feed(b"GET /" + b"a" * 2000)
+        parser.next()
+    assert info.value.status == 414
+
+
+@pytest.mark.parametrize(
+    ("head", "body"),
+    [
+        (
+            b"POST /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nContent-Length: 5\r\n\r\n",
+            b"hello",
+        ),
+        (
+            b"PUT /u HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ],
+    ids=["h2c-with-length", "foo-chunked"],
+)
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_an_upgrade_that_is_not_followed_is_served_with_its_body(head: bytes, body: bytes, step: int) -> None:
+    """RFC 9110 section 7.8: a server may ignore Upgrade. llhttp stops after such a head and left the
+    body unparsed (the app got an empty body, or a 503); now the body and the next request parse."""
+    parser, msg = _parse(head + body + GET, step=step)
+    assert msg.head is not None and not msg.head.upgrade and not parser.upgraded
+    assert b"".join(msg.chunks) == b"hello" and msg.complete and msg.leftover == b""
+    parser.done()
+    after = parser.next()
+    assert after is not None and after.head is not None and after.head.target == b"/a?b" and after.complete
+
+
+def test_an_upgrade_without_a_body_that_is_not_followed_leaves_the_next_request_parseable() -> None:
+    data = b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n" + GET
+    parser, msg = _parse(data)
+    assert msg.head is not None and not msg.head.upgrade and msg.complete and msg.chunks == []
+    parser.done()
+    after = parser.next()
+    assert after is not None and after.head is not None and after.head.target == b"/a?b"
