@@ -134,6 +134,8 @@ class AsgiBridge:
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
+            if head.cancelled():  # the client went away before the answer: nobody to send it to
+                return
             kind = message["type"]
             if kind == "http.response.start":
                 if head.done():
@@ -161,6 +163,9 @@ class AsgiBridge:
             try:
                 await self.app(scope, receive, send)
             except Exception as exc:
+                if head.cancelled():  # the client went away first: no answer, nothing to report
+                    log.debug("ASGI app for %s %s ended after the client left: %r", request.method, path, exc)
+                    return
                 log.exception("ASGI app failed for %s %s", request.method, path)
                 if head.done():
                     await chunks.put(exc)
@@ -384,7 +389,9 @@ async def serve(
     drain: Drain | None = None,
 ) -> asyncio.AbstractServer:
     """Listen on ``host:port``: HTTP/1.1 and HTTP/2 (TLS with ALPN, or h2c), all into ``app``;
-    ``drain.announce()`` later tells the connected clients to go (see mesh/transport/h2c.py Drain)."""
+    ``drain.announce()`` later tells the connected clients to go (see mesh/transport/h2c.py Drain).
+    HTTP/2 connections get serve_sniffing's timeouts: the inbound listener's 600 s idle, 300 s stalled
+    stream."""
     bridge = AsgiBridge(app, server=(host, port))
     # no extended CONNECT from clients: WebSockets arrive as HTTP/1.1 upgrades; a CONNECT stream would
     # otherwise reach the app as a request the gateway must refuse anyway

@@ -213,14 +213,16 @@ class H2Endpoint(Translator):
         return self._h2.pending
 
     def idle_streams(self, max_idle: float, *, waiting_only: bool = False) -> list[int]:
-        """Streams with no inbound activity for ``max_idle`` seconds (the caller resets them); with
-        ``waiting_only``, only those whose peer has not finished sending (a request body that stalls,
-        as opposed to a request waiting for a slow answer)."""
+        """Streams with nothing received and nothing sent for ``max_idle`` seconds (the caller resets
+        them); with ``waiting_only``, only those that wait on the peer: it has not finished sending (a
+        request body that stalls), or our response is begun and its window is shut (a peer that does
+        not read), as opposed to a request waiting for a slow answer."""
         now = self._clock()
         return [
             sid
             for sid, st in self._streams.items()
-            if now - st.last >= max_idle and not (waiting_only and st.remote_done)
+            if now - st.last >= max_idle
+            and not (waiting_only and st.remote_done and not (st.final_sent and self.window(sid) <= 0))
         ]
 
     # -- streams ------------------------------------------------------------------------------
@@ -285,6 +287,7 @@ class H2Endpoint(Translator):
             self._h2.send_headers(stream_id, _never_index(headers), end_stream=end_stream)
         except ProtocolError as exc:  # pragma: no cover - state checked above
             raise StreamClosedError(str(exc)) from exc
+        st.last = self._clock()
         if end_stream:
             self._local_done(stream_id, st)
 
@@ -314,6 +317,8 @@ class H2Endpoint(Translator):
                     h2.send_data(stream_id, view[off:stop], end_stream=done and stop == n)
         except ProtocolError as exc:  # pragma: no cover - state checked above
             raise StreamClosedError(str(exc)) from exc
+        if n:
+            st.last = self._clock()  # progress outbound (idle_streams)
         if done:
             self._local_done(stream_id, st)
         return n

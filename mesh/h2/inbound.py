@@ -53,7 +53,7 @@ class StreamState:
         self.local_done = False
         self.final_sent = False  # server: final response head sent (later headers are trailers)
         self.method = b""  # client: the request method (HEAD and CONNECT change body rules)
-        self.last = now
+        self.last = now  # last progress: bytes received or sent on the stream
 
 
 class Translator:
@@ -173,12 +173,14 @@ class Translator:
         sid: int = ev.stream_id
         st = self._streams.get(sid)
         length: int = ev.flow_controlled_length
+        data: bytes = ev.data
+        end = ev.stream_ended is not None
+        if length and not data and not end:  # padding only: as empty (the scanner saw no payload)
+            self._note(self._scanner.note_empty_data(now))
         if st is None:  # a stream we refused or reset: credit the connection window
             self._ack_quiet(sid, length)
             return
         st.last = now
-        data: bytes = ev.data
-        end = ev.stream_ended is not None
         if st.expected is not None:
             st.received += len(data)
             if st.received > st.expected or (end and st.received != st.expected):

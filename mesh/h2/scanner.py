@@ -45,6 +45,7 @@ class FrameScanner:
         "_block_frames",
         "_empty_data",
         "_in_block",
+        "_last_opened",
         "_limits",
         "_opened",
         "_partial",
@@ -69,6 +70,7 @@ class FrameScanner:
         self._in_block = False
         self._block_frames = 0
         self._block_bytes = 0
+        self._last_opened = 0  # highest stream id a HEADERS frame opened (server side)
         self._window_start = float("-inf")
         self._pings = self._settings = self._empty_data = 0
         self._window_updates = self._resets = self._refused = self._opened = 0
@@ -92,6 +94,18 @@ class FrameScanner:
         self._refused += 1
         if self._refused > self._limits.max_refused:
             return ErrorCodes.ENHANCE_YOUR_CALM, f"max_refused exceeded ({self._refused} refused streams)"
+        return None
+
+    def note_empty_data(self, now: float) -> Violation | None:
+        """Count a DATA frame whose payload was padding only (no data bytes, no END_STREAM): the
+        scanner does not read payloads, so the endpoint reports these; same limit as empty DATA."""
+        self._tick(now)
+        return self._count_empty_data()
+
+    def _count_empty_data(self) -> Violation | None:
+        self._empty_data += 1
+        if self._empty_data > self._limits.max_empty_data:
+            return ErrorCodes.ENHANCE_YOUR_CALM, f"max_empty_data exceeded ({self._empty_data})"
         return None
 
     def note_reset(self, now: float) -> Violation | None:
@@ -140,7 +154,9 @@ class FrameScanner:
             if ftype == _DATA and length and length <= max_frame and not slow:
                 pass
             elif ftype == _HEADERS and flags & _END_HEADERS and length <= max_block and not slow:
-                self._opened += 1
+                if sid > self._last_opened:
+                    self._opened += 1
+                    self._last_opened = sid
             else:
                 bad = frame(length, ftype, flags, sid)
                 if bad is not None:
@@ -181,11 +197,13 @@ class FrameScanner:
             return None
         if ftype == _DATA:
             if not length and not flags & _END_STREAM:
-                self._empty_data += 1
-                if self._empty_data > limits.max_empty_data:
-                    return ErrorCodes.ENHANCE_YOUR_CALM, f"max_empty_data exceeded ({self._empty_data})"
+                return self._count_empty_data()
         elif ftype in (_HEADERS, _PUSH_PROMISE):
-            self._opened += 1  # trailers count too: an upper bound on streams opened
+            if ftype == _HEADERS and sid > self._last_opened:
+                # a stream id above every earlier one opens a stream (RFC 9113 5.1.1); trailers and
+                # HEADERS on a stream already seen do not, so they cannot dilute the reset ratio
+                self._opened += 1
+                self._last_opened = sid
             if length > limits.max_header_block_bytes:
                 return (
                     ErrorCodes.ENHANCE_YOUR_CALM,

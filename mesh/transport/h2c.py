@@ -110,10 +110,12 @@ class _Sniffer(asyncio.Protocol):
         limits: Limits,
         tcp: TcpMode | None = None,
         drain: Drain | None = None,
+        timeouts: tuple[float | None, float | None] = (None, None),
     ) -> None:
         self.h1 = h1
         self.h2 = h2
         self.limits = limits
+        self.timeouts = timeouts  # HTTP/2: (connection idle, stream idle) seconds
         self.tcp = tcp
         self.drain = drain
         self.buffer = b""
@@ -142,7 +144,14 @@ class _Sniffer(asyncio.Protocol):
             async def handle(request: Request, _proto: H2Protocol) -> Response:
                 return await self.h2(request, info)
 
-            proto: asyncio.Protocol = H2Protocol(client_side=False, handler=handle, limits=self.limits)
+            idle, stream_idle = self.timeouts
+            proto: asyncio.Protocol = H2Protocol(
+                client_side=False,
+                handler=handle,
+                limits=self.limits,
+                idle_timeout=idle,
+                stream_idle_timeout=stream_idle,
+            )
             if self.drain is not None:
                 self.drain.h2.add(proto)  # type: ignore[arg-type]
         else:
@@ -171,18 +180,23 @@ async def serve_sniffing(
     max_header_bytes: int = 65536,
     raw_headers: bool = False,
     drain: Drain | None = None,
+    idle_timeout: float | None = 600.0,
+    stream_idle_timeout: float | None = 300.0,
 ) -> asyncio.Server:
     """A listener serving HTTP/1.1 and HTTP/2 with the same ``handler``, told apart by the HTTP/2
     preface (h2c with prior knowledge in plaintext; over TLS the preface follows ALPN h2); when
     ``tcp()`` returns a connection handler (the upstream is a TCP service), connections go to it as
     they are, unsniffed. ``raw_headers``: HTTP/1.1 requests reach ``handler`` with their hop-by-hop
-    headers (an edge that checks and strips them itself, see H1Server)."""
+    headers (an edge that checks and strips them itself, see H1Server). HTTP/2 connections close
+    after ``idle_timeout`` seconds without a stream and reset a stream stalled for
+    ``stream_idle_timeout`` seconds: the inbound listener's defaults (600 s and 300 s, Envoy's stream
+    idle timeout); HTTP/1.1 keeps H1Server's own timeouts."""
     h1 = H1Server(handler, upgrade=upgrade, max_header_bytes=max_header_bytes, raw_headers=raw_headers)
     if drain is not None:
         drain.h1.append(h1)
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: _Sniffer(h1, handler, limits or Limits(), tcp, drain),
+        lambda: _Sniffer(h1, handler, limits or Limits(), tcp, drain, (idle_timeout, stream_idle_timeout)),
         host,
         port,
         backlog=1024,

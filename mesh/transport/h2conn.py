@@ -76,6 +76,19 @@ class _Inbox:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def put_data(self, data: bytes, flow: int) -> None:
+        """Queue body bytes with their flow-controlled length as ``[data, flow]``; bytes that follow
+        bytes not yet taken join them in one buffer: memory in proportion to bytes, not frames."""
+        items = self._items
+        if items and type(last := items[-1]) is list:
+            buf = last[0]
+            if type(buf) is bytes:
+                buf = last[0] = bytearray(buf)
+            buf += data
+            last[1] += flow
+        else:
+            self.put_nowait([data, flow])
+
     def empty(self) -> bool:
         return not self._items
 
@@ -260,10 +273,10 @@ class H2Protocol(asyncio.Protocol):
             for sid in self.endpoint.idle_streams(self.stream_idle_timeout, waiting_only=True):
                 if sid in self._tunnels:
                     continue  # a tunnel may be quiet for as long as its protocol likes
-                log.info("stream %d sent nothing for %.0fs: reset", sid, self.stream_idle_timeout)
+                log.info("stream %d made no progress for %.0fs: reset", sid, self.stream_idle_timeout)
                 stream = self.streams.get(sid)
-                if stream is not None:
-                    self._fail(stream, StreamError("request body stalled", ErrorCode.CANCEL))
+                if stream is not None:  # a stalled request body, or a response the peer does not read
+                    self._fail(stream, StreamError("stream stalled", ErrorCode.CANCEL))
                     if stream.task is not None:
                         stream.task.cancel()
                 self._reset(sid, ErrorCode.CANCEL)
@@ -357,8 +370,10 @@ class H2Protocol(asyncio.Protocol):
             if stream is None:
                 self.endpoint.ack(event.stream_id, event.flow_controlled_length)
                 return
-            if event.data or event.flow_controlled_length:
-                stream.chunks.put_nowait((event.data, event.flow_controlled_length))
+            if event.data:
+                stream.chunks.put_data(event.data, event.flow_controlled_length)
+            elif event.flow_controlled_length:  # padding only: nothing to queue, window back now
+                self.endpoint.ack(event.stream_id, event.flow_controlled_length)
             if event.end_stream:
                 if not stream.trailers.done():
                     stream.trailers.set_result([])
@@ -439,7 +454,7 @@ class H2Protocol(asyncio.Protocol):
                 self.endpoint.ack(stream.stream_id, flow)
                 self._flush_soon()
             if data:
-                return data  # type: ignore[no-any-return]
+                return data if type(data) is bytes else bytes(data)
 
     async def _send_body(
         self,
@@ -585,7 +600,7 @@ class H2Protocol(asyncio.Protocol):
             self.endpoint.reset(sid, code)
         while stream is not None and not stream.chunks.empty():
             item = stream.chunks.get_nowait()
-            if isinstance(item, tuple) and item[1]:
+            if isinstance(item, list) and item[1]:
                 with contextlib.suppress(Exception):
                     self.endpoint.ack(sid, item[1])
         with contextlib.suppress(Exception):

@@ -308,3 +308,71 @@ def _localhost_cert(tmp: Path) -> tuple[Path, Path]:
         )
     )
     return cert_file, key_file
+
+
+def _h2c_post(port: int, *, reset_after: float | None = None) -> None:
+    """A raw h2c client: a POST head whose body never comes; RST_STREAM(CANCEL) after ``reset_after``."""
+    import socket
+    import time
+
+    import h2.config
+    import h2.connection
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "gw"), (":path", "/up")])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(conn.data_to_send())
+        if reset_after is not None:
+            time.sleep(reset_after)  # the app now waits for body bytes
+            conn.reset_stream(1)
+            sock.sendall(conn.data_to_send())
+        time.sleep(0.3)
+
+
+async def _reads_then_answers(scope, receive, send):  # type: ignore[no-untyped-def]
+    """Reads the body; answers 400 on a disconnect, as gateway/app.py does."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            await send({"type": "http.response.start", "status": 400, "headers": []})
+            await send({"type": "http.response.body", "body": b"client went away"})
+            return
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_h2_connections_get_the_idle_and_stream_idle_timeouts() -> None:
+    from mesh.transport.h2c import Drain
+
+    async def go() -> tuple[float | None, float | None, bool]:
+        drain = Drain()
+        server = await serve(_reads_then_answers, "127.0.0.1", 0, drain=drain)
+        port = server.sockets[0].getsockname()[1]
+        client = asyncio.ensure_future(asyncio.to_thread(_h2c_post, port))
+        for _ in range(100):
+            if list(drain.h2):
+                break
+            await asyncio.sleep(0.01)
+        (proto,) = list(drain.h2)
+        result = (proto.idle_timeout, proto.stream_idle_timeout, proto._timer is not None)
+        await client
+        server.close()
+        return result
+
+    assert run(go()) == (600.0, 300.0, True)
+
+
+def test_a_client_reset_mid_body_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> None:
+        server = await serve(_reads_then_answers, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await asyncio.to_thread(_h2c_post, port, reset_after=0.3)
+        await asyncio.sleep(0.1)
+        server.close()
+
+    with caplog.at_level("DEBUG"):
+        run(go())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 40 or r.exc_info] == []

@@ -173,6 +173,20 @@ def test_empty_data_flood() -> None:
     assert_calm(events, ep.data_to_send(), "max_empty_data")
 
 
+def test_padding_only_data_flood() -> None:
+    """DATA frames carrying only padding have no data bytes: they count as empty DATA."""
+    ep, ff = server()
+    assert names(ep.receive(ff.headers(1, POST))) == ["RequestReceived"]
+    events = ep.receive(b"".join(ff.data(1, pad=0) for _ in range(500)))
+    assert_calm(events, ep.data_to_send(), "max_empty_data")
+
+
+def test_padded_empty_data_ending_the_stream_is_not_counted() -> None:
+    ep, ff = server(Limits(max_empty_data=2))
+    wire = b"".join(ff.headers(sid, POST) + ff.data(sid, pad=3, end_stream=True) for sid in range(1, 12, 2))
+    assert names(ep.receive(wire)) == ["RequestReceived", "DataReceived"] * 6
+
+
 def test_window_update_flood() -> None:
     ep, ff = server(Limits(max_window_updates=50))
     events = ep.receive(b"".join(ff.window_update(0, 1) for _ in range(60)))
@@ -217,6 +231,31 @@ def test_idle_streams_are_reported() -> None:
     assert ep.idle_streams(30.0) == [1]
     ep.reset(1)
     assert ep.idle_streams(30.0) == []
+
+
+def test_a_response_held_by_a_shut_window_is_idle_but_a_slow_answer_is_not() -> None:
+    """With ``waiting_only``: a complete request whose response cannot move (the peer's window is 0)
+    counts once nothing was received or sent for ``max_idle``; one still waiting for its answer does
+    not; sending resets the idle time."""
+    clock = Clock()
+    ep = H2Endpoint(client_side=False, clock=clock)
+    ep.initiate()
+    ff = FrameFactory()
+    ep.receive(ff.client_start(initial_window_size=0) + ff.headers(1, end_stream=True))
+    ep.receive(ff.headers(3, end_stream=True))
+    clock.now += 20
+    ep.send_headers(1, [(b":status", b"200")])
+    assert ep.send_data(1, b"x" * 100) == 0
+    clock.now += 29
+    assert ep.idle_streams(30.0, waiting_only=True) == []
+    clock.now += 1
+    assert ep.idle_streams(30.0, waiting_only=True) == [1]
+    ep.receive(ff.window_update(1, 10))
+    assert ep.send_data(1, b"x" * 100) == 10
+    assert ep.idle_streams(30.0, waiting_only=True) == []
+    clock.now += 100
+    ep.receive(ff.window_update(3, 1000))
+    assert ep.idle_streams(30.0, waiting_only=True) == [1]  # stream 3 waits for its answer: not counted
 
 
 # -- flow-control abuse: exact RFC 9113 codes ----------------------------------------------------
