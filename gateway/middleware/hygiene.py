@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -104,6 +105,14 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     host_value = hosts[0].strip() if hosts else ""
     if not host_value:
         return _bad("missing Host header")
+    raw_path = scope.get("raw_path")
+    target = raw_path.decode("latin-1").split("?", 1)[0] if raw_path else str(scope.get("path") or "/")
+    if target[:8].lower().startswith(("http://", "https://")):
+        # absolute-form (RFC 9112 section 3.2.2): accepted; its authority replaces the Host field
+        parts = urlsplit(target)
+        if not parts.netloc:
+            return _bad("absolute-form request target without a host")
+        host_value, target = parts.netloc, parts.path or "/"
     if any(c in host_value for c in " /\\@\t") or "," in host_value:
         return _bad("malformed Host header")
     lengths = {v.strip() for k, v in headers if k == "content-length"}
@@ -154,8 +163,6 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
     elif ":" in host:
         host = host.rsplit(":", 1)[0]
     host = host.rstrip(".")  # api.example.com. is api.example.com
-    raw_path = scope.get("raw_path")
-    target = raw_path.decode("latin-1").split("?", 1)[0] if raw_path else str(scope.get("path") or "/")
     # one canonical path for routing, policy and the upstream (the policy engine's normalization:
     # percent-decoding once, dot segments, repeated and back slashes); ambiguous paths are refused,
     # so that /%61dmin or /x/../admin cannot reach /admin through another route

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -85,6 +86,9 @@ def _wants_websocket(headers: Headers) -> bool:
 
 
 LINGER_SECONDS = 1.0
+#: A Host value: a reg-name (unreserved and percent-encoded characters; no sub-delims, so no lists),
+#: an IPv4 address or an IP literal, and an optional port.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%]+)(?::[0-9]{0,5})?", re.ASCII)
 _STATUSES = frozenset(s.value for s in HTTPStatus)
 LINGER_BYTES = 1024 * 1024
 
@@ -263,6 +267,11 @@ class H1Server:
             await self.upgrade(event, reader, writer, msg.leftover, info)
             return False
         authority = hosts[0] if hosts else ""
+        if authority and not _HOST.fullmatch(authority):
+            # RFC 9112 section 3.2: 400 for an invalid Host value (uri-host [":" port]: no userinfo,
+            # spaces, slashes or lists)
+            await self._refuse(writer, 400, "malformed Host header", reader, event.method)
+            return False
         target = event.target.decode("latin-1")
         if not _target_fits(event.method, target):
             # RFC 9112 section 3.2: origin-form or absolute-form; "*" only for OPTIONS; authority-form

@@ -148,3 +148,13 @@ def test_look_alikes_of_identity_headers_are_removed() -> None:
     for gone in ("x_meshgate_principal", "x_meshgate_peer", "x_forwarded_for", "x_request_id", "x-real-ip"):
         assert gone not in names, gone
     assert ex.header("x_custom") == "kept"
+
+
+def test_an_absolute_form_target_is_accepted_and_its_authority_wins() -> None:
+    """RFC 9112 section 3.2.2: a server MUST accept the absolute form, and use its host, not Host's."""
+    absolute = scope(("host", "ignored.example"), path="http://API.example.com:8080/a/b")
+    ex = check(absolute, HygieneSettings())
+    assert isinstance(ex, Exchange)
+    assert (ex.host, ex.path) == ("api.example.com", "/a/b")
+    assert ex.header("x-forwarded-host") == "API.example.com:8080"
+    assert refused(check(scope(("host", "a"), path="http:///nohost"), HygieneSettings()))[0] == 400

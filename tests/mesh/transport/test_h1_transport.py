@@ -281,3 +281,39 @@ def test_a_handler_answer_with_connection_close_closes_the_connection() -> None:
     out = run(go())
     assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 400") and b"connection: close" in out
     assert seen == ["/bad"]
+
+
+@pytest.mark.parametrize("host", [b"evil@orders", b"orders,billing", b"a b", b"orders/x", b"orders:80:80"])
+def test_an_invalid_host_value_is_400(host: bytes) -> None:
+    """RFC 9112 section 3.2 (the outbound listener routed ``evil@orders`` to ``orders``)."""
+    seen: list[str] = []
+
+    async def handler(request: Request, info: ClientInfo) -> Response:
+        seen.append(request.authority)
+        return await _echo(request, info)
+
+    async def go() -> bytes:
+        server, _ = await _serve(handler)
+        out = await _exchange_raw(server, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        server.close()
+        await server.wait_closed()
+        return out
+
+    out = run(go())
+    assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 400"), out[:60]
+    assert seen == []
+
+
+@pytest.mark.parametrize("host", [b"orders", b"orders.mesh:8080", b"127.0.0.1:80", b"[::1]:8080", b"my_svc"])
+def test_valid_host_values_are_served(host: bytes) -> None:
+    async def go() -> bytes:
+        server, _ = await _serve(_echo)
+        out = await _exchange_raw(
+            server, b"GET / HTTP/1.1\r\nConnection: close\r\nHost: " + host + b"\r\n\r\n"
+        )
+        server.close()
+        await server.wait_closed()
+        return out
+
+    out = run(go())
+    assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 200"), out[:60]
