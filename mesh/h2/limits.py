@@ -22,6 +22,7 @@ class Limits:
     max_pings: int = 100
     max_settings: int = 100
     max_empty_data: int = 100
+    max_idle_frames: int = 1000  # PRIORITY, GOAWAY, unknown types (plus 100 per stream opened)
     max_window_updates: int = 10_000
     max_resets: int = 200
     max_refused: int = 200

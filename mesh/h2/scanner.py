@@ -44,6 +44,7 @@ class FrameScanner:
         "_block_bytes",
         "_block_frames",
         "_empty_data",
+        "_idle_frames",
         "_in_block",
         "_last_opened",
         "_limits",
@@ -74,12 +75,14 @@ class FrameScanner:
         self._window_start = float("-inf")
         self._pings = self._settings = self._empty_data = 0
         self._window_updates = self._resets = self._refused = self._opened = 0
+        self._idle_frames = 0
 
     def _tick(self, now: float) -> None:
         if now - self._window_start >= self._limits.window_seconds:
             self._window_start = now
             self._pings = self._settings = self._empty_data = 0
             self._window_updates = self._resets = self._refused = self._opened = 0
+            self._idle_frames = 0
 
     def _too_many_resets(self) -> bool:
         """Over ``max_resets`` in the window AND more than half of the streams opened in it were reset:
@@ -231,10 +234,16 @@ class FrameScanner:
         elif ftype == _SETTINGS:
             if flags & _ACK and length:
                 return ErrorCodes.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"
-            if not flags & _ACK:
-                self._settings += 1
-                if self._settings > limits.max_settings:
-                    return ErrorCodes.ENHANCE_YOUR_CALM, f"max_settings exceeded ({self._settings})"
+            self._settings += 1  # ACKs too: we send a few SETTINGS, so a flood of ACKs is unsolicited
+            if self._settings > limits.max_settings:
+                return ErrorCodes.ENHANCE_YOUR_CALM, f"max_settings exceeded ({self._settings})"
         elif ftype == _CONTINUATION:
             return ErrorCodes.PROTOCOL_ERROR, "CONTINUATION without an open header block"
+        else:
+            # PRIORITY (deprecated, RFC 9113 5.3.2), GOAWAY and unknown types: work for nothing.
+            # Budget: max_idle_frames, plus 100 per stream opened in the window (Envoy's per-stream
+            # PRIORITY allowance), so browsers that still send PRIORITY per stream pass
+            self._idle_frames += 1
+            if self._idle_frames > limits.max_idle_frames + 100 * self._opened:
+                return ErrorCodes.ENHANCE_YOUR_CALM, f"max_idle_frames exceeded ({self._idle_frames})"
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from h2_frames import POST, REQUEST, Clock, FrameFactory, names, of_type, parse_frames, raw_frame, server
 from hyperframe.frame import GoAwayFrame, PingFrame, RstStreamFrame, SettingsFrame
 
@@ -185,6 +186,32 @@ def test_padded_empty_data_ending_the_stream_is_not_counted() -> None:
     ep, ff = server(Limits(max_empty_data=2))
     wire = b"".join(ff.headers(sid, POST) + ff.data(sid, pad=3, end_stream=True) for sid in range(1, 12, 2))
     assert names(ep.receive(wire)) == ["RequestReceived", "DataReceived"] * 6
+
+
+def test_settings_ack_flood() -> None:
+    """Unsolicited SETTINGS ACKs count as SETTINGS (we send only a few)."""
+    ep, _ = server()
+    ack = raw_frame(0x4, 0x1, 0, b"")
+    assert_calm(ep.receive(ack * 150), ep.data_to_send(), "max_settings")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [raw_frame(0x2, 0, 3, bytes(5)), raw_frame(0xFA, 0, 0, b"x"), raw_frame(0xFA, 0, 1, b"")],
+    ids=["priority-idle-stream", "unknown-type", "unknown-type-on-a-stream"],
+)
+def test_frames_that_do_nothing_are_capped(frame: bytes) -> None:
+    """PRIORITY on idle streams and unknown frame types cost work and do nothing (RFC 9113 5.5 says
+    ignore unknown types, not ignore them without end)."""
+    ep, _ = server(Limits(max_idle_frames=50))
+    assert_calm(ep.receive(frame * 60), ep.data_to_send(), "max_idle_frames")
+
+
+def test_priority_per_stream_within_the_allowance_is_fine() -> None:
+    """A browser that sends a PRIORITY frame or a few per stream is not cut off."""
+    ep, ff = server(Limits(max_idle_frames=10))
+    wire = b"".join(ff.headers(sid, REQUEST) + ff.priority(sid) * 3 for sid in range(1, 101, 2))
+    assert names(ep.receive(wire)) == ["RequestReceived"] * 50
 
 
 def test_window_update_flood() -> None:
