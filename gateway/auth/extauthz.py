@@ -23,8 +23,11 @@ The answer
       as ``anonymous`` carrying ``x-meshgate-ext-authz-failed: true``. Failures are never cached.
 
 The decision cache (``cache:``)
-    Keyed by the SHA-256 of provider name, method, host, path and query, the values of
-    ``keyHeaders`` and, with ``includeBody``, the body: list every header the service decides on.
+    Keyed by the SHA-256 of provider name, method, host, path and query, the values of every header
+    the check request carries (``authorization`` and the ``allowedRequestHeaders``) plus any other
+    ``keyHeaders``, and, with ``includeBody``, the body. So a cached answer is only reused for a
+    request the service would have seen the same way (a key of ``authorization`` alone let a cookie
+    session's allow answer a request without the cookie).
     Allows live ``ttl``, denials ``denyTtl``; concurrent identical requests share one check.
 """
 
@@ -125,6 +128,10 @@ class ExtAuthzAuthenticator:
         self._base = base
         self._base_path = base.raw_path.split(b"?", 1)[0].decode("ascii").rstrip("/")
         self._request_headers = frozenset(settings.allowed_request_headers) - _HOP
+        # the cache key: every header the service sees, then any other keyHeaders (see the docstring)
+        seen = ["authorization", *sorted(self._request_headers - {"authorization"})]
+        extra = settings.cache.key_headers if settings.cache is not None else []
+        self._key_headers = tuple(dict.fromkeys([*seen, *extra]))
         self._upstream_headers = frozenset(settings.allowed_upstream_headers) - _HOP
         self._client_headers = (frozenset(settings.allowed_client_headers) | set(_ALWAYS_TO_CLIENT)) - _HOP
         self.cache: DecisionCache | None = None
@@ -164,7 +171,7 @@ class ExtAuthzAuthenticator:
     def _cache_key(self, request: EdgeRequest, body: bytes) -> str:
         assert self.settings.cache is not None
         parts = [self.name, request.method, request.host, request.path, request.query]
-        for name in self.settings.cache.key_headers:
+        for name in self._key_headers:
             values = [value for key, value in request.headers if key == name]
             parts.append(f"{name}:{len(values)}")
             parts.extend(values)

@@ -95,6 +95,8 @@ class JwtAuthenticator:
         value = value.strip()
         if self.settings.header != "authorization":
             return value or None
+        if not value:
+            return None  # "Authorization:" with nothing: no credentials of ours (was a 500)
         scheme, *rest = value.split(None, 1)
         if scheme.lower() != "bearer":
             return None  # Basic, DPoP, ...: another provider's credentials

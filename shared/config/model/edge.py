@@ -191,7 +191,9 @@ class ApiKeySettings(Spec):
 
 
 class DecisionCache(Spec):
-    """Cache ext_authz answers: ``ttl`` for allows, ``denyTtl`` for denials, keyed by ``keyHeaders``."""
+    """Cache ext_authz answers: ``ttl`` for allows, ``denyTtl`` for denials. The key always holds every
+    header sent to the service (``authorization`` and ``allowedRequestHeaders``); ``keyHeaders`` adds
+    others."""
 
     ttl: Duration = timedelta(seconds=30)
     deny_ttl: Duration = timedelta(seconds=5)

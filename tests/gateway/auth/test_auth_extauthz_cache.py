@@ -291,20 +291,28 @@ def test_each_authorization_path_method_and_query_is_its_own_entry(server: AuthS
     assert server.calls == 6
 
 
-def test_key_headers_choose_what_the_key_is_made_of(server: AuthServer) -> None:
+def test_the_key_holds_every_header_the_service_sees_plus_key_headers(server: AuthServer) -> None:
+    """authorization and allowedRequestHeaders are always in the key (the service decides on them);
+    keyHeaders adds others. (With keyHeaders alone, a second Authorization got the first one's allow.)"""
     config = settings(
-        server.url, keyHeaders=["x-api-key", "x-tenant"], extra={"allowedRequestHeaders": ["x-api-key"]}
+        server.url, keyHeaders=["x-tenant"], extra={"allowedRequestHeaders": ["x-api-key", "cookie"]}
     )
 
     async def main() -> None:
         auth = ExtAuthzAuthenticator("authz", config)
         try:
             await auth.authenticate(edge(headers=[("x-api-key", "k1"), ("authorization", "Bearer a")]))
+            await auth.authenticate(edge(headers=[("x-api-key", "k1"), ("authorization", "Bearer a")]))
+            assert server.calls == 1
             await auth.authenticate(edge(headers=[("x-api-key", "k1"), ("authorization", "Bearer b")]))
-            assert server.calls == 1  # authorization is not a key header here
-            await auth.authenticate(edge(headers=[("x-api-key", "k2")]))
-            await auth.authenticate(edge(headers=[("x-api-key", "k1"), ("x-tenant", "t")]))
+            assert server.calls == 2  # authorization is sent, so it is keyed
+            await auth.authenticate(edge(headers=[("x-api-key", "k2"), ("authorization", "Bearer a")]))
             assert server.calls == 3
+            session = [("authorization", "Bearer a"), ("x-api-key", "k1"), ("cookie", "s=alice")]
+            await auth.authenticate(edge(headers=session))
+            assert server.calls == 4  # a cookie session is not the cookie-less request's decision
+            await auth.authenticate(edge(headers=[*session, ("x-tenant", "t")]))
+            assert server.calls == 5  # keyHeaders add to the key
         finally:
             await auth.close()
 

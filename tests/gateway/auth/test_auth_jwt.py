@@ -104,9 +104,12 @@ def test_where_the_token_is_read_from() -> None:
             request([("authorization", "Bearer")]),
             request([("authorization", "Bearer   ")]),
             request([("x-token", token)]),  # not the configured header
+            request([("authorization", "")]),  # an empty header: no credentials (was a 500)
+            request([("authorization", " \t ")]),
         ]
     )
     assert verdicts[0] == Verdict.absent()
+    assert verdicts[8] == verdicts[9] == Verdict.absent()
     assert all(v.identity is not None for v in verdicts[1:4]), [v.reason for v in verdicts[1:4]]
     assert verdicts[4] == Verdict.absent()  # another scheme: another provider's business
     assert_rejected(verdicts[5], "empty bearer token")
