@@ -54,6 +54,7 @@ class ApiKeyAuthenticator:
         self, name: str, settings: ApiKeySettings, *, redis: redis.asyncio.Redis | None = None
     ) -> None:
         self.name = name
+        self.owned_headers: frozenset[str] = frozenset()
         self.settings = settings
         self._redis = redis
         self._static: dict[str, str] = {}

@@ -93,6 +93,9 @@ class Authenticator(Protocol):
     """One configured AuthProvider."""
 
     name: str
+    #: Headers this provider sets upstream when it accepts (claims to headers, ext_authz's allowed
+    #: upstream headers): removed from the client's request whichever provider of the route accepts.
+    owned_headers: frozenset[str]
 
     async def authenticate(self, request: EdgeRequest) -> Verdict:
         """Judge ``request``; never raises for bad input or a dead dependency (that is a verdict)."""

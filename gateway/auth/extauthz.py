@@ -133,6 +133,7 @@ class ExtAuthzAuthenticator:
         extra = settings.cache.key_headers if settings.cache is not None else []
         self._key_headers = tuple(dict.fromkeys([*seen, *extra]))
         self._upstream_headers = frozenset(settings.allowed_upstream_headers) - _HOP
+        self.owned_headers = self._upstream_headers
         self._client_headers = (frozenset(settings.allowed_client_headers) | set(_ALWAYS_TO_CLIENT)) - _HOP
         self.cache: DecisionCache | None = None
         if settings.cache is not None:

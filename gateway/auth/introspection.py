@@ -75,6 +75,7 @@ class IntrospectionAuthenticator:
         max_entries: int = 10_000,
     ) -> None:
         self.name = name
+        self.owned_headers: frozenset[str] = frozenset()
         self.settings = settings
         seconds = settings.timeout.total_seconds()
         self._deadline: float | None = seconds if seconds > 0 else None

@@ -56,6 +56,7 @@ class JwtAuthenticator:
 
     def __init__(self, name: str, settings: JwtSettings, *, jwks: JwksCache | None = None) -> None:
         self.name = name
+        self.owned_headers = frozenset(m.header.lower() for m in settings.claims_to_headers)
         self.settings = settings
         self._own_jwks = jwks is None
         self.jwks: JwksCache | StaticJwks

@@ -7,6 +7,7 @@ credentials were offered but none was accepted, or none were offered, the answer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -53,7 +54,16 @@ async def authenticate(
                     else "absent",
                 )
         if verdict.identity is not None:
-            ex.identity = verdict.identity
+            identity = verdict.identity
+            # headers any provider of the route sets upstream are never the client's, whichever
+            # provider accepted (a key-authenticated client must not supply a JWT claim's header)
+            owned = {h for n in names if (p := providers.get(n)) is not None for h in p.owned_headers}
+            extra = owned.difference(identity.remove_headers, (k for k, _ in identity.upstream_headers))
+            if extra:
+                identity = dataclasses.replace(
+                    identity, remove_headers=(*identity.remove_headers, *sorted(extra))
+                )
+            ex.identity = identity
             return None
         if verdict.denial is not None:
             log.info("auth %s denied %s %s: %s", name, ex.method, ex.path, verdict.reason)

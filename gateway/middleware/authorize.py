@@ -38,9 +38,7 @@ def authorize(ex: Exchange, engine: PolicyEngine, metrics: GatewayMetrics | None
         address=address,
     )
     path = f"{ex.path}?{ex.query}" if ex.query else ex.path
-    decision = engine.decide_route(
-        caller, ex.match.route.name, PolicyRequest(ex.method, path, ex.joined_headers())
-    )
+    decision = engine.decide_route(caller, ex.match.route.name, PolicyRequest(ex.method, path, _headers(ex)))
     if decision.audit is not None and not decision.audit.allowed:
         if metrics is not None:
             metrics.denied("audit")
@@ -61,3 +59,20 @@ def authorize(ex: Exchange, engine: PolicyEngine, metrics: GatewayMetrics | None
         decision.rule,
     )
     return local_error(403, "policy_denied", f"denied by policy ({decision.rule})")
+
+
+def _headers(ex: Exchange) -> dict[str, str]:
+    """The headers rules match: the request's as they go upstream once the caller's identity is
+    applied (claims to headers, ext_authz's headers), repeats joined with commas. Not the client's:
+    a forged ``x-tenant`` must not pass a rule that the token's own tenant claim fails."""
+    identity = ex.identity
+    if identity is None or not (identity.remove_headers or identity.upstream_headers):
+        return ex.joined_headers()
+    drop = {n.lower() for n in identity.remove_headers} | {k.lower() for k, _ in identity.upstream_headers}
+    joined: dict[str, str] = {}
+    for key, value in [
+        *((k, v) for k, v in ex.headers if k not in drop),
+        *((k.lower(), v) for k, v in identity.upstream_headers),
+    ]:
+        joined[key] = f"{joined[key]},{value}" if key in joined else value
+    return joined

@@ -3,6 +3,7 @@ JWKS server, tokens minted with PyJWT, the gateway's ASGI app, a real mTLS mesh 
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Mapping
@@ -190,3 +191,80 @@ def test_claim_headers_and_the_principal_cannot_be_forged_by_the_client(tmp_path
             assert header_values(seen, "x-meshgate-principal") == ["alice"]
 
     run(go())
+
+
+HEADER_RULES = """\
+apiVersion: meshgate/v1
+kind: Route
+name: api
+match: {path: {prefix: /api}}
+backends: [{service: orders}]
+auth: [jwt-provider, keys]
+---
+apiVersion: meshgate/v1
+kind: AuthProvider
+name: jwt-provider
+type: jwt
+jwt:
+  issuer: "ISSUER"
+  audiences: [AUDIENCE]
+  jwksUri: "JWKS_URI"
+  algorithms: [RS256]
+  claimsToHeaders: [{claim: tenant, header: x-tenant}]
+---
+apiVersion: meshgate/v1
+kind: AuthProvider
+name: keys
+type: apiKey
+apiKey:
+  keys: [{name: partner, sha256: KEY_HASH}]
+---
+apiVersion: meshgate/v1
+kind: AccessPolicy
+name: api-acme-header
+target: {route: api}
+rules:
+  - action: allow
+    to: {headers: [{name: x-tenant, exact: acme}]}
+"""
+
+
+def test_header_rules_see_the_claim_headers_not_the_clients(tmp_path: Path) -> None:
+    """AccessPolicy header rules match the request as it goes upstream (claims to headers applied,
+    as Envoy runs jwt_authn before RBAC): the token's tenant decides, a forged header does not.
+    Before: a genuine acme token was denied and a globex token with ``x-tenant: acme`` allowed."""
+    text = policies_from(HEADER_RULES).replace("KEY_HASH", hashlib.sha256(b"partner-key").hexdigest())
+
+    async def go() -> list[int]:
+        async with JwksServer(KEY) as jwks, edge(tmp_path, text.replace("JWKS_URI", jwks.url)) as gw:
+            acme = mint(KEY, claims(sub="alice", tenant="acme"))
+            globex = mint(KEY, claims(sub="mallory", tenant="globex"))
+            statuses = []
+            for headers in (bearer(acme), bearer(globex, **{"x-tenant": "acme"})):
+                response, _ = await gw.get_json("/api/x", headers=headers)
+                statuses.append(response.status_code)
+            return statuses
+
+    assert run(go()) == [200, 403]
+
+
+def test_claim_headers_cannot_be_forged_when_another_provider_accepts(tmp_path: Path) -> None:
+    """Any-of: the API key accepts, and the JWT provider's claim header is still not the client's."""
+    text = policies_from(HEADER_RULES).replace("KEY_HASH", hashlib.sha256(b"partner-key").hexdigest())
+    text = text[: text.index("---\napiVersion: meshgate/v1\nkind: AccessPolicy")]
+
+    async def go() -> list[str]:
+        async with JwksServer(KEY) as jwks, edge(tmp_path, text.replace("JWKS_URI", jwks.url)) as gw:
+            response, seen = await gw.get_json(
+                "/api/x", headers={"x-api-key": "partner-key", "x-tenant": "acme"}
+            )
+            assert response.status_code == 200, response.text
+            assert seen is not None
+            assert header_values(seen, "x-meshgate-principal") == ["partner"]
+            return header_values(seen, "x-tenant")
+
+    assert run(go()) == []
+
+
+def policies_from(text: str) -> str:
+    return text.replace("ISSUER", ISSUER).replace("AUDIENCE", AUDIENCE)
