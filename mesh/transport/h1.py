@@ -90,6 +90,15 @@ LINGER_SECONDS = 1.0
 #: an IPv4 address or an IP literal, and an optional port.
 _HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%]+)(?::[0-9]{0,5})?", re.ASCII)
 _STATUSES = frozenset(s.value for s in HTTPStatus)
+#: ``x-meshgate-error`` of a refused request, by status (the gateway's codes for the same answers).
+_REFUSAL_CODES = {
+    408: "request_timeout",
+    413: "body_too_large",
+    414: "uri_too_long",
+    431: "headers_too_large",
+    501: "not_implemented",
+    505: "http_version_not_supported",
+}
 LINGER_BYTES = 1024 * 1024
 
 
@@ -226,8 +235,10 @@ class H1Server:
         body = (
             (HTTPStatus(status).phrase.lower() + "\n").encode() if status in _STATUSES else b"bad request\n"
         )
+        code = _REFUSAL_CODES.get(status, "bad_request")
         with contextlib.suppress(Exception):
-            out = response_head(status, [("content-length", str(len(body))), ("connection", "close")])
+            fields = [("content-length", str(len(body))), ("x-meshgate-error", code), ("connection", "close")]
+            out = response_head(status, fields)
             writer.write(out if method == b"HEAD" else out + body)  # an answer to HEAD has no body
             await writer.drain()
         if reader is not None:

@@ -317,3 +317,33 @@ def test_valid_host_values_are_served(host: bytes) -> None:
 
     out = run(go())
     assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 200"), out[:60]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", b"400", b"bad_request"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"400",
+            b"bad_request",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"501",
+            b"not_implemented",
+        ),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", b"505", b"http_version_not_supported"),
+    ],
+)
+def test_refusals_say_why_in_x_meshgate_error(request_bytes: bytes, status: bytes, code: bytes) -> None:
+    async def go() -> bytes:
+        server, _ = await _serve(_echo)
+        out = await _exchange_raw(server, request_bytes)
+        server.close()
+        await server.wait_closed()
+        return out
+
+    out = run(go())
+    assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 " + status), out[:60]
+    assert b"\r\nx-meshgate-error: " + code + b"\r\n" in out
