@@ -58,7 +58,12 @@ class EdgeGateway:
             SpanKind.SERVER,
             ex.method,
             ex.headers,
-            {"url.path": ex.path, "url.scheme": ex.scheme, "network.protocol.version": ex.http_version},
+            {
+                "url.path": ex.path,
+                "url.scheme": ex.scheme,
+                "network.protocol.version": ex.http_version,
+                "client.address": ex.client_address,
+            },
             end_on_exit=False,  # ended once the body is sent, below
         ) as (span, headers):
             ex.headers = headers

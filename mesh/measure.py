@@ -112,7 +112,12 @@ class RequestMetrics:
                 attributes = {
                     "url.path": request.path.split("?", 1)[0],
                     "url.scheme": "https" if direction == "inbound" else "http",
+                    # the app's side (ClientInfo) says which; peers always speak HTTP/2 to the inbound
+                    "network.protocol.version": getattr(who, "protocol", "2"),
                 }
+                address = getattr(who, "address", None)
+                if address:
+                    attributes["client.address"] = address
             # the span lasts until the response body is done (or the response is dropped)
             with self.tracing.span(kind, request.method, request.headers, attributes, end_on_exit=False) as (
                 span,

@@ -68,6 +68,9 @@ def test_trace_context_is_continued_hop_by_hop(tmp_path: Path) -> None:
     assert server["attributes"]["http.response.status_code"] == 200
     assert server["attributes"]["url.path"] == "/orders/7"
     assert server["attributes"]["meshgate.peer"].endswith("/sa/web")
+    assert server["attributes"]["network.protocol.version"] == "2"  # sidecar to sidecar
+    assert app_side["attributes"]["network.protocol.version"] == "1.1"  # curl to its sidecar
+    assert app_side["attributes"]["client.address"] == "127.0.0.1"
     assert client["attributes"]["url.full"] == "https://orders/orders/7?x=1"
     version, trace_id, parent_id, flags = seen["traceparent"].split("-")
     assert (version, trace_id, flags) == ("00", TRACE, "01")
