@@ -156,6 +156,7 @@ async def forward(
         body = empty_body()  # HTTP/1.x with neither Content-Length nor Transfer-Encoding: no body
     deadline = None
     web_type = None
+    undecodable: list[grpcweb.GrpcWebError] = []
     if ex.grpc:
         if ex.te_trailers:
             headers = [*headers, ("te", "trailers")]
@@ -164,7 +165,7 @@ async def forward(
         web_type = ex.header("content-type") or grpcweb.GRPC_WEB
         headers = grpcweb.request_headers(headers, web_type)
         if grpcweb.is_text(web_type):
-            body = grpcweb.decode_text(body)
+            body = grpcweb.decode_text(body, undecodable)
         deadline = grpc_timeout(ex.header("grpc-timeout"))
     path = ex.match.upstream_path
     if ex.identity is not None and ex.identity.remove_query and "?" in path:
@@ -179,12 +180,19 @@ async def forward(
     )
     policy = route_policy(route, service_policy or TrafficPolicy(), deadline)
     sent = time.perf_counter()
-    response = await client.request(ex.match.backend.service, upstream, policy=policy)
+    try:
+        response = await client.request(ex.match.backend.service, upstream, policy=policy)
+    except grpcweb.GrpcWebError as exc:  # read before the stream opened (a body buffered to retry)
+        return local_error(400, "bad_request", str(exc))
     ex.attempts, ex.upstream_ms = response.attempts, round((time.perf_counter() - sent) * 1000, 3)
-    if overflow:
+    if overflow or undecodable:  # the client's body failed the stream: its fault, not the upstream's
         if response.on_close is not None:
             response.on_close()
-        raise BodyTooLarge(f"request body over {cap} bytes")
+        if overflow:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        return local_error(400, "bad_request", str(undecodable[0]))
     if web_type is not None:
         return grpcweb.translate_response(for_caller(upstream, response), web_type)
+    if ex.grpc:  # an upstream that is not gRPC (its HTTP status) in gRPC form
+        return for_caller(upstream, response)
     return response

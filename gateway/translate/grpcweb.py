@@ -55,20 +55,30 @@ def request_headers(headers: Headers, content_type: str) -> Headers:
     return out
 
 
-async def decode_text(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """base64 text to bytes as it streams (GrpcWebError on bad input)."""
+async def decode_text(
+    body: AsyncIterator[bytes], failed: list[GrpcWebError] | None = None
+) -> AsyncIterator[bytes]:
+    """base64 text to bytes as it streams; GrpcWebError on bad input, also appended to ``failed``
+    (whoever sends the body upstream sees only a failed stream: the caller then answers bad_request)."""
     pending = b""
     async for chunk in body:
         pending += chunk.replace(b"\r", b"").replace(b"\n", b"")
         usable = len(pending) - len(pending) % 4
         if usable:
             try:
-                yield _b64decode_groups(pending[:usable])
+                data = _b64decode_groups(pending[:usable])
             except (binascii.Error, ValueError) as exc:
-                raise GrpcWebError(f"bad base64 in the gRPC-Web text body: {exc}") from exc
+                error = GrpcWebError(f"bad base64 in the gRPC-Web text body: {exc}")
+                if failed is not None:
+                    failed.append(error)
+                raise error from exc
             pending = pending[usable:]
+            yield data
     if pending:
-        raise GrpcWebError("the gRPC-Web text body ends mid base64 group")
+        error = GrpcWebError("the gRPC-Web text body ends mid base64 group")
+        if failed is not None:
+            failed.append(error)
+        raise error
 
 
 def _b64decode_groups(data: bytes) -> bytes:

@@ -35,7 +35,7 @@ from mesh.h2 import (
     TrailersReceived,
     WindowOpened,
 )
-from mesh.transport.messages import Headers, Request, Response, strip_hop_by_hop
+from mesh.transport.messages import Headers, Request, Response, ready_now, strip_hop_by_hop
 
 log = logging.getLogger("meshgate.transport.h2")
 
@@ -91,6 +91,11 @@ class _Inbox:
 
     def empty(self) -> bool:
         return not self._items
+
+    def peek(self, index: int = 0) -> Any:
+        """The item at ``index`` without taking it, or None when there are not that many."""
+        items = self._items
+        return items[index] if index < len(items) else None
 
     def get_nowait(self) -> Any:
         return self._items.popleft()
@@ -171,6 +176,20 @@ class _StreamBody:
 
     async def aclose(self) -> None:
         self._end(finished=False)
+
+    def ready_now(self) -> tuple[bytes, bool] | None:
+        """What arrived and is not taken yet, as :func:`mesh.transport.messages.ready_now` describes:
+        ``(bytes, ended)``, or None when nothing is queued (or an error is, which ``__anext__`` raises)."""
+        if self._ended:
+            return b"", True
+        chunks = self._stream.chunks
+        item = chunks.peek()
+        if item is _END:
+            return b"", True
+        if type(item) is not list:
+            return None
+        data = item[0]
+        return (data if type(data) is bytes else bytes(data)), chunks.peek(1) is _END
 
     def _end(self, *, finished: bool) -> None:
         if self._ended:
@@ -646,12 +665,20 @@ class H2Protocol(asyncio.Protocol):
         if request.header("te") == "trailers" or any(k == "te" for k, _ in request.headers):
             head.append(("te", "trailers"))
         body = request.body.__aiter__()
-        # peek so that an empty body ends the stream on HEADERS; a tunnel may wait for the server to
-        # speak first, so it never waits for the client's first bytes
-        first = b"" if tunnel else await anext(body, b"")
+        later = request.trailers
+        if later is not None and later.done() and not later.cancelled() and not later.exception():
+            if not later.result():
+                later = None  # the request's trailers are known to be none (an HTTP/2 body that ended)
+        # Never wait for the body before HEADERS: a gRPC bidi client may send nothing until the server
+        # speaks first, and a tunnel's server may speak first. What the body holds already decides
+        # END_STREAM on HEADERS (a known-empty body) and leaves with the HEADERS (one write).
+        ready = None if tunnel else ready_now(body)
+        if ready is None and not tunnel and request.header("content-length") == "0":
+            ready = (b"", True)
+        first, ended = ready if ready is not None else (b"", False)
+        last = later is None and not trailers  # the body's end is the stream's end
         try:
-            end = not tunnel and not first and request.trailers is None
-            sid = self.endpoint.send_request(_raw(head), end_stream=end)
+            sid = self.endpoint.send_request(_raw(head), end_stream=ended and not first and last)
         except (StreamLimitReached, ConnectionClosedError) as exc:  # nothing was sent: safe to retry
             raise StreamError(
                 f"no stream available: {exc}", ErrorCode.REFUSED_STREAM, retryable=True
@@ -661,20 +688,30 @@ class H2Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         stream = _Stream(sid, response=loop.create_future())
         self.streams[sid] = stream
+        rest = b""
+        if first:
+            try:
+                first = await anext(body, b"")  # ready_now promised these bytes: no waiting here
+            except BaseException:
+                self._reset(sid, ErrorCode.CANCEL)
+                raise
+            sent = self.endpoint.send_data(sid, first, end_stream=ended and last)
+            rest = first[sent:]
         self._flush()
         self.last_active = loop.time()
-        if tunnel or first or request.trailers is not None:
+        if not ended or rest or not last:
 
-            async def rest() -> AsyncIterator[bytes]:
-                if first:
-                    yield first
-                async for chunk in body:
-                    yield chunk
+            async def remaining() -> AsyncIterator[bytes]:
+                if rest:
+                    yield rest
+                if not ended:
+                    async for chunk in body:
+                        yield chunk
 
             async def pump() -> None:
                 try:
                     # request trailers (if any) are awaited after the body: never buffer a stream
-                    await self._send_body(stream, rest(), trailers, request.trailers)
+                    await self._send_body(stream, remaining(), trailers, later)
                 except StreamError:
                     pass
                 except Exception as exc:  # the caller's body failed: cancel the stream, fail the wait

@@ -57,6 +57,21 @@ class _Once:
     async def aclose(self) -> None:
         self._data = None
 
+    def ready_now(self) -> tuple[bytes, bool]:
+        """All of the body, which is known at once (see :func:`ready_now`)."""
+        return self._data or b"", True
+
+
+def ready_now(body: AsyncIterator[bytes]) -> tuple[bytes, bool] | None:
+    """What ``body`` holds without waiting, not consumed: the bytes its next ``__anext__`` returns at
+    once (``b""`` when none) and whether the body ends after them; None when a body cannot tell
+    without waiting (a body opts in with a ``ready_now`` method, others are unknown)."""
+    peek = getattr(body, "ready_now", None)
+    if peek is None:
+        return None
+    ready: tuple[bytes, bool] | None = peek()
+    return ready
+
 
 def empty_body() -> AsyncIterator[bytes]:
     """A body with no bytes."""
@@ -170,14 +185,37 @@ def grpc_error(code: str, message: str) -> Response:
     )
 
 
+#: gRPC status for an HTTP status other than 200 (grpc/grpc doc/http-grpc-status-mapping.md); any
+#: other status is UNKNOWN (2).
+HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_from_http(status: int) -> Response:
+    """A gRPC caller's answer when the upstream answered HTTP ``status`` (not 200, so not gRPC):
+    Trailers-Only with the mapped ``grpc-status``; the status itself in ``x-meshgate-upstream-status``."""
+    return Response(
+        200,
+        [
+            ("content-type", "application/grpc"),
+            ("grpc-status", str(HTTP_TO_GRPC.get(status, 2))),
+            ("grpc-message", f"upstream answered HTTP {status}, not gRPC"),
+            ("x-meshgate-upstream-status", str(status)),
+        ],
+        headers_only=True,
+    )
+
+
 def for_caller(request: Request, response: Response) -> Response:
-    """A locally generated error in the form the caller understands: gRPC callers get Trailers-Only
-    with the mapped ``grpc-status`` instead of an HTTP error status."""
-    code = response.header("x-meshgate-error")
-    if code is None or response.status == 200 or not is_grpc(request.headers):
+    """A response in the form the caller understands: gRPC callers get Trailers-Only with a
+    ``grpc-status`` instead of an HTTP error status, mapped from the ``x-meshgate-error`` code of a
+    locally generated error, else from the upstream's HTTP status (a server that is not gRPC)."""
+    if response.status == 200 or not is_grpc(request.headers):
         return response
     if response.on_close is not None:
         response.on_close()  # the replaced response is never sent: release what it holds
+    code = response.header("x-meshgate-error")
+    if code is None:
+        return grpc_from_http(response.status)
     return grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
 
 

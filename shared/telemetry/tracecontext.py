@@ -101,6 +101,17 @@ def clean_tracestate(value: str | None) -> str:
     return ",".join(members)
 
 
+def from_headers(headers: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """(traceparent, tracestate) from header pairs (lower-case names). More than one ``traceparent``
+    makes the context invalid: None, so that a new trace starts and the tracestate is dropped.
+    Several ``tracestate`` headers are one list, combined in order (Trace Context 3.3.1)."""
+    parents = [v for k, v in headers if k == "traceparent"]
+    if len(parents) != 1:
+        return None, None
+    states = [v for k, v in headers if k == "tracestate"]
+    return parents[0], ",".join(states) if states else None
+
+
 def extract(
     traceparent: str | None, tracestate: str | None, *, sample: bool = True
 ) -> tuple[TraceContext, bool]:

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from shared.telemetry.tracecontext import TraceContext, extract, new_span_id, new_trace_id
+from shared.telemetry.tracecontext import TraceContext, extract, from_headers, new_span_id, new_trace_id
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
@@ -108,8 +108,7 @@ class Tracing:
         if not self.enabled:
             yield None, headers
             return
-        incoming = dict((k, v) for k, v in headers if k in ("traceparent", "tracestate"))
-        ctx, continued = extract(incoming.get("traceparent"), incoming.get("tracestate"))
+        ctx, continued = extract(*from_headers(headers))
         # not recorded (a parent that is not sampled, or a new trace outside the ratio): no SDK span at
         # all, only the context passed on with the sampled flag off, so that the next hops agree
         if (continued and not ctx.sampled) or (not continued and random.random() >= self.sample_ratio):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
+from gateway_testlib import edge, run
 
 from gateway.translate.grpcweb import (
     GrpcWebError,
@@ -16,7 +19,8 @@ from gateway.translate.grpcweb import (
     trailer_frame,
     translate_response,
 )
-from mesh.transport.messages import Response
+from mesh.transport.h1 import ClientInfo
+from mesh.transport.messages import Request, Response, body_of
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -86,3 +90,73 @@ def test_trailers_only_answers_keep_the_status_in_headers_and_the_frame() -> Non
     response, body = asyncio.run(go())
     assert response.header("grpc-status") == "14"
     assert body == trailer_frame([("grpc-status", "14"), ("grpc-message", "down")])
+
+
+GRPC_WEB_ROUTE = """\
+apiVersion: meshgate/v1
+kind: Route
+name: web
+match: {path: {prefix: /echo.Echo}}
+backends: [{service: orders}]
+translate: grpc-web
+"""
+
+
+@pytest.mark.parametrize("parts", [[b"!!!!"], [base64.b64encode(b"\x00\x00\x00\x00\x01a"), b"ab=c"]])
+def test_bad_base64_in_a_text_body_is_a_grpc_web_invalid_argument(tmp_path: Path, parts: list[bytes]) -> None:
+    async def go() -> httpx.Response:
+        async with edge(tmp_path, GRPC_WEB_ROUTE) as gw:
+            return await gw.http.post(
+                "/echo.Echo/Say",
+                content=chunks(*parts),
+                headers={"content-type": "application/grpc-web-text", "x-grpc-web": "1"},
+            )
+
+    response = run(go())
+    assert response.status_code == 200
+    assert response.headers["grpc-status"] == "3"
+    assert response.headers["x-meshgate-error"] == "bad_request"
+    assert response.headers["content-type"] == "application/grpc-web-text"
+    assert trailer_frame([("grpc-status", "3")])[5:] in base64.b64decode(response.content)
+
+
+GRPC_ROUTE = """\
+apiVersion: meshgate/v1
+kind: Route
+name: grpc
+match: {path: {prefix: /orders.Grpc}}
+backends: [{service: orders}]
+translate: grpc
+"""
+
+
+async def not_found_app(request: Request, info: ClientInfo) -> Response:
+    async for _ in request.body:
+        pass
+    page = b"<h1>Not Found</h1>"
+    return Response(404, [("content-type", "text/html"), ("content-length", str(len(page)))], body_of(page))
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/orders.Grpc/Get", "application/grpc"), ("/echo.Echo/Say", "application/grpc-web")],
+)
+def test_a_non_grpc_upstream_404_reaches_grpc_callers_as_unimplemented(
+    tmp_path: Path, path: str, content_type: str
+) -> None:
+    async def go() -> httpx.Response:
+        async with edge(
+            tmp_path, GRPC_ROUTE + "---\n" + GRPC_WEB_ROUTE, apps={"orders": not_found_app}
+        ) as gw:
+            return await gw.http.post(
+                path,
+                content=b"\x00\x00\x00\x00\x01x",
+                headers={"content-type": content_type, "te": "trailers"},
+            )
+
+    response = run(go())
+    assert response.status_code == 200
+    assert response.headers["grpc-status"] == "12"
+    assert response.headers["x-meshgate-upstream-status"] == "404"
+    assert response.headers["content-type"].startswith(content_type)
+    assert b"Not Found" not in response.content
