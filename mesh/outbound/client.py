@@ -223,6 +223,10 @@ class MeshClient:
             if error is not None and error[0] == "circuit_open":  # a local limit: answered at once
                 upstream.stats["overflows"] += 1
                 return _tried_error(attempt, 503, "circuit_open", f"{service}: {error[1]}")
+            if error is not None and error[0] == "request_body_failed":
+                # the caller's own body broke (a client gone, a body it framed wrongly): not the
+                # endpoint's failure, so no outlier count and no retry
+                return _tried_error(attempt, 400, "bad_request", f"{service}: {error[1]}")
             status = response.status if response is not None else None
             connect_failure = error is not None and error[0] == "connect_failure"
             refused = error is not None and error[0] == "refused_stream"

@@ -716,7 +716,10 @@ class H2Protocol(asyncio.Protocol):
                     pass
                 except Exception as exc:  # the caller's body failed: cancel the stream, fail the wait
                     log.debug("request body on stream %d failed: %s", sid, exc)
-                    self._fail(stream, StreamError(f"request body failed: {exc}", ErrorCode.CANCEL))
+                    failed = StreamError(
+                        f"request body failed: {exc}", ErrorCode.CANCEL, "request_body_failed"
+                    )
+                    self._fail(stream, failed)
                     self._reset(sid, ErrorCode.CANCEL)
 
             stream.task = loop.create_task(pump())

@@ -502,3 +502,33 @@ def test_outbound_listener_proxies_plain_http_into_the_mesh(tmp_path: Path) -> N
                 await listener.wait_closed()
 
     run(go())
+
+
+def test_a_request_body_that_fails_is_the_callers_fault_not_the_endpoints(tmp_path: Path) -> None:
+    """A streamed body that breaks (a client gone, bad gRPC-Web base64) answers 400 bad_request, is not
+    retried, and does not count toward ejecting the endpoint (it counted as an upstream 503)."""
+
+    async def app(request: Request, info: ClientInfo) -> Response:
+        await drain_body(request)
+        return Response(200, [], body_of(b"ok"))
+
+    async def go() -> None:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(app)
+            policy = traffic(outlierDetection={"consecutive5xx": 1, "baseEjectionTime": "30s"})
+            rig.update({"orders": [up.endpoint()]}, {"orders": policy})
+            for _ in range(3):
+
+                async def broken():  # type: ignore[no-untyped-def]
+                    yield b"x" * 100_000  # over the replay limit: streamed, not buffered
+                    await asyncio.sleep(0.01)
+                    raise ValueError("the caller's body broke")
+
+                request = Request("POST", "/up", "orders", headers=[], body=broken())
+                response = await rig.client.request("orders", request)
+                assert (response.status, response.header("x-meshgate-error")) == (400, "bad_request")
+            stats = rig.client.upstream("orders").stats
+            assert stats["ejections"] == 0 and stats["retries"] == 0
+            assert (await rig.call("/"))[0].status == 200  # the endpoint still takes requests
+
+    run(go())
