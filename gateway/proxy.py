@@ -108,8 +108,8 @@ def upstream_headers(ex: Exchange) -> Headers:
         headers = [(k, v) for k, v in headers if k not in drop]
         headers.extend((k.lower(), v) for k, v in ops.set.items())
         if identity is not None:
-            headers.extend((k.lower(), v) for k, v in identity.upstream_headers if _wire_safe(v))
-            if _wire_safe(identity.principal):
+            headers.extend((k.lower(), v) for k, v in identity.upstream_headers if wire_safe(v))
+            if wire_safe(identity.principal):
                 headers.append(("x-meshgate-principal", identity.principal))
             else:
                 log.warning(
@@ -125,7 +125,7 @@ def _without_params(path: str, names: set[str]) -> str:
     return f"{base}?{'&'.join(kept)}" if kept else base
 
 
-def _wire_safe(value: str) -> bool:
+def wire_safe(value: str) -> bool:
     """A header value HTTP/2 and HTTP/1.1 carry as it is: latin-1, no control characters, no
     surrounding white space."""
     try:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from gateway.auth.base import Authenticator
 from gateway.exchange import Exchange, local_error
 from gateway.metrics import AUTH_DENIED, AUTH_INVALID, AUTH_MISSING, GatewayMetrics
+from gateway.proxy import wire_safe
 from mesh.transport.messages import Response, body_of
 from shared.telemetry.tracing import Tracing
 
@@ -53,6 +54,11 @@ async def authenticate(
                     if verdict.reason
                     else "absent",
                 )
+        if verdict.identity is not None and not wire_safe(verdict.identity.principal):
+            # a principal the service could not be told (CR/LF, non-Latin-1): refused, not passed on
+            # anonymously (it was accepted and its x-meshgate-principal silently dropped)
+            reasons.append(f"{name}: principal {verdict.identity.principal!r} cannot be sent upstream")
+            continue
         if verdict.identity is not None:
             identity = verdict.identity
             # headers any provider of the route sets upstream are never the client's, whichever

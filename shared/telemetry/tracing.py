@@ -163,9 +163,13 @@ def end(span: Any) -> None:
 
 
 def finish(span: Any, status: int, *, client: bool) -> None:
-    """Record the response status; Error on 5xx (server) or 4xx and 5xx (client), as OTel says."""
+    """Record the response status; Error on 5xx (server) or 4xx and 5xx (client), with ``error.type``
+    the status code as a string unless a transport error already named it, as OTel says."""
     if span is None:
         return
     span.set_attribute("http.response.status_code", status)
     if status >= 500 or (client and status >= 400):
         span.set_status(Status(StatusCode.ERROR))
+        attributes = getattr(span, "attributes", None)
+        if attributes is None or "error.type" not in attributes:
+            span.set_attribute("error.type", str(status))

@@ -268,3 +268,17 @@ def test_claim_headers_cannot_be_forged_when_another_provider_accepts(tmp_path: 
 
 def policies_from(text: str) -> str:
     return text.replace("ISSUER", ISSUER).replace("AUDIENCE", AUDIENCE)
+
+
+@pytest.mark.parametrize("sub", ["bob\r\nx-evil: 1", "bøb ☃", " bob"])
+def test_a_principal_the_service_cannot_be_told_is_refused(tmp_path: Path, sub: str) -> None:
+    """A verified token whose subject cannot travel as a header value is a 401, not a request passed
+    on without ``x-meshgate-principal`` (it was)."""
+
+    async def go() -> tuple[int, int]:
+        async with JwksServer(KEY) as jwks, edge(tmp_path, policies(jwks)) as gw:
+            token = mint(KEY, claims(sub=sub, tenant="acme"))
+            response, _ = await gw.get_json("/tenant/orders/7", headers=bearer(token))
+            return response.status_code, upstream_calls(gw)
+
+    assert run(go()) == (401, 0)

@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from shared.telemetry.tracecontext import from_headers, parse_traceparent
-from shared.telemetry.tracing import Tracing
+from shared.telemetry.tracing import Tracing, finish
 
 T1 = "4bf92f3577b34da6a3ce929d0e0e4736"
 T2 = "1" * 32
@@ -52,3 +52,31 @@ def test_one_traceparent_and_its_tracestate_are_read_as_they_are() -> None:
     assert from_headers([("traceparent", P1)]) == (P1, None)
     assert from_headers([("tracestate", "a=1")]) == (None, None)
     assert from_headers([("traceparent", P1), ("traceparent", P1)]) == (None, None)
+
+
+class _Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def test_error_type_is_the_status_code_on_failed_answers() -> None:
+    """OTel HTTP conventions: a SERVER span for a 5xx, a CLIENT span for a 4xx or 5xx, sets
+    ``error.type`` to the status code; a transport error named earlier stays."""
+    keep = _Keep()
+    tracing = Tracing("svc", keep)
+    cases = [(SpanKind.SERVER, 503, None), (SpanKind.SERVER, 404, None), (SpanKind.CLIENT, 404, None)]
+    cases.append((SpanKind.CLIENT, 502, "upstream_reset"))
+    try:
+        for kind, status, named in cases:
+            with tracing.span(kind, "GET", [("traceparent", P1)], {}) as (span, _):
+                if named is not None:
+                    span.set_attribute("error.type", named)
+                finish(span, status, client=kind == SpanKind.CLIENT)
+    finally:
+        tracing.shutdown()
+    got = [(s.attributes or {}).get("error.type") for s in keep.spans]
+    assert got == ["503", None, "404", "upstream_reset"]
