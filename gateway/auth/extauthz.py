@@ -3,8 +3,8 @@
 The check request
     The client's method; path = the URL's own path (if any) + ``pathPrefix`` + the client's path,
     plus ``?query`` when there is one (dot segments are resolved by the HTTP client, RFC 3986).
-    Headers: ``host`` (the client's host), ``authorization``, the ``allowedRequestHeaders`` the client
-    sent (all values, in order) and, only when a body is sent, ``content-length``. Nothing else: no
+    Headers: ``host`` (the client's Host as sent), ``authorization``, the ``allowedRequestHeaders`` the
+    client sent (all values, in order) and, only when a body is sent, ``content-length``. Nothing else: no
     cookies unless allowed, no user agent, no ``accept``. Framing and hop-by-hop headers are never
     forwarded, even when listed. The body only with ``includeBody``: the gateway reads it first
     (``needs_body``); over ``maxBodyBytes`` the client gets 413 and the service is not asked.
@@ -191,7 +191,10 @@ class ExtAuthzAuthenticator:
         target = prefix + urllib.parse.quote(request.path, _PATH_SAFE)
         if request.query:
             target += "?" + urllib.parse.quote(request.query, _QUERY_SAFE)
-        headers: Headers = [("host", request.host or self._base.netloc.decode("ascii"))]
+        # the client's Host as it sent it (the gateway keeps it in x-forwarded-host), as Envoy sends
+        # :authority; the normalized host only when that is missing
+        host = request.header("x-forwarded-host") or request.host or self._base.netloc.decode("ascii")
+        headers: Headers = [("host", host)]
         for name, value in request.headers:
             if name == "authorization" or name in self._request_headers:
                 headers.append((name, value))

@@ -346,3 +346,11 @@ def test_a_server_that_answers_slowly_then_well_is_used_again(server: AuthServer
     assert_failed_closed(first)
     assert second.identity is not None
     assert second.identity.principal == "bob"
+
+
+def test_the_service_gets_the_clients_host_as_sent(server: AuthServer) -> None:
+    """As Envoy sends :authority: case and port kept (the gateway keeps it in x-forwarded-host; the
+    request's ``host`` is the normalized one used for routing)."""
+    request = edge(headers=[("x-forwarded-host", "API.Example.com:8443")], host="api.example.com")
+    check(settings(server.url), request)
+    assert server.last().headers[0] == ("host", "API.Example.com:8443")
