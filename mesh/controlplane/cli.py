@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from mesh.cli import run_loop
 from mesh.controlplane.core import ControlPlane, ControlPlaneError, ca_pin
 from mesh.controlplane.records import new_token
 from mesh.controlplane.stores import StoreError, open_store
 from shared.cliargs import duration_seconds, host_port
+from shared.config.model.types import Name
 from shared.identity.ca import CAError, CertificateAuthority
 from shared.telemetry.logs import setup_logging
 
@@ -105,7 +108,16 @@ def issue_join_token(
 ) -> str:
     """Store a new join token for ``service`` in the control plane's store and return it.
 
-    Raises :class:`TokenError` when there is no CA in ``data_dir`` or the store cannot be used."""
+    Raises :class:`TokenError` when there is no CA in ``data_dir``, the store cannot be used, or the
+    service or namespace is not a name ``/v1/tokens`` and registration take (or ``ttl`` not positive)."""
+    for what, value in (("service", service), ("namespace", namespace)):
+        try:
+            TypeAdapter(Name).validate_python(value)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"] if exc.errors() else "invalid"
+            raise TokenError(f"{what} {value!r} is not a valid name: {reason}") from None
+    if not ttl > 0:
+        raise TokenError(f"ttl must be positive, not {ttl:g}s")
     if not (data_dir / "ca" / "ca.json").exists():
         raise TokenError(
             f"no CA in {data_dir}/ca; start the control plane once (it creates one) or run 'meshgate ca init'"

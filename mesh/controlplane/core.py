@@ -76,8 +76,12 @@ def load_or_init_ca(ca_dir: Path, trust_domain: str | None) -> CertificateAuthor
             f"no CA in {ca_dir} and no valid Mesh policy to take the trust domain from; "
             "fix the policies (meshgate policy check) or run 'meshgate ca init'"
         )
-    log.info("creating a new CA for trust domain %s in %s", trust_domain, ca_dir)
-    return CertificateAuthority.init(ca_dir, trust_domain)
+    try:
+        ca = CertificateAuthority.init(ca_dir, trust_domain)
+    except CAError as exc:  # e.g. keys left without their state file: never overwritten
+        raise ControlPlaneError(f"cannot create a CA in {ca_dir}: {exc}") from exc
+    log.info("created a new CA for trust domain %s in %s", trust_domain, ca_dir)
+    return ca
 
 
 def read_or_create_admin_token(path: Path) -> str:

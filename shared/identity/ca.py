@@ -125,6 +125,14 @@ class CertificateAuthority:
             raise CAError("CA TTL must be positive")
         if (path / STATE_FILE).exists():
             raise CAError(f"{path} already holds a CA ({STATE_FILE} exists)")
+        leftovers = sorted(p.name for p in path.glob("ca-*")) if path.is_dir() else []
+        if leftovers:
+            # keys without their state file: never overwrite them (every SVID they signed would stop
+            # verifying); the operator restores ca.json or moves the files away
+            raise CAError(
+                f"{path} holds CA files ({', '.join(leftovers)}) but no {STATE_FILE}: restore it from a "
+                "backup, or move the directory away to start a new CA"
+            )
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         ca = cls(path, trust_domain, [], 0, DEFAULT_REFRESH_HINT_S, ttl, None)
         ca._authorities.append(ca._new_authority("ca-1", root_cert, root_key, ttl))

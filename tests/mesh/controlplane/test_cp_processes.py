@@ -188,6 +188,33 @@ def test_token_create_without_a_ca_says_how_to_get_one(tmp_path: Path) -> None:
     assert "no CA in" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--service", "a/b"], "service 'a/b' is not a valid name"),
+        (["--service", ".."], "service '..' is not a valid name"),
+        (["--service", "Bad_Name"], "service 'Bad_Name' is not a valid name"),
+        (["--service", "orders", "--namespace", "x y"], "namespace 'x y' is not a valid name"),
+        (["--service", "orders", "--ttl", "0s"], "ttl must be positive"),
+    ],
+)
+def test_token_create_refuses_what_the_api_refuses(tmp_path: Path, argv: list[str], message: str) -> None:
+    """Before: a 500 at signing for a/b, or an SVID for a name that can never register."""
+    done = run_cli("token", "create", "--data-dir", str(tmp_path), *argv)
+    assert done.returncode == 1 and done.stdout == ""
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_keys_without_their_state_file_are_never_overwritten(tmp_path: Path) -> None:
+    """A lost ca.json: the control plane refuses to start (it made a new root over the old key)."""
+    ca_dir = tmp_path / "data" / "ca"
+    ca_dir.mkdir(parents=True)
+    (ca_dir / "ca-1.key").write_text("the old key\n")
+    line = _fails(tmp_path, "--listen", "127.0.0.1:0")
+    assert "holds CA files (ca-1.key) but no ca.json" in line
+    assert (ca_dir / "ca-1.key").read_text() == "the old key\n"
+
+
 # ----- start-up failures -----------------------------------------------------------------------------------
 
 

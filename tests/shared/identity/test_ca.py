@@ -43,6 +43,15 @@ def test_init_refuses_existing_ca_and_bad_trust_domain(ca: CertificateAuthority,
         CertificateAuthority.init(tmp_path / "x", "Example.org")
 
 
+def test_init_refuses_a_directory_with_keys_but_no_state(ca: CertificateAuthority) -> None:
+    """A lost ca.json must not make a new root over the old key (every SVID would stop verifying)."""
+    key = (ca.directory / "ca-1.key").read_bytes()
+    (ca.directory / "ca.json").unlink()
+    with pytest.raises(CAError, match=r"holds CA files \(ca-1.key, ca-1.pem\) but no ca.json"):
+        CertificateAuthority.init(ca.directory, TD)
+    assert (ca.directory / "ca-1.key").read_bytes() == key
+
+
 def test_load_round_trip(ca: CertificateAuthority, tmp_path: Path) -> None:
     again = CertificateAuthority.load(ca.directory)
     assert again.bundle() == ca.bundle() and again.signing_cert == ca.signing_cert
