@@ -66,8 +66,10 @@ def parse_percent(value: str | int | float) -> float:
             number = float(text)
         except ValueError:
             raise ValueError(f"invalid percentage {value!r}; write e.g. 20%") from None
-    else:
+    elif isinstance(value, int | float):
         number = float(value)
+    else:  # a list, a mapping, null from YAML: a clear error, not a TypeError (it crashed the loader)
+        raise ValueError(f"expected a percentage such as 20%, not {type(value).__name__}")
     if not 0.0 <= number <= 100.0:
         raise ValueError(f"percentage {value!r} is outside 0%..100%")
     return number / 100.0
@@ -81,6 +83,8 @@ def parse_size(value: str | int) -> int:
         if value < 0:
             raise ValueError("a size cannot be negative")
         return value
+    if not isinstance(value, str):  # 1.5, a list, null: a clear error, not an AttributeError
+        raise ValueError(f"expected a size such as 1MiB, not {type(value).__name__} {value!r}")
     match = _SIZE.fullmatch(value.strip())
     if not match:
         raise ValueError(f"invalid size {value!r}; write e.g. 4096, 64KiB, 1MiB")

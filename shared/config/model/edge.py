@@ -272,9 +272,11 @@ class KeyPart(Spec):
 class Limit(Spec):
     """``requests`` per ``per`` (e.g. 100 per 1s); ``burst`` defaults to ``requests``."""
 
-    requests: int = Field(ge=1)
+    # at most 10^12 (and bursts too): the Redis scripts count in Lua numbers (doubles), exact to
+    # 2^53; 10^19 overflowed their integer formatting (RateLimit's r=0 on a fresh key)
+    requests: int = Field(ge=1, le=10**12)
     per: Duration
-    burst: int | None = Field(default=None, ge=1)
+    burst: int | None = Field(default=None, ge=1, le=10**12)
 
     @model_validator(mode="after")
     def _positive_window(self) -> Limit:

@@ -32,6 +32,12 @@ class Mesh(Document):
     #: the edge gateways. From any other caller the header is dropped.
     edge_gateways: list[Name] = Field(default_factory=lambda: ["gateway"])
 
+    @model_validator(mode="after")
+    def _positive_certificate_ttl(self) -> Mesh:
+        if self.certificate_ttl <= timedelta(0):  # the CA refuses it: every /v1/sign would be a 500
+            raise ValueError("certificateTTL must be positive, e.g. 24h")
+        return self
+
 
 class Backoff(Spec):
     """Exponential backoff with full jitter between retries."""

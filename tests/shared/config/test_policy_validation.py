@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from config_testlib import MESH, SERVICES, assert_error, errors_of, line_of, load, only_error, write
 
 
@@ -435,3 +436,43 @@ def test_all_errors_of_a_run_are_reported_together_and_sorted(tmp_path: Path) ->
     assert_error(errors[1], b, 4, "Service/web", "port")
     assert_error(errors[2], b, 5, "Service/web", "protocl", "unknown field")
     assert_error(errors[3], c, 3, "Service/Bad_Name", "name", "invalid name")
+
+
+PLAIN_ROUTE = (
+    "---\napiVersion: meshgate/v1\nkind: Route\nname: r\n"
+    "match: {path: {prefix: /}}\nbackends: [{service: web}]\n"
+)
+
+
+@pytest.mark.parametrize("value", ["1.5", "[1]", "null", "{a: 1}"])
+def test_a_size_of_the_wrong_type_is_an_error_not_a_crash(tmp_path: Path, value: str) -> None:
+    """It raised AttributeError/TypeError out of the loader (a traceback in policy check, a dead
+    watcher task in the control plane)."""
+    f = write(tmp_path, "p.yaml", MESH + "---\n" + SERVICES + PLAIN_ROUTE + f"maxBodySize: {value}\n")
+    err = only_error(tmp_path)
+    assert_error(err, f, line_of(f, "maxBodySize:"), "Route/r", "maxBodySize", "expected a size")
+
+
+@pytest.mark.parametrize("value", ["[1]", "{a: 1}", "null"])
+def test_a_percentage_of_the_wrong_type_is_an_error_not_a_crash(tmp_path: Path, value: str) -> None:
+    text = "---\napiVersion: meshgate/v1\nkind: Service\nname: x\ntrafficPolicy:\n  outlierDetection:\n"
+    write(tmp_path, "p.yaml", MESH + text + f"    maxEjectionPercent: {value}\n")
+    err = only_error(tmp_path)
+    assert err.field == "trafficPolicy.outlierDetection.maxEjectionPercent"
+    assert "expected a percentage" in err.message, err
+
+
+def test_certificate_ttl_must_be_positive(tmp_path: Path) -> None:
+    """The CA refuses a zero TTL: every certificate request was a 500 with a set that passed check."""
+    f = write(tmp_path, "p.yaml", MESH + "certificateTTL: 0s\n")
+    err = only_error(tmp_path)
+    assert err.ref == "Mesh/mesh" and "certificateTTL must be positive" in err.message, err
+    assert err.file == str(f)
+
+
+def test_rate_limit_requests_are_bounded(tmp_path: Path) -> None:
+    """Lua's numbers are exact to 2^53: 10^19 requests broke the RateLimit header."""
+    text = "---\napiVersion: meshgate/v1\nkind: RateLimit\nname: big\nkey: [{type: clientAddress}]\n"
+    write(tmp_path, "p.yaml", MESH + text + "limits: [{requests: 10000000000000000000, per: 1s}]\n")
+    err = only_error(tmp_path)
+    assert err.ref == "RateLimit/big" and "less than or equal to 1000000000000" in err.message, err
