@@ -75,9 +75,16 @@ def ui_routes(cp: ControlPlane) -> list[Route]:
         return html(login_page())
 
     async def login(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_FORM:
-            return html(login_page("form too large"), 413)
+        # read at most MAX_FORM bytes, whatever Content-Length says or omits (reading the whole body
+        # first let one unauthenticated request hold hundreds of MB)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_FORM:
+                return html(login_page("form too large"), 413)
+            chunks.append(chunk)
+        body = b"".join(chunks)
         offered = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0]
         if cp.admin_token is None or not token_matches(cp.admin_token, offered):
             return html(login_page("That is not the admin token."), 401)

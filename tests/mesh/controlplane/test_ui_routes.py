@@ -494,3 +494,35 @@ def test_a_non_finite_bucket_bound_does_not_break_the_graph(fresh_cp: InProcessC
     with ep.anon() as http:
         graph = http.get("/ui/data/graph.json", headers=with_cookie(login(ep)))
     assert r.status_code == 400 or graph.status_code == 200, (r.status_code, graph.status_code)
+
+
+def test_a_huge_login_form_is_refused_before_it_is_read(ep: Endpoint) -> None:
+    """The 4 KiB limit holds while reading: a client announcing 100 MB gets 413 after a few KiB,
+    without the server waiting for (and holding) the rest (it read the whole body first)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    from cp_testlib import verify_context
+
+    parts = urlsplit(ep.url)
+    context = verify_context(ep.bundle_pem)
+    head = (
+        f"POST /ui/login HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000000\r\n\r\n"
+    )
+    answer = b""
+    with (
+        socket.create_connection((parts.hostname, parts.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=parts.hostname) as tls,
+    ):
+        tls.sendall(head.encode() + b"token=" + b"x" * 8192)
+        try:
+            while b"\r\n\r\n" not in answer:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except (TimeoutError, ssl.SSLError, OSError) as exc:
+            raise AssertionError(f"no answer before the body ended: {exc!r}") from None
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
