@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import re._constants as _sre  # type: ignore[import-not-found]  # the parser's node types
+import re._parser as _sre_parser  # type: ignore[import-not-found]  # for the backtracking check
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -170,9 +172,57 @@ def _regex(value: str) -> str:
         raise ValueError(f"regular expression over {MAX_REGEX_CHARS} characters")
     try:
         re.compile(value)
+        nested = _nested_repeat(_sre_parser.parse(value))
     except (re.error, OverflowError, RecursionError) as exc:
         raise ValueError(f"invalid regular expression {value[:60]!r}: {exc}") from None
+    if nested:
+        # Python's re backtracks: (a+)+$ against 30 a's and a b takes minutes, and a client chooses
+        # the header it is matched against. Envoy uses RE2 for this reason
+        raise ValueError(
+            f"regular expression {value[:60]!r} repeats a repetition (as in (a+)+): it can take "
+            "exponential time on hostile input; write it without the nested repetition"
+        )
     return value
+
+
+def _nested_repeat(items: Any) -> bool:
+    """True when a repetition that may run long (unbounded, or over 16 times) repeats nothing but
+    another repetition, directly or as one alternative: (a+)+, (a*)*, (x|y+)*, the classic shapes of
+    catastrophic backtracking. [a-z]+(-[a-z]+)* passes (the '-' anchors each round). A heuristic:
+    it does not see every ambiguous pattern."""
+    for op, av in items:
+        if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT):
+            _low, high, sub = av
+            if (high == _sre.MAXREPEAT or high > 16) and _only_a_repeat(sub):
+                return True
+            if _nested_repeat(sub):
+                return True
+        elif op is _sre.SUBPATTERN:
+            if _nested_repeat(av[-1]):
+                return True
+        elif op is _sre.BRANCH:
+            if any(_nested_repeat(branch) for branch in av[1]):
+                return True
+        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+            if _nested_repeat(av[1]):
+                return True
+    return False
+
+
+def _only_a_repeat(items: Any) -> bool:
+    """``items`` is one repetition of more than one round (through groups), or a choice of which
+    one alternative is."""
+    items = list(items)
+    while len(items) == 1 and items[0][0] is _sre.SUBPATTERN:
+        items = list(items[0][1][-1])
+    if len(items) != 1:
+        return False
+    op, av = items[0]
+    if op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT):
+        return bool(av[1] > 1)
+    if op is _sre.BRANCH:
+        return any(_only_a_repeat(branch) for branch in av[1])
+    return False
 
 
 Regex = Annotated[str, AfterValidator(_regex)]
