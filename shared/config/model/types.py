@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 
 from shared.config.durations import format_duration, parse_duration, parse_percent, parse_size
+from shared.policy.paths import normalize_path
 
 
 def camel(name: str) -> str:
@@ -147,6 +148,15 @@ def _path_pattern(value: str) -> str:
         raise ValueError(f"path pattern {value!r}: '*' may stand only at the start or the end")
     if "?" in value or "#" in value:
         raise ValueError(f"path pattern {value!r} must not contain a query or fragment")
+    base = value.removesuffix("*")
+    canonical = normalize_path(base)
+    if canonical != base:
+        # requests are matched after normalization: /a%2Fb, //x or /x/../y in a rule never match
+        # anything (a deny rule that silently allows)
+        hint = f"; write {canonical + value[len(base) :]!r}" if canonical else ""
+        raise ValueError(
+            f"path pattern {value!r} is not in the normalized form requests are matched in{hint}"
+        )
     return value
 
 

@@ -501,3 +501,13 @@ def test_ordinary_regexes_pass(tmp_path: Path, regex: str) -> None:
         POLICY_HEAD + f'    to:\n      headers:\n        - name: x-user\n          regex: "{regex}"\n',
     )
     assert load(tmp_path / "p.yaml").ok
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hint"), [("/a%2Fb", "/a/b"), ("//dbl/*", "/dbl/*"), ("/x/../secret", "/secret")]
+)
+def test_a_path_pattern_requests_can_never_match_is_refused(tmp_path: Path, pattern: str, hint: str) -> None:
+    """Requests are matched after normalization, so a deny rule on /a%2Fb matched nothing (ALLOW)."""
+    write(tmp_path, "p.yaml", POLICY_HEAD + f'    to:\n      paths: ["{pattern}"]\n')
+    err = only_error(tmp_path)
+    assert "is not in the" in err.message and f"write '{hint}'" in err.message, err
