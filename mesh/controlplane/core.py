@@ -320,6 +320,12 @@ class ControlPlane:
             "bundle": self.ca.bundle().to_jwks(),
         }
 
+    @property
+    def namespace(self) -> str:
+        """The Mesh's namespace (``default`` before a policy set is loaded)."""
+        current = self.watcher.current
+        return current.mesh.namespace if current else "default"
+
     async def create_token(
         self, service: str, namespace: str | None, ttl_s: float, reusable: bool
     ) -> tuple[JoinToken, float]:
@@ -345,7 +351,7 @@ class ControlPlane:
             self._snapshots.refresh(
                 index,
                 trust_domain=self.ca.trust_domain,
-                endpoints=self.registry.healthy_endpoints(),
+                endpoints=self.registry.healthy_endpoints(self.namespace),
                 policy_version=self._policy_version,
                 policies=self._policy_json,
                 bundle_sequence=bundle.sequence,

@@ -226,13 +226,20 @@ class Registry:
             grouped.setdefault(view.record.service, []).append(view)
         return grouped
 
-    def healthy_endpoints(self) -> dict[str, list[dict[str, object]]]:
-        """What sidecars may send to: passing and warning instances, per service."""
+    def healthy_endpoints(self, namespace: str | None = None) -> dict[str, list[dict[str, object]]]:
+        """What sidecars may send to: passing and warning instances, per service. With ``namespace``
+        (the Mesh's), instances of another namespace are listed as ``SERVICE.NAMESPACE``, never
+        under the bare name (ns/sandbox/sa/orders got ns/shop/sa/orders' traffic)."""
         out: dict[str, list[dict[str, object]]] = {}
         for view in self.instances():
             if view.health != "critical":
                 r = view.record
-                out.setdefault(r.service, []).append(
+                key = (
+                    r.service
+                    if namespace is None or r.namespace == namespace
+                    else f"{r.service}.{r.namespace}"
+                )
+                out.setdefault(key, []).append(
                     {
                         "id": r.id,
                         "address": r.address,

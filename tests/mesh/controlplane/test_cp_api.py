@@ -357,3 +357,23 @@ def test_the_listener_speaks_tls_13_only(ep: Endpoint) -> None:
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with httpx.Client(verify=ctx, timeout=5) as http, pytest.raises(httpx.ConnectError):
         http.get(f"{ep.url}/healthz")
+
+
+def test_a_service_of_another_namespace_is_never_merged_into_the_mesh_namespaces(ep: Endpoint) -> None:
+    """ns/sandbox/sa/orders was listed with ns/default/sa/orders under "orders": callers of orders
+    sent production traffic to the sandbox instance (its certificate matched what it registered)."""
+    with ep.admin() as http:
+        prod = http.post("/v1/register", json=register_body("orders", 81, id="orders-81"))
+        sandbox = http.post(
+            "/v1/register", json=register_body("orders", 82, id="orders-82", namespace="sandbox")
+        )
+        assert prod.status_code == 201 and sandbox.status_code == 201, (prod.text, sandbox.text)
+        endpoints = http.get("/v1/snapshot").json()["endpoints"]
+        try:
+            assert "orders-82" not in {e["id"] for e in endpoints.get("orders", [])}
+            assert "orders-81" in {e["id"] for e in endpoints["orders"]}
+            assert [e["id"] for e in endpoints["orders.sandbox"]] == ["orders-82"]
+            assert endpoints["orders.sandbox"][0]["identity"].endswith("/ns/sandbox/sa/orders")
+        finally:
+            http.delete("/v1/register/orders-81")
+            http.delete("/v1/register/orders-82")
