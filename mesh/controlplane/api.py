@@ -164,6 +164,10 @@ def build_app(cp: ControlPlane) -> Starlette:
             wait = min(parse_duration(wait_text).total_seconds(), MAX_WAIT_S)
         except ValueError as exc:
             raise ApiError(400, "bad_request", f"wait: {exc}") from None
+        if after is not None and after > cp.registry.index:
+            # an index this store never reached (it was reset, or the client's cache is from another
+            # life): a full snapshot at once, as for no index (it waited out ``wait`` for nothing)
+            after = None
         if after is not None and cp.registry.index <= after:
             await _wait_or_disconnect(request, cp, after, wait)
         delta = request.query_params.get("delta", "").lower() in ("1", "true", "yes")

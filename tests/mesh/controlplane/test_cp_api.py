@@ -377,3 +377,16 @@ def test_a_service_of_another_namespace_is_never_merged_into_the_mesh_namespaces
         finally:
             http.delete("/v1/register/orders-81")
             http.delete("/v1/register/orders-82")
+
+
+def test_an_index_from_the_future_gets_a_full_snapshot_at_once(ep: Endpoint) -> None:
+    """A sidecar restarting from its cache against a reset store waited out the whole wait (stale
+    configuration for up to 30 s) and got no delta base it could use."""
+    with ep.admin() as http:
+        current = int(http.get("/v1/snapshot").headers["x-meshgate-index"])
+        started = time.monotonic()
+        r = http.get(f"/v1/snapshot?index={current + 1000}&wait=5s&delta=1")
+        elapsed = time.monotonic() - started
+    assert r.status_code == 200 and elapsed < 2, elapsed
+    assert int(r.headers["x-meshgate-index"]) == current
+    assert "endpoints" in r.json() and "trustDomain" in r.json()
