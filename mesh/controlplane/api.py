@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -220,6 +221,14 @@ def build_app(cp: ControlPlane) -> Starlette:
         assert isinstance(exc, ApiError)
         return exc.response()
 
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404 and 405 (no route, wrong method) in the API's JSON error form."""
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        response = ApiError(exc.status_code, code, str(exc.detail)).response()
+        response.headers.update(exc.headers or {})  # 405's Allow (RFC 9110 section 15.5.6)
+        return response
+
     routes = [
         Route("/v1/sign", sign, methods=["POST"]),
         Route("/v1/bundle", bundle, methods=["GET"]),
@@ -241,7 +250,9 @@ def build_app(cp: ControlPlane) -> Starlette:
     ]
     api_metrics.routes = routes
     return Starlette(
-        routes=routes, exception_handlers={ApiError: on_api_error}, middleware=[api_metrics.middleware()]
+        routes=routes,
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},
+        middleware=[api_metrics.middleware()],
     )
 
 

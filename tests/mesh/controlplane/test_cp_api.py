@@ -390,3 +390,12 @@ def test_an_index_from_the_future_gets_a_full_snapshot_at_once(ep: Endpoint) -> 
     assert r.status_code == 200 and elapsed < 2, elapsed
     assert int(r.headers["x-meshgate-index"]) == current
     assert "endpoints" in r.json() and "trustDomain" in r.json()
+
+
+def test_unknown_paths_and_methods_get_the_json_error_form(ep: Endpoint) -> None:
+    with ep.admin() as http:
+        missing = http.get("/v1/nosuch")
+        method = http.delete("/v1/snapshot")
+    assert missing.status_code == 404 and error_of(missing)[0] == "not_found"
+    assert method.status_code == 405 and error_of(method)[0] == "method_not_allowed"
+    assert method.headers["allow"] == "GET"
