@@ -171,7 +171,8 @@ class ExtAuthzAuthenticator:
 
     def _cache_key(self, request: EdgeRequest, body: bytes) -> str:
         assert self.settings.cache is not None
-        parts = [self.name, request.method, request.host, request.path, request.query]
+        host = request.header("x-forwarded-host") or request.host  # the Host the service is sent
+        parts = [self.name, request.method, host, request.path, request.query]
         for name in self._key_headers:
             values = [value for key, value in request.headers if key == name]
             parts.append(f"{name}:{len(values)}")

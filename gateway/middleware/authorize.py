@@ -8,6 +8,7 @@ import logging
 
 from gateway.exchange import Exchange, local_error
 from gateway.metrics import GatewayMetrics
+from gateway.proxy import wire_safe
 from mesh.transport.messages import Response
 from shared.policy.engine import PolicyEngine
 from shared.policy.request import Caller
@@ -72,7 +73,7 @@ def _headers(ex: Exchange) -> dict[str, str]:
     joined: dict[str, str] = {}
     for key, value in [
         *((k, v) for k, v in ex.headers if k not in drop),
-        *((k.lower(), v) for k, v in identity.upstream_headers),
+        *((k.lower(), v) for k, v in identity.upstream_headers if wire_safe(v)),  # as proxy sends them
     ]:
         joined[key] = f"{joined[key]},{value}" if key in joined else value
     return joined

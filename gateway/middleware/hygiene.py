@@ -128,7 +128,7 @@ def check(scope: Mapping[str, Any], settings: HygieneSettings) -> Exchange | Res
         return _bad("unsupported Transfer-Encoding")  # RFC 9112 section 6.1: the length is unknown
     if codings and codings != ["chunked"]:
         # RFC 9112 section 6.1: a coding before chunked (gzip, chunked) is not implemented here
-        response = local_error(501, "bad_request", "unsupported Transfer-Encoding")
+        response = local_error(501, "not_implemented", "unsupported Transfer-Encoding")
         response.headers.append(("connection", "close"))
         return response
     named = {

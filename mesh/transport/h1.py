@@ -267,16 +267,6 @@ class H1Server:
             # RFC 9112 section 3.2: 400 for an HTTP/1.1 request with no Host or more than one
             await self._refuse(writer, 400, "missing or repeated Host header", reader, event.method)
             return False
-        if self.upgrade is not None and event.method == b"GET" and _wants_websocket(headers):
-            # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here. A handshake
-            # has no body: one that announces a body is refused (never waited for)
-            if any(
-                k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers
-            ):
-                await self._refuse(writer, 400, "a WebSocket handshake with a body", reader)
-                return False
-            await self.upgrade(event, reader, writer, msg.leftover, info)
-            return False
         authority = hosts[0] if hosts else ""
         if authority and not _HOST.fullmatch(authority):
             # RFC 9112 section 3.2: 400 for an invalid Host value (uri-host [":" port]: no userinfo,
@@ -290,6 +280,16 @@ class H1Server:
             await self._refuse(
                 writer, 400, f"request target {target[:64]!r} not allowed", reader, event.method
             )
+            return False
+        if self.upgrade is not None and event.method == b"GET" and _wants_websocket(headers):
+            # RFC 6455: the connection leaves HTTP; the upgrade handler owns it from here. A handshake
+            # has no body: one that announces a body is refused (never waited for)
+            if any(
+                k == "transfer-encoding" or (k == "content-length" and v.strip() != "0") for k, v in headers
+            ):
+                await self._refuse(writer, 400, "a WebSocket handshake with a body", reader)
+                return False
+            await self.upgrade(event, reader, writer, msg.leftover, info)
             return False
         idle_timeout = self.idle_timeout
         # RFC 9110 section 10.1.1: a client that sent "Expect: 100-continue" waits (curl: 1 s) for
@@ -344,7 +344,7 @@ class H1Server:
     ) -> bool:
         """Write ``response``; True when it was framed whole and the connection may stay open."""
         status = response.status
-        if any(k == "connection" and "close" in v.lower() for k, v in response.headers):
+        if self.raw_headers and any(k == "connection" and "close" in v.lower() for k, v in response.headers):
             keep = False  # the handler asks for the close (the gateway after a request it refused)
         out_headers = strip_hop_by_hop(response.headers)
         bodyless = event.method == b"HEAD" or status in (204, 304) or status < 200

@@ -90,6 +90,7 @@ class RequestParser:
         self._building: Message | None = None
         self._url: list[bytes] = []
         self._headers: list[tuple[bytes, bytes]] = []
+        self._codings: list[bytes] = []  # the current head's Transfer-Encoding codings, in order
         self._size = 0
         self._pending_head = 0  # bytes fed since a head began and before it ended
         self._overhead = 0  # bytes fed into the current body that were not body: framing, trailers
@@ -109,6 +110,7 @@ class RequestParser:
         self._building = Message()
         self._url = []
         self._headers = []
+        self._codings = []
         self._size = 0
 
     def on_url(self, url: bytes) -> None:
@@ -130,6 +132,8 @@ class RequestParser:
                 raise H1ParseError("trailer fields too large", 431)
             return
         self._headers.append((name, value))
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._codings.extend(c.strip().lower() for c in value.split(b","))
 
     def on_headers_complete(self) -> None:
         if self._priming:
@@ -139,12 +143,7 @@ class RequestParser:
         msg = self._building
         assert msg is not None
         version = parser.get_http_version().encode("ascii")
-        codings = [
-            c.strip().lower()
-            for k, v in self._headers
-            if k.lower() == b"transfer-encoding"
-            for c in v.split(b",")
-        ]
+        codings = self._codings
         if codings and version == b"1.0":
             raise H1ParseError("Transfer-Encoding in an HTTP/1.0 request", 400)
         if codings and (codings[-1] != b"chunked" or codings.count(b"chunked") > 1):
@@ -185,8 +184,13 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises H1ParseError when the error falls in the request being read."""
+        while data:  # a loop, not recursion: every declined upgrade hands back the bytes after it
+            data = self._feed(data)
+
+    def _feed(self, data: bytes) -> bytes:
+        """Parse ``data``; the bytes still to parse after a declined upgrade, else b""."""
         if self.error is not None or self.upgraded or not data:
-            return
+            return b""
         building = self._building
         started_in = building
         in_body = building is not None and building.head is not None  # this feed begins in its body
@@ -206,8 +210,7 @@ class RequestParser:
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
             if self._queue and not _followed(self._queue[-1]):
-                self._decline_upgrade(self._queue[-1], bytes(data[offset:]))
-                return
+                return self._decline_upgrade(self._queue[-1], bytes(data[offset:]))
             self.upgraded = True
             if self._queue:
                 self._queue[-1].leftover = bytes(data[offset:])
@@ -238,8 +241,9 @@ class RequestParser:
                 or self._since_body > self.max_header_bytes
             ):
                 self._fail(H1ParseError("chunk framing or trailer fields too large", 431))
+        return b""
 
-    def _decline_upgrade(self, msg: Message, rest: bytes) -> None:
+    def _decline_upgrade(self, msg: Message, rest: bytes) -> bytes:
         """Go on parsing after an upgrade that is not followed (see the module docstring): a fresh
         llhttp parser, first fed a synthetic head with the request's own framing so that the bytes
         after the head are read as its body, then the requests after it."""
@@ -262,8 +266,8 @@ class RequestParser:
                 self._parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
             except httptools.HttpParserError as exc:  # pragma: no cover - llhttp accepted this framing
                 self._fail(H1ParseError(f"malformed request: {exc}", 400))
-                return
-        self.feed(rest)
+                return b""
+        return rest
 
     def _fail(self, error: H1ParseError) -> None:
         """Keep ``error`` for :meth:`next`. A request whose head was queued but whose head or body

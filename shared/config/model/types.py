@@ -148,12 +148,15 @@ def _path_pattern(value: str) -> str:
         raise ValueError(f"path pattern {value!r}: '*' may stand only at the start or the end")
     if "?" in value or "#" in value:
         raise ValueError(f"path pattern {value!r} must not contain a query or fragment")
-    base = value.removesuffix("*")
-    canonical = normalize_path(base)
-    if canonical != base:
-        # requests are matched after normalization: /a%2Fb, //x or /x/../y in a rule never match
-        # anything (a deny rule that silently allows)
-        hint = f"; write {canonical + value[len(base) :]!r}" if canonical else ""
+    # requests are matched after normalization: /a%2Fb, //x or /x/../y in a rule never match
+    # anything (a deny rule that silently allows). A prefix is checked as the start of a path
+    # ("/static/." + "x"), so that a partial last segment such as /.* (dotfiles) stays allowed
+    star = value.endswith("*")
+    sample = value[:-1] + "x" if star else value
+    normal = normalize_path(sample)
+    if normal != sample:
+        canonical = (normal[:-1] + "*" if star else normal) if normal else None
+        hint = f"; write {canonical!r}" if canonical else ""
         raise ValueError(
             f"path pattern {value!r} is not in the normalized form requests are matched in{hint}"
         )

@@ -451,3 +451,17 @@ def test_an_upgrade_without_a_body_that_is_not_followed_leaves_the_next_request_
     parser.done()
     after = parser.next()
     assert after is not None and after.head is not None and after.head.target == b"/a?b"
+
+
+def test_many_pipelined_declined_upgrades_in_one_read_parse_without_recursion() -> None:
+    """Each declined upgrade went one call deeper: ~1,000 of them in one 64 KiB read raised
+    RecursionError out of the parser."""
+    one = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: a\r\n\r\n"
+    parser = RequestParser(1 << 20)
+    parser.feed(one * 1500)
+    served = 0
+    while (msg := parser.next()) is not None:
+        assert msg.head is not None and not msg.head.upgrade and msg.complete
+        served += 1
+        parser.done()
+    assert served == 1500

@@ -511,3 +511,10 @@ def test_a_path_pattern_requests_can_never_match_is_refused(tmp_path: Path, patt
     write(tmp_path, "p.yaml", POLICY_HEAD + f'    to:\n      paths: ["{pattern}"]\n')
     err = only_error(tmp_path)
     assert "is not in the" in err.message and f"write '{hint}'" in err.message, err
+
+
+@pytest.mark.parametrize("pattern", ["/.*", "/static/.*", "/api/*", "/api/"])
+def test_prefix_patterns_with_a_partial_last_segment_pass(tmp_path: Path, pattern: str) -> None:
+    """/.* (dotfiles) is a prefix of normalized paths such as /.env: not refused as "/." would be."""
+    write(tmp_path, "p.yaml", POLICY_HEAD + f'    to:\n      paths: ["{pattern}"]\n')
+    assert load(tmp_path / "p.yaml").ok
