@@ -7,9 +7,18 @@ import re
 import re._constants as _sre  # type: ignore[import-not-found]  # the parser's node types
 import re._parser as _sre_parser  # type: ignore[import-not-found]  # for the backtracking check
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
 
 from shared.config.durations import format_duration, parse_duration, parse_percent, parse_size
 from shared.policy.paths import normalize_path
@@ -31,6 +40,24 @@ class Spec(BaseModel):
         populate_by_name=True,
         validate_default=False,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false/yes/no are not numbers (pydantic would read ``requests: true`` as 1)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _numeric(field.annotation):
+                raise ValueError(f"expected a number, not {str(value).lower()}")
+        return value
+
+
+def _numeric(annotation: Any) -> bool:
+    """``annotation`` is int or float, or a union holding one and not bool."""
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return bool(args) and bool not in args and any(a in (int, float) for a in args)
 
 
 def _duration(value: Any) -> Any:

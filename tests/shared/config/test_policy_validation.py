@@ -518,3 +518,12 @@ def test_prefix_patterns_with_a_partial_last_segment_pass(tmp_path: Path, patter
     """/.* (dotfiles) is a prefix of normalized paths such as /.env: not refused as "/." would be."""
     write(tmp_path, "p.yaml", POLICY_HEAD + f'    to:\n      paths: ["{pattern}"]\n')
     assert load(tmp_path / "p.yaml").ok
+
+
+def test_yaml_booleans_are_not_numbers(tmp_path: Path) -> None:
+    """``requests: true`` was read as 1 and ``weight: false`` as 0, silently."""
+    text = "---\napiVersion: meshgate/v1\nkind: RateLimit\nname: rl\nkey: [{type: clientAddress}]\n"
+    write(tmp_path, "p.yaml", MESH + text + "limits: [{requests: true, per: 1s}]\n")
+    err = only_error(tmp_path)
+    assert err.ref == "RateLimit/rl" and err.field == "limits[0].requests", err
+    assert "expected a number, not true" in err.message
