@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+from h2pair_testlib import close_pair, open_pair
+
 from mesh.transport.h2conn import H2Protocol
 from mesh.transport.messages import Request, Response, body_of, ready_now
 
@@ -16,28 +18,11 @@ Handler = Callable[[Request, H2Protocol], Awaitable[Response]]
 
 
 async def _with_pair(handler: Handler, client_side: Callable[[H2Protocol], Awaitable[T]]) -> T:
-    loop = asyncio.get_running_loop()
-    servers: list[H2Protocol] = []
-
-    def make() -> H2Protocol:
-        proto = H2Protocol(client_side=False, handler=handler)
-        servers.append(proto)
-        return proto
-
-    server = await loop.create_server(make, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    _, client = await loop.create_connection(lambda: H2Protocol(client_side=True), "127.0.0.1", port)
+    listener, client, servers = await open_pair(handler)
     try:
-        await asyncio.wait_for(client.ready, 5)
         return await client_side(client)
     finally:
-        client.close()
-        for proto in servers:
-            if proto.transport is not None:
-                proto.transport.close()
-        server.close()
-        await server.wait_closed()
-        await asyncio.sleep(0.02)
+        await close_pair(listener, client, servers)
 
 
 def _run(coro: Awaitable[T]) -> T:

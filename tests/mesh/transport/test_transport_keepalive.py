@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from h2pair_testlib import close_pair, open_pair
+
 from mesh.transport.h2conn import H2Protocol
 from mesh.transport.messages import Request, Response, body_of
 
@@ -12,34 +14,12 @@ async def _ok(request: Request, proto: H2Protocol) -> Response:
     return Response(200, [("content-length", "2")], body_of(b"ok"))
 
 
-async def _close(server: asyncio.Server, client: H2Protocol, servers: list[H2Protocol]) -> None:
-    client.close()
-    for proto in servers:
-        if proto.transport is not None:
-            proto.transport.close()
-    server.close()
-    await server.wait_closed()
-    await asyncio.sleep(0.05)  # let the transports finish closing
-
-
 async def _pair(
     *, keepalive: float | None, idle: float | None, server_idle: float | None = None
 ) -> tuple[asyncio.Server, H2Protocol, list[H2Protocol]]:
-    loop = asyncio.get_running_loop()
-    servers: list[H2Protocol] = []
-
-    def make() -> H2Protocol:
-        proto = H2Protocol(client_side=False, handler=_ok, idle_timeout=server_idle)
-        servers.append(proto)
-        return proto
-
-    server = await loop.create_server(make, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    _, client = await loop.create_connection(
-        lambda: H2Protocol(client_side=True, keepalive=keepalive, idle_timeout=idle), "127.0.0.1", port
+    return await open_pair(
+        _ok, server={"idle_timeout": server_idle}, client={"keepalive": keepalive, "idle_timeout": idle}
     )
-    await asyncio.wait_for(client.ready, 5)
-    return server, client, servers
 
 
 def test_a_quiet_connection_is_kept_alive_by_pings_the_peer_answers() -> None:
@@ -49,7 +29,7 @@ def test_a_quiet_connection_is_kept_alive_by_pings_the_peer_answers() -> None:
         alive = client.transport is not None and not client.transport.is_closing()
         response = await client.request(Request("GET", "/", "x"))
         assert response.status == 200 and b"".join([c async for c in response.body]) == b"ok"
-        await _close(server, client, servers)
+        await close_pair(server, client, servers)
         return alive
 
     assert asyncio.run(asyncio.wait_for(go(), 10))
@@ -61,7 +41,7 @@ def test_a_peer_that_stops_answering_pings_is_dropped() -> None:
         assert servers[0].transport is not None
         servers[0].transport.pause_reading()  # the peer hangs: no PING ACK will come
         await asyncio.wait_for(client.closed, 3)
-        await _close(server, client, servers)
+        await close_pair(server, client, servers)
         return True
 
     assert asyncio.run(asyncio.wait_for(go(), 10))
@@ -77,7 +57,7 @@ def test_an_idle_connection_is_closed_and_a_busy_one_is_not() -> None:
         await asyncio.sleep(0.1)
         open_after_use = client.transport is not None and not client.transport.is_closing()
         await asyncio.wait_for(client.closed, 3)  # then idle for longer than 0.3 s: closed
-        await _close(server, client, servers)
+        await close_pair(server, client, servers)
         return open_after_use, client.closed.done()
 
     assert asyncio.run(asyncio.wait_for(go(), 10)) == (True, True)
@@ -98,17 +78,7 @@ def test_a_request_whose_body_stalls_is_reset_and_its_handler_released() -> None
             outcome.set_result("finished")
             return Response(200)
 
-        servers: list[H2Protocol] = []
-
-        def make() -> H2Protocol:
-            proto = H2Protocol(client_side=False, handler=reader, stream_idle_timeout=0.3)
-            servers.append(proto)
-            return proto
-
-        server = await loop.create_server(make, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        _, client = await loop.create_connection(lambda: H2Protocol(client_side=True), "127.0.0.1", port)
-        await asyncio.wait_for(client.ready, 5)
+        server, client, servers = await open_pair(reader, server={"stream_idle_timeout": 0.3})
         stall = asyncio.Event()
 
         async def body():  # type: ignore[no-untyped-def]
@@ -123,7 +93,7 @@ def test_a_request_whose_body_stalls_is_reset_and_its_handler_released() -> None
         except Exception:
             reset = True
         stall.set()
-        await _close(server, client, servers)
+        await close_pair(server, client, servers)
         return reset, result
 
     reset, result = asyncio.run(asyncio.wait_for(go(), 15))

@@ -5,7 +5,8 @@ request's own ``host`` header must not become a second Host towards the app."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+
+from h2pair_testlib import close_pair, open_pair
 
 from mesh.outbound.client import MeshClient
 from mesh.transport.h1 import H1Pool
@@ -13,38 +14,12 @@ from mesh.transport.h2conn import H2Protocol
 from mesh.transport.messages import Request, Response, body_of, error_response, grpc_error
 
 
-async def _pair(handler: Any) -> tuple[asyncio.Server, H2Protocol, list[H2Protocol]]:
-    loop = asyncio.get_running_loop()
-    servers: list[H2Protocol] = []
-
-    def make() -> H2Protocol:
-        proto = H2Protocol(client_side=False, handler=handler)
-        servers.append(proto)
-        return proto
-
-    server = await loop.create_server(make, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    _, client = await loop.create_connection(lambda: H2Protocol(client_side=True), "127.0.0.1", port)
-    await asyncio.wait_for(client.ready, 5)
-    return server, client, servers
-
-
-async def _close(server: asyncio.Server, client: H2Protocol, servers: list[H2Protocol]) -> None:
-    client.close()
-    for proto in servers:
-        if proto.transport is not None:
-            proto.transport.close()
-    server.close()
-    await server.wait_closed()
-    await asyncio.sleep(0.05)
-
-
 def test_answers_that_leave_the_request_body_unread_do_not_exhaust_the_connection_window() -> None:
     async def deny(request: Request, proto: H2Protocol) -> Response:
         return error_response(403, "policy_denied", "no")  # the body is never read, as a denial
 
     async def go() -> int:
-        server, client, servers = await _pair(deny)
+        server, client, servers = await open_pair(deny)
         payload = b"x" * (256 * 1024)
         done = 0
         for _ in range(150):  # 37 MiB in all: far past a 16 MiB connection window if none came back
@@ -63,7 +38,7 @@ def test_answers_that_leave_the_request_body_unread_do_not_exhaust_the_connectio
             async for _ in response.body:
                 pass
             done += response.status == 403
-        await _close(server, client, servers)
+        await close_pair(server, client, servers)
         return done
 
     assert asyncio.run(asyncio.wait_for(go(), 60)) == 150
@@ -88,7 +63,7 @@ def test_trailers_only_responses_closed_unread_release_every_count() -> None:
         return grpc_error("policy_denied", "no")
 
     async def go() -> tuple[int, list[int], int]:
-        server, client, servers = await _pair(grpc_fail)
+        server, client, servers = await open_pair(grpc_fail)
         mesh = MeshClient(_OnePool(client))  # type: ignore[arg-type]
         port = server.sockets[0].getsockname()[1]
         mesh.update(
@@ -116,7 +91,7 @@ def test_trailers_only_responses_closed_unread_release_every_count() -> None:
             [e.active for e in mesh.endpoints.get("svc")],
             len(client.streams),
         )
-        await _close(server, client, servers)
+        await close_pair(server, client, servers)
         return counts
 
     assert asyncio.run(asyncio.wait_for(go(), 20)) == (0, [0], 0)
