@@ -20,7 +20,6 @@ one decision shares the hash tag (one Redis Cluster slot); the raw key never app
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -37,6 +36,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from gateway.ratelimit.batcher import Batcher
 from gateway.ratelimit.local import CachedDenial, DeniedCache, LocalBuckets
 from gateway.ratelimit.script import SCRIPT, SCRIPT_SHA
+from gateway.ratelimit.wire import Connections, pack
 from shared.config.durations import format_duration
 from shared.config.model.edge import RateLimit
 
@@ -60,6 +60,7 @@ _Outcome = bytes | BaseException
 
 _MICRO = 1_000_000
 _SHA = SCRIPT_SHA.encode()
+_SCRIPT_LOAD = pack(b"SCRIPT", b"LOAD", SCRIPT.encode())
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -216,6 +217,12 @@ def _failed(exc: BaseException) -> _Outcome:
     return exc
 
 
+def _outcome(reply: object) -> _Outcome:
+    if isinstance(reply, bytes | BaseException):
+        return reply
+    return ResponseError(f"unexpected reply {reply!r:.100}")
+
+
 def _describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
@@ -246,13 +253,17 @@ class RateLimiter:
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
         self._metrics = metrics
         self._client: aioredis.Redis | None = None
+        self._wire: Connections | None = None
         if redis_url is not None:
+            # no socket_timeout: every round trip runs under asyncio.timeout(timeout) in _send, and
+            # redis-py's own would add a task per write (wire.py)
             self._client = aioredis.Redis.from_url(
                 redis_url,
-                socket_timeout=timeout,
+                socket_timeout=None,
                 socket_connect_timeout=timeout,
                 retry=Retry(NoBackoff(), 0),
             )
+            self._wire = Connections(self._client.connection_pool)
         self._ok = self._client is not None
         self._closed = False
         self._down_since = 0.0
@@ -321,6 +332,8 @@ class RateLimiter:
             await asyncio.gather(self._probe_task, return_exceptions=True)
             self._probe_task = None
         await self._batcher.close()
+        if self._wire is not None:
+            await self._wire.close()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -416,17 +429,18 @@ class RateLimiter:
 
     async def _send(self, calls: Sequence[_Call]) -> list[_Outcome]:
         """One pipeline of EVALSHA; on NOSCRIPT, SCRIPT LOAD and resend those calls. All within timeout."""
-        client = self._client
-        if client is None:
+        if self._client is None:
             raise ConnectionError("rate limiter closed")
         async with asyncio.timeout(self.timeout):
-            results = await self._pipeline(client, calls)
+            results = await self._pipeline(calls)
             missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
             if missing:
                 self._bump("noscript_reloads")
                 self._bump("round_trips")
-                await client.script_load(SCRIPT)
-                again = await self._pipeline(client, [calls[i] for i in missing])
+                loaded = (await self._wire_execute([_SCRIPT_LOAD]))[0]
+                if isinstance(loaded, BaseException):
+                    raise loaded
+                again = await self._pipeline([calls[i] for i in missing])
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
         for result in results:
@@ -435,13 +449,17 @@ class RateLimiter:
                 self._script_error(_describe(result, self.timeout))
         return results
 
-    async def _pipeline(self, client: aioredis.Redis, calls: Sequence[_Call]) -> list[_Outcome]:
+    async def _pipeline(self, calls: Sequence[_Call]) -> list[_Outcome]:
         self._bump("round_trips")
-        async with client.pipeline(transaction=False) as pipe:
-            for keys, argv in calls:
-                pipe.execute_command(b"EVALSHA", _SHA, str(len(keys)).encode(), *keys, *argv)
-            results = await pipe.execute(raise_on_error=False)
-        return list(results)
+        replies = await self._wire_execute(
+            [pack(b"EVALSHA", _SHA, b"%d" % len(keys), *keys, *argv) for keys, argv in calls]
+        )
+        return [_outcome(reply) for reply in replies]
+
+    async def _wire_execute(self, commands: Sequence[bytes]) -> list[object]:
+        if self._wire is None:
+            raise ConnectionError("rate limiter closed")
+        return await self._wire.execute(commands)
 
     def _script_error(self, what: str) -> None:
         now = time.monotonic()
@@ -475,9 +493,8 @@ class RateLimiter:
                 continue
             # connections opened before the outage still point at the dead server: drop them all, or
             # the next decisions fail on them and mark Redis down again
-            if self._client is not None:
-                with contextlib.suppress(Exception):
-                    await self._client.connection_pool.disconnect()
+            if self._wire is not None:
+                await self._wire.clear()
             self._ok = True
             self._buckets.clear()
             log.warning(

@@ -7,20 +7,24 @@ from typing import Any
 
 import pytest
 from ratelimit_testlib import make_doc, open_limiter
-from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection
 
 
 @pytest.fixture
 def executes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the round trips independently of the limiter: the commands of every Pipeline.execute."""
+    """Counts the round trips independently of the limiter, at redis-py's socket writes: the EVALSHA
+    commands in every ``send_packed_command``."""
     seen: list[int] = []
-    original = Pipeline.execute
+    original = AbstractConnection.send_packed_command
 
-    async def counting(self: Pipeline, raise_on_error: bool = True) -> Any:
-        seen.append(len(self.command_stack))
-        return await original(self, raise_on_error)
+    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        parts = [command] if isinstance(command, bytes | str) else list(command)
+        evalshas = sum(bytes(part).count(b"EVALSHA") for part in parts if isinstance(part, bytes))
+        if evalshas:  # not the CLIENT SETINFO of a new connection
+            seen.append(evalshas)
+        await original(self, parts, check_health)
 
-    monkeypatch.setattr(Pipeline, "execute", counting)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
     return seen
 
 
