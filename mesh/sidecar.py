@@ -150,7 +150,9 @@ class Sidecar:
         self.inbound = InboundServer(inbound_handler, certs.server_context, td)
         self.ports["inbound"] = await self.inbound.start(*cfg.inbound)
         outbound = await serve_sniffing(
-            self._outbound(OutboundHandler(self.client)), *cfg.outbound, drain=self.outbound_drain
+            self._outbound(OutboundHandler(self.client, namespace=self._mesh_namespace)),
+            *cfg.outbound,
+            drain=self.outbound_drain,
         )
         self._servers.append(outbound)
         self.ports["outbound"] = outbound.sockets[0].getsockname()[1]
@@ -187,6 +189,11 @@ class Sidecar:
             return request.authority if client.endpoints.get(request.authority) else "_unknown"
 
         return self.measure.wrap("outbound", handler, peer)
+
+    def _mesh_namespace(self) -> str:
+        """The Mesh's namespace (proxy-mode names ``orders.NS`` of another one keep their ``.NS``)."""
+        engine = self.engine
+        return engine.policy_set.mesh.namespace if engine is not None else "default"
 
     def _tcp_mode(self, service: str) -> TcpMode:
         """For a per-upstream port: tunnel its connections when ``service`` is declared ``protocol: tcp``."""

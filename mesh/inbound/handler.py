@@ -84,6 +84,9 @@ class InboundHandler:
     async def __call__(self, request: Request, caller_id: str) -> Response:
         """Handle one request from an authenticated peer sidecar."""
         self.stats["requests"] += 1
+        refused = self._refuse_kind(request)
+        if refused is not None:
+            return for_caller(request, refused)
         denied = self.authorize(caller_id, request)
         if denied is not None:
             # answer at once: the body is not read (a tunnel's never ends); whatever the caller still
@@ -119,6 +122,31 @@ class InboundHandler:
         except ValueError:
             return False
         return td == mesh.trust_domain and service in mesh.edge_gateways
+
+    def _refuse_kind(self, request: Request) -> Response | None:
+        """A plain CONNECT (a raw TCP tunnel to the app) only to a ``protocol: tcp`` service, and only
+        CONNECT to one: a tunnel into an HTTP app would carry requests no policy saw, with forged
+        ``x-meshgate-peer`` headers. Extended CONNECT only for ``:protocol websocket``."""
+        engine = self.engine()
+        if engine is None:
+            return None  # authorize answers no_configuration
+        declared = engine.policy_set.services.get(self.service)
+        tcp = declared is not None and declared.protocol == "tcp"
+        protocol = request.header(":protocol")
+        if request.method == "CONNECT" and protocol is not None and protocol != "websocket":
+            return error_response(501, "not_implemented", f"extended CONNECT for {protocol!r} is not served")
+        tunnel = request.method == "CONNECT" and protocol is None
+        if tunnel == tcp:
+            return None
+        self.stats["denied"] += 1
+        if tunnel:
+            log.info("refused a TCP tunnel into %s, which is not declared protocol: tcp", self.service)
+            return error_response(
+                405, "method_not_allowed", f"{self.service} is not a TCP service: no CONNECT tunnels"
+            )
+        return error_response(
+            405, "method_not_allowed", f"{self.service} is a TCP service (protocol: tcp): tunnels only"
+        )
 
     def _speaks_grpc(self) -> bool:
         """The app is reached over h2c when its ``Service`` says ``protocol: grpc``."""

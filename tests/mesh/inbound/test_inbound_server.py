@@ -235,3 +235,66 @@ def test_drain_lets_in_flight_requests_finish_and_stops_accepting(tmp_path: Path
             assert len(up.seen) == 3
 
     run(go())
+
+
+TCP_POLICIES = (
+    POLICIES
+    + """\
+---
+apiVersion: meshgate/v1
+kind: Service
+name: db
+protocol: tcp
+---
+apiVersion: meshgate/v1
+kind: AccessPolicy
+name: db-access
+target: {service: db}
+rules:
+  - action: allow
+    from: {services: [web]}
+"""
+)
+
+
+def test_tunnels_only_into_tcp_services_and_only_tunnels_there(tmp_path: Path) -> None:
+    """A plain CONNECT into an HTTP service would be a raw pipe to its app: requests no policy saw,
+    with forged x-meshgate-peer headers. It gets 405 and the app is never connected to; a TCP service
+    gets tunnels only; extended CONNECT only for websocket."""
+
+    async def go() -> None:
+        accepted: list[int] = []
+
+        async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(1)
+            writer.close()
+
+        server = await asyncio.start_server(app, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        engine = engine_from(tmp_path / "p", TCP_POLICIES)
+        try:
+            for service, method, extra, status in (
+                ("orders", "CONNECT", [], 405),
+                ("orders", "CONNECT", [(":protocol", "bytes")], 501),
+                ("db", "CONNECT", [(":protocol", "bytes")], 501),
+                ("db", "GET", [], 405),
+            ):
+                handler = InboundHandler(service, H1Pool("127.0.0.1", port), lambda: engine)
+                request = Request(method, "/", service, headers=list(extra), body=body_of(b""))
+                response = await handler(request, spiffe("web"))
+                assert (service, method, response.status) == (service, method, status)
+                code = "method_not_allowed" if status == 405 else "not_implemented"
+                assert response.header("x-meshgate-error") == code
+            assert accepted == []
+            handler = InboundHandler("db", H1Pool("127.0.0.1", port), lambda: engine)
+            response = await handler(Request("CONNECT", "/", "db", body=body_of(b"")), spiffe("web"))
+            assert response.status == 200
+            assert response.on_close is not None
+            response.on_close()
+            await asyncio.sleep(0.05)
+            assert accepted == [1]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(go())

@@ -50,11 +50,31 @@ def test_endpoint_table_reads_metadata_and_tolerates_missing_identity() -> None:
         ("orders.default.svc.cluster.local:443", "orders"),
         ("orders.default", "orders"),
         ("user:pw@orders.mesh", "orders"),
-        ("", ""),
+        ("orders.mesh.", "orders"),
+        ("Orders.Default.SVC.cluster.local.:80", "orders"),
+        # another namespace keeps its name: the registry lists those instances as SERVICE.NAMESPACE
+        ("orders.sandbox", "orders.sandbox"),
+        ("orders.sandbox.svc.cluster.local", "orders.sandbox"),
+        # not mesh names: outside hosts are never captured by a service sharing their first label
+        ("orders.example.com", None),
+        ("api.github.com:443", None),
+        ("orders.other.svc.cluster.example", None),
+        ("orders.svc", None),
+        ("127.0.0.1:8080", None),
+        ("10.1.2.3", None),
+        ("[::1]:80", None),
+        ("or_ders", None),
+        ("orders..mesh", None),
+        ("", None),
     ],
 )
-def test_service_of(host: str, service: str) -> None:
+def test_service_of(host: str, service: str | None) -> None:
     assert service_of(host) == service
+
+
+def test_service_of_the_meshs_own_namespace_is_the_bare_name() -> None:
+    assert service_of("orders.shop", namespace="shop") == "orders"
+    assert service_of("orders.default", namespace="shop") == "orders.default"
 
 
 class FakeClient:
@@ -103,3 +123,16 @@ def test_no_service_named_is_a_400_and_connect_is_not_available() -> None:
     assert response.status == 400 and response.header("x-meshgate-error") == "no_service"
     response, client = route(Request("CONNECT", "orders:5432", "orders:5432"))
     assert response.status == 501 and not client.calls
+    # the absolute form too (it opened a tunnel to an HTTP app)
+    response, client = route(Request("CONNECT", "http://orders/", "orders"))
+    assert response.status == 501 and not client.calls
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://orders.example.com/v1/pay", "http://127.0.0.1:8080/", "http://[::1]/", "http://10.1.2.3/"],
+)
+def test_outside_hosts_are_refused_not_routed(target: str) -> None:
+    response, client = route(Request("GET", target, "ignored", headers=[("authorization", "Bearer s")]))
+    assert response.status == 404 and response.header("x-meshgate-error") == "unknown_service"
+    assert not client.calls
