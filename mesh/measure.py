@@ -110,7 +110,7 @@ class RequestMetrics:
             attributes: dict[str, str] = {}
             if self.tracing.enabled:
                 attributes = {
-                    "url.path": request.path.split("?", 1)[0],
+                    "url.path": _path(request.path),
                     "url.scheme": "https" if direction == "inbound" else "http",
                     # the app's side (ClientInfo) says which; peers always speak HTTP/2 to the inbound
                     "network.protocol.version": getattr(who, "protocol", "2"),
@@ -141,7 +141,7 @@ class RequestMetrics:
             self.duration.observe(elapsed, direction, service)
             self.requests.inc(direction, service, str(response.status))
             error = response.header("x-meshgate-error")
-            if error is not None:
+            if error is not None and response.local:
                 self.errors.inc(direction, error if error in LOCAL_ERROR_CODES else "_other")
                 if error == "policy_denied" and direction == "inbound":
                     self.denied[service] = self.denied.get(service, 0) + 1
@@ -154,7 +154,7 @@ class RequestMetrics:
                         "direction": direction,
                         "peer": peer,
                         "method": request.method,
-                        "path": request.path.split("?", 1)[0],
+                        "path": _path(request.path),
                         "status": response.status,
                         "duration_ms": round(elapsed * 1000, 3),  # to the response head
                         "error": error,
@@ -165,6 +165,14 @@ class RequestMetrics:
             return response
 
         return measured
+
+
+def _path(target: str) -> str:
+    """The path of a request target, origin form or absolute form (proxy mode), without the query."""
+    if target.startswith(("http://", "https://")):
+        slash = target.find("/", target.index("//") + 2)
+        target = target[slash:] if slash >= 0 else "/"
+    return target.split("?", 1)[0]
 
 
 def upstream_families(client: MeshClient) -> list[Family]:

@@ -39,14 +39,8 @@ def service_of(host: str, namespace: str = "default") -> str | None:
         return None
     if len(labels) == 2 and labels[1] == "mesh":
         return labels[0]
-    if labels[-2:] == ["cluster", "local"]:
-        labels = labels[:-2]
-        if labels[-1:] != ["svc"]:
-            return None
-    if labels[-1:] == ["svc"]:
-        labels = labels[:-1]
-        if len(labels) != 2:
-            return None
+    if labels[2:] in (["svc"], ["svc", "cluster", "local"]):
+        labels = labels[:2]
     if len(labels) == 1 and not labels[0].isdigit():
         return labels[0]
     if len(labels) == 2 and not (labels[0].isdigit() or labels[1].isdigit()):

@@ -116,6 +116,9 @@ class Response:
     headers_only: bool = False
     #: Tries the mesh client made for this answer (1: no retry); for access logs.
     attempts: int = 1
+    #: Made here (error_response, grpc_error), not relayed from an app or a peer: only these count
+    #: as the sidecar's own errors in metrics (a callee's 403 is not the caller's policy denial).
+    local: bool = False
 
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower-case), or None."""
@@ -182,6 +185,7 @@ def grpc_error(code: str, message: str) -> Response:
             ("x-meshgate-error", code),
         ],
         headers_only=True,
+        local=True,
     )
 
 
@@ -216,7 +220,9 @@ def for_caller(request: Request, response: Response) -> Response:
     code = response.header("x-meshgate-error")
     if code is None:
         return grpc_from_http(response.status)
-    return grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
+    mapped = grpc_error(code, f"meshgate: {code} (HTTP {response.status})")
+    mapped.local = response.local
+    return mapped
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -230,6 +236,7 @@ def error_response(status: int, code: str, message: str) -> Response:
             ("x-meshgate-error", code),
         ],
         body_of(body),
+        local=True,
     )
 
 

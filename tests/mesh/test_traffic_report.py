@@ -137,4 +137,34 @@ def test_error_reasons_an_app_invents_do_not_grow_the_label_set() -> None:
         )
 
     asyncio.run(go())
-    assert metrics.errors.values == {("inbound", "_other"): 500.0, ("inbound", "policy_denied"): 1.0}
+    # the app's answers are not the sidecar's errors at all: only its own one is counted
+    assert metrics.errors.values == {("inbound", "policy_denied"): 1.0}
+
+
+def test_a_relayed_error_is_not_counted_as_the_callers_own() -> None:
+    """The callee's 403 policy_denied, relayed to the caller's app, is no error the caller's sidecar
+    made: meshgate_sidecar_local_errors_total counts only answers made here."""
+    metrics = RequestMetrics(Registry())
+
+    async def relay(request: Request, who: str) -> Response:
+        if request.path == "/relayed":
+            return Response(403, [("x-meshgate-error", "policy_denied")])  # as read from the peer
+        return error_response(503, "no_healthy_upstream", "none")
+
+    wrapped = metrics.wrap("outbound", relay, lambda r, who: r.authority)
+
+    async def go() -> None:
+        await wrapped(Request("GET", "/relayed", "orders"), "app")
+        await wrapped(Request("GET", "/local", "orders"), "app")
+
+    asyncio.run(go())
+    assert metrics.errors.values == {("outbound", "no_healthy_upstream"): 1.0}
+
+
+def test_paths_of_proxy_mode_targets() -> None:
+    from mesh.measure import _path
+
+    assert _path("http://orders.mesh:8080/span-check?x=1") == "/span-check"
+    assert _path("http://orders") == "/"
+    assert _path("https://orders/a/b") == "/a/b"
+    assert _path("/plain?q") == "/plain"

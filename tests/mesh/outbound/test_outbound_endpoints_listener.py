@@ -59,7 +59,10 @@ def test_endpoint_table_reads_metadata_and_tolerates_missing_identity() -> None:
         ("orders.example.com", None),
         ("api.github.com:443", None),
         ("orders.other.svc.cluster.example", None),
-        ("orders.svc", None),
+        ("orders.svc", "orders.svc"),  # namespace "svc"
+        ("svc", "svc"),  # a service may be called svc, or mesh, or local
+        ("mesh", "mesh"),
+        ("orders.ns.svc.cluster", None),
         ("127.0.0.1:8080", None),
         ("10.1.2.3", None),
         ("[::1]:80", None),
