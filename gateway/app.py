@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from gateway.exchange import Exchange, local_error
 from gateway.middleware import auth, authorize, cors, hygiene, ratelimit
 from gateway.proxy import BodyTooLarge, forward, read_body
+from gateway.routing import Match, Router
 from gateway.state import GatewayRuntime
 from gateway.translate import grpcweb, websocket
 from gateway.translate.transcode import forward_json
@@ -88,6 +89,8 @@ class EdgeGateway:
                 drop = {n.lower() for n in ops.remove} | {n.lower() for n in ops.set}
                 response.headers = [(k, v) for k, v in response.headers if k not in drop]
                 extra = [*extra, *((k.lower(), v) for k, v in ops.set.items())]
+            if ex.match.route.cors is not None:  # the route's CORS answer replaces the upstream's
+                response.headers, extra = cors.response_headers(ex.match.route.cors, response.headers, extra)
         try:
             await _send(send, response, extra, ex.trailers_ok)
         finally:
@@ -144,17 +147,17 @@ class EdgeGateway:
             return local_error(503, "no_configuration", "the gateway has no configuration yet")
         if ex.method == "CONNECT":  # tunnels are the mesh's own business, never a client's
             return local_error(405, "method_not_allowed", "CONNECT is not served at the edge")
-        ex.match = state.router.match(ex.host, ex.method, ex.path, ex.query, ex.joined_headers())
+        ex.match = _route(state.router, ex)
         if ex.match is None:
             return local_error(404, "route_not_found", f"no route for {ex.method} {ex.host}{ex.path}")
         route = ex.match.route
+        answer = cors.preflight(ex)  # a preflight on a route with cors is answered here, never forwarded
+        if answer is not None:
+            return answer
         if route.translate == "grpc" and not ex.grpc:
             return local_error(415, "unsupported_media_type", "this route takes gRPC (application/grpc)")
         if route.translate == "grpc-web" and not (ex.grpc or ex.grpc_web) and ex.method != "OPTIONS":
             return local_error(415, "unsupported_media_type", "this route takes gRPC-Web or gRPC")
-        answer = cors.preflight(ex)
-        if answer is not None:
-            return answer
         if any(state.needs_body(name) for name in route.auth):
             body = await read_body(receive, route.max_body_size)
             if body is None:
@@ -186,6 +189,20 @@ class EdgeGateway:
             return local_error(413, "body_too_large", f"request body over {route.max_body_size} bytes")
         except ConnectionError as exc:
             return local_error(400, "client_disconnected", str(exc))
+
+
+def _route(router: Router, ex: Exchange) -> Match | None:
+    """The route for ``ex``. A CORS preflight is routed by the method it asks for
+    (``Access-Control-Request-Method``), as the actual request will be, so that a route that lists
+    ``match.methods`` answers its own preflights; when that route has no ``cors``, the preflight is
+    routed as the ``OPTIONS`` request it is (and forwarded, or 404, as any other request)."""
+    headers = ex.joined_headers()
+    asked = cors.requested_method(ex)
+    if asked is not None:
+        found = router.match(ex.host, asked, ex.path, ex.query, headers)
+        if found is not None and found.route.cors is not None:
+            return found
+    return router.match(ex.host, ex.method, ex.path, ex.query, headers)
 
 
 def _for_grpc(ex: Exchange, response: Response) -> Response:

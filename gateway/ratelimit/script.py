@@ -23,7 +23,11 @@ GCRA (one string key per limit): the stored value is the theoretical arrival tim
 Redis time, ``%.17g`` so no precision is lost). Emission interval ``T = period / requests``, tolerance
 ``tau = burst * T``: a fresh key admits ``burst`` requests at once, then one per ``T``. A request of
 cost ``n`` is admitted when ``max(TAT, now) + n*T - tau <= now``. The key expires when the TAT is in
-the past (then it carries no information).
+the past (then it carries no information). A stored TAT past ``now + tau`` (written under a larger
+tolerance: the RateLimit was changed under the same name, e.g. ``100 per 1h`` to ``100 per 1s``) is
+clamped to ``now + tau`` (a key is at most one full burst in debt under the current limit) and the
+clamped value is written back even when the request is denied: otherwise every later request would
+clamp again from its own ``now`` and stay denied until the old TAT passed.
 
 Sliding window (one hash per limit: ``a`` the key's anchor, ``w`` window index, ``c`` count in window
 ``w``, ``p`` count in the window before): the two-window weighted counter. Windows start at the key's
@@ -64,6 +68,10 @@ for i = 1, n do
     s.tau = s.burst * s.interval
     local tat = tonumber(redis.call('GET', KEYS[i])) or now
     if tat < now then tat = now end
+    if tat > now + s.tau then
+      tat = now + s.tau
+      s.clamped = true
+    end
     s.tat = tat
     s.new = tat + cost * s.interval
     if cost > s.burst then
@@ -108,6 +116,17 @@ for i = 1, n do
   if wait > 0 then
     allowed = false
     if wait > retry then retry = wait end
+  end
+end
+
+if not allowed then
+  for i = 1, n do
+    local s = st[i]
+    if s.clamped then
+      local ttl = math.ceil((s.tat - now) / 1000)
+      if ttl < 1 then ttl = 1 end
+      redis.call('SET', KEYS[i], string.format('%.17g', s.tat), 'PX', ttl)
+    end
   end
 end
 
