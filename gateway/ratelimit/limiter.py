@@ -145,6 +145,9 @@ class _Plan:
     capacity: int  # the largest cost any request can ever have admitted
     argv: tuple[bytes, ...]  # algorithm, then per limit: period_us, requests, burst
     suffixes: tuple[str, ...]
+    #: names this document's in-process state: its name and its limits, so a RateLimit changed under
+    #: the same name starts with a fresh local cache and fresh allow-local buckets
+    local_name: str
 
 
 def _plan(doc: RateLimit) -> _Plan:
@@ -171,6 +174,7 @@ def _plan(doc: RateLimit) -> _Plan:
         capacity=min(capacities),
         argv=tuple(arg.encode() for arg in argv),
         suffixes=tuple(f"{letter}{i}" for i in range(len(doc.limits))),
+        local_name="\0".join([doc.name, *argv]),
     )
 
 
@@ -299,7 +303,7 @@ class RateLimiter:
             raise ValueError(f"cost must be >= 0, not {cost}")
         plan = self._plan(doc)
         digest = key_digest(doc.name, key)
-        slot = (doc.name, digest)
+        slot = (plan.local_name, digest)
         self._bump("decisions")
         now = time.monotonic()
         cached = self._denied.get(slot, cost, now)

@@ -1,7 +1,7 @@
 """In-process pieces: the cache of keys known to be over their limit, and the ``allow-local`` buckets.
 
-Both are bounded (oldest entry evicted first) and keyed by ``(document name, key digest)``, never by
-the raw key. Times are ``time.monotonic()`` seconds.
+Both are bounded (oldest entry evicted first) and keyed by ``(document name and limits, key
+digest)``, never by the raw key: a RateLimit changed under the same name starts afresh here. Times are ``time.monotonic()`` seconds.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Slot = tuple[str, str]  # (RateLimit name, key digest)
+Slot = tuple[str, str]  # (RateLimit name and limits, key digest)
 
 
 @dataclass(frozen=True)

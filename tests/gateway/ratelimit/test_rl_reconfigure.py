@@ -52,3 +52,24 @@ def test_gcra_key_is_admitted_at_the_new_rate_right_after_a_raise(redis_url: str
             assert after.states[0].reset_s <= 1
 
     asyncio.run(main())
+
+
+def test_one_gateways_local_state_starts_afresh_after_a_change(redis_url: str) -> None:
+    """The same gateway that denied a key under the old limit asks Redis again under the new one (its
+    cache of denied keys held the old Retry-After), and its allow-local buckets start afresh."""
+
+    async def main() -> None:
+        async with open_limiter(redis_url) as one:
+            old, new = make_doc([(2, "1h")], name="change"), make_doc([(100, "1s")], name="change")
+            assert [(await one.check(old, "k")).allowed for _ in range(3)] == [True, True, False]
+            assert (await one.check(old, "k")).source == "local-cache"
+            first = await one.check(new, "k")
+            assert first.source == "redis" and first.retry_after_s <= 1, first
+            await asyncio.sleep(1.05)  # that denial is held at most until the new limit's reset
+            assert (await one.check(new, "k")).allowed
+        async with open_limiter(None) as local:  # no Redis: allow-local buckets
+            old, new = make_doc([(1, "1h")], name="change"), make_doc([(5, "1s")], name="change")
+            assert [(await local.check(old, "k")).allowed for _ in range(2)] == [True, False]
+            assert (await local.check(new, "k")).allowed
+
+    asyncio.run(main())
