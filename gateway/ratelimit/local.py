@@ -1,7 +1,8 @@
 """In-process pieces: the cache of keys known to be over their limit, and the ``allow-local`` buckets.
 
 Both are bounded (oldest entry evicted first) and keyed by ``(document name and limits, key
-digest)``, never by the raw key: a RateLimit changed under the same name starts afresh here. Times are ``time.monotonic()`` seconds.
+digest)``, never by the raw key: a RateLimit changed under the same name starts afresh here.
+Times are ``time.monotonic()`` seconds.
 """
 
 from __future__ import annotations
