@@ -95,8 +95,9 @@ class Sidecar:
 
     @property
     def ready(self) -> bool:
-        """Ready with a certificate and a configuration."""
-        return self.registry.certs is not None and self.engine is not None
+        """Ready with a certificate that has not expired and a configuration."""
+        certs = self.registry.certs
+        return certs is not None and certs.seconds_to_expiry() > 0 and self.engine is not None
 
     def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
         bundle = snapshot.get("bundle") or {}
@@ -162,6 +163,7 @@ class Sidecar:
                 cfg.outbound[0],
                 port,
                 tcp=self._tcp_mode(service),
+                drain=self.outbound_drain,
             )
             self._servers.append(server)
         admin = await asyncio.start_server(H1Server(self._admin), *cfg.admin)

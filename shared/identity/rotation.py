@@ -177,10 +177,13 @@ class CertificateManager:
         self._build_contexts(chain, key)
         self._chain, self._key = chain, key
         leaf = chain[0]
-        lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+        # from now, not from notBefore: the CA backdates notBefore (clock skew), and with a short
+        # certificateTTL a plan from notBefore fell due at once, renewal after renewal
+        start = max(self._clock(), leaf.not_valid_before_utc)
+        lifetime = leaf.not_valid_after_utc - start
         low = self._renew_at - self._jitter / 2
         fraction = low + self._rng.random() * self._jitter
-        self._due = leaf.not_valid_before_utc + lifetime * fraction
+        self._due = start + lifetime * fraction
 
     async def renew(self) -> None:
         """One renewal attempt: new key, CSR, sign, check, install. Raises RenewalError on failure and then

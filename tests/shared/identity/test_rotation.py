@@ -231,3 +231,27 @@ async def until_async(predicate: Any) -> None:
 def test_bad_parameters_are_refused(ca: CertificateAuthority) -> None:
     with pytest.raises(ValueError, match="renew_at"):
         CertificateManager(WEB, Signer(ca, FakeTime()), ca.bundle(), renew_at=1.5)
+
+
+def test_short_ttl_renews_at_half_the_remaining_life_not_at_once(ca: CertificateAuthority) -> None:
+    """Leaves are backdated 30 s: with certificateTTL 30s a plan from notBefore fell due at once, and
+    the sidecar renewed in a loop (25 signing requests in 6 s). Planned from now, it waits ~15 s."""
+    time = FakeTime()
+
+    class ShortSigner(Signer):
+        async def __call__(self, csr: bytes) -> Sequence[x509.Certificate]:
+            self.calls += 1
+            return self.ca.sign_csr(csr, self.identity, timedelta(seconds=30), now=self.time.now)
+
+    signer = ShortSigner(ca, time)
+    mgr = manager(ca, time, signer)
+
+    async def go() -> list[float]:
+        await mgr.start()
+        await until(lambda: mgr.renewals >= 4)
+        await mgr.stop()
+        return time.sleeps
+
+    sleeps = asyncio.run(go())
+    for waited in sleeps[:3]:
+        assert 0.45 * 30 - 0.01 <= waited <= 0.55 * 30 + 0.01, waited
