@@ -30,6 +30,9 @@ async def admin_response(
 ) -> Response:
     """Answer one admin request (the body, if any, is read and dropped)."""
     path = request.path.split("?", 1)[0]
+    if path.startswith(("http://", "https://")):  # absolute form (RFC 9112 3.2.2: servers accept it)
+        slash = path.find("/", path.index("//") + 2)
+        path = path[slash:] if slash >= 0 else "/"
     async for _ in request.body:
         pass
     if path == "/healthz":
@@ -42,7 +45,11 @@ async def admin_response(
         return text_response(200, metrics(), CONTENT_TYPE)
     if path == "/config":
         return text_response(200, json.dumps(describe(), indent=2) + "\n", "application/json")
-    if path == "/quitquitquit" and request.method == "POST" and quit is not None:
+    if path == "/quitquitquit" and quit is not None:
+        if request.method != "POST":
+            answer = text_response(405, "POST /quitquitquit stops the sidecar\n")
+            answer.headers.append(("allow", "POST"))
+            return answer
         quit()
         return text_response(200, "stopping\n")
     return text_response(404, "not found\n")

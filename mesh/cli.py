@@ -150,15 +150,25 @@ def cmd_wait_ready(args: argparse.Namespace) -> int:
     import urllib.error  # here, not at the top: a sidecar process never needs urllib.request (~2 MB)
     import urllib.request
 
+    if not args.admin.startswith(("http://", "https://")):
+        print(
+            f"meshgate wait-ready: --admin must be a URL such as http://127.0.0.1:15000, not {args.admin!r}",
+            file=sys.stderr,
+        )
+        return 2
     deadline = time.monotonic() + args.timeout
     url = args.admin.rstrip("/") + "/readyz"
-    while time.monotonic() < deadline:
+    while True:  # at least one try, even with --timeout 0s
+        left = deadline - time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=min(2.0, max(left, 0.1))) as response:
                 if response.status == 200:
                     return 0
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, ValueError):
             pass
-        time.sleep(0.2)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        time.sleep(min(0.2, left))
     print(f"meshgate wait-ready: {url} not ready after {args.timeout:g}s", file=sys.stderr)
     return 1
