@@ -44,6 +44,12 @@ _END = object()
 
 #: Seconds a peer may go on sending a request body nobody reads before RST_STREAM(NO_ERROR).
 ABANDON_GRACE = 0.5
+#: Keepalive (client side): seconds a PING may go unanswered before the connection is dropped.
+PING_TIMEOUT = 10.0
+#: ... seconds of silence while requests wait before a PING is sent (instead of the keepalive period).
+WAITING_QUIET = 5.0
+#: ... seconds a PING may be outstanding before new requests avoid the connection.
+PING_STALE = 2.5
 
 
 class StreamError(Exception):
@@ -230,6 +236,10 @@ class H2Protocol(asyncio.Protocol):
         self.idle_timeout = idle_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._ping_deadline: float | None = None
+        self._ping_sent: float | None = None
+        #: with keepalive: a PING unanswered this long means the peer is gone (it may be black-holed:
+        #: no FIN, no RST; TCP alone takes minutes to notice)
+        self.ping_timeout = min(keepalive, PING_TIMEOUT) if keepalive else None
         self.handler = handler
         self.endpoint = H2Endpoint(client_side=client_side, limits=limits or Limits())
         self.on_open = on_open
@@ -272,6 +282,8 @@ class H2Protocol(asyncio.Protocol):
 
     def _arm(self) -> None:
         periods = [p for p in (self.keepalive, self.idle_timeout, self.stream_idle_timeout) if p]
+        if self.ping_timeout:
+            periods += [self.ping_timeout, WAITING_QUIET]
         if periods:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(min(periods) / 2, self._tick)
@@ -285,7 +297,7 @@ class H2Protocol(asyncio.Protocol):
             self.last_active = now
         quiet = now - self.last_received
         if self._ping_deadline is not None and now >= self._ping_deadline:
-            log.warning("peer did not answer a keepalive PING within %.1fs: closing", self.keepalive or 0)
+            log.warning("peer did not answer a keepalive PING within %.1fs: closing", self.ping_timeout or 0)
             self.transport.abort()
             return
         if self.stream_idle_timeout and not self.client_side:
@@ -303,17 +315,21 @@ class H2Protocol(asyncio.Protocol):
             log.debug("closing a connection idle for %.0fs", now - self.last_active)
             self.close()
             return
-        if self.keepalive and quiet >= self.keepalive and self._ping_deadline is None:
+        # PING a connection quiet for the keepalive period, and sooner one whose requests are waiting
+        # with nothing heard for WAITING_QUIET: a dead peer is found in seconds, not after 30 + 30 s
+        waiting = self.client_side and bool(self.streams) and quiet >= WAITING_QUIET
+        if self.ping_timeout and self._ping_deadline is None and (waiting or quiet >= (self.keepalive or 0)):
             self.endpoint.ping()
             self._flush()
-            self._ping_deadline = now + self.keepalive
+            self._ping_sent = now
+            self._ping_deadline = now + self.ping_timeout
         self._arm()
 
     def data_received(self, data: bytes) -> None:
         """Feed the core and act on its events."""
         now = asyncio.get_running_loop().time()
         self.last_received = now
-        self._ping_deadline = None  # any byte from the peer proves it alive
+        self._ping_deadline = self._ping_sent = None  # any byte from the peer proves it alive
         if self.streams:
             self.last_active = now
         for event in self.endpoint.receive(data):
@@ -635,6 +651,8 @@ class H2Protocol(asyncio.Protocol):
             and self.transport is not None
             and not self.transport.is_closing()
             and self.endpoint.available_streams > 0
+            # a PING unanswered for a while: probably dead, send new requests elsewhere meanwhile
+            and (self._ping_sent is None or asyncio.get_running_loop().time() - self._ping_sent < PING_STALE)
         )
 
     async def request(self, request: Request, *, trailers: Headers | None = None) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from h2pair_testlib import close_pair, open_pair
 
@@ -98,3 +99,39 @@ def test_a_request_whose_body_stalls_is_reset_and_its_handler_released() -> None
 
     reset, result = asyncio.run(asyncio.wait_for(go(), 15))
     assert reset and result in ("StreamError", "CancelledError")
+
+
+def test_a_peer_gone_silent_under_waiting_requests_is_found_in_seconds(monkeypatch: Any) -> None:
+    """A black-holed peer (no FIN, no RST) while a request waits: the client PINGs after
+    WAITING_QUIET of silence, not after the 30 s keepalive period, stops sending new requests there once
+    that PING is PING_STALE old, and drops the connection after PING_TIMEOUT (times scaled down)."""
+    from mesh.transport import h2conn
+
+    monkeypatch.setattr(h2conn, "WAITING_QUIET", 0.2)
+    monkeypatch.setattr(h2conn, "PING_TIMEOUT", 0.6)
+    monkeypatch.setattr(h2conn, "PING_STALE", 0.1)
+
+    async def go() -> None:
+        arrived = asyncio.Event()
+
+        async def hang(request: Request, proto: H2Protocol) -> Response:
+            assert proto.transport is not None
+            proto.transport.pause_reading()  # from now on the peer hears nothing: no PING ACK
+            arrived.set()
+            await asyncio.sleep(30)
+            return Response(200)
+
+        server, client, servers = await open_pair(hang, client={"keepalive": 30.0})
+        waiting = asyncio.ensure_future(client.request(Request("GET", "/", "x")))
+        await asyncio.wait_for(arrived.wait(), 3)
+        assert client.available
+        await asyncio.sleep(0.45)  # a PING went out after 0.2 s of silence and is not answered
+        assert not client.available
+        await asyncio.wait_for(client.closed, 3)
+        try:
+            await asyncio.wait_for(waiting, 3)
+        except Exception:  # the waiting request fails with the connection (retryable upstream)
+            pass
+        await close_pair(server, client, servers)
+
+    asyncio.run(asyncio.wait_for(go(), 15))
