@@ -35,6 +35,22 @@ from shared.telemetry.tracing import Tracing, exporters
 log = logging.getLogger("meshgate.gateway")
 access = logging.getLogger("meshgate.access")
 
+#: A replaced auth provider stays open after a configuration change for its own lookup timeout, at
+#: least ``CLOSE_GRACE_FLOOR`` seconds, plus ``CLOSE_GRACE_MARGIN``: requests in flight finish their
+#: lookups with it. A provider without a limit (timeout 0) gets ``CLOSE_GRACE_UNLIMITED`` seconds.
+CLOSE_GRACE_FLOOR = 10.0
+CLOSE_GRACE_MARGIN = 1.0
+CLOSE_GRACE_UNLIMITED = 300.0
+
+
+def close_grace(doc: AuthProvider | None) -> float:
+    """How long after a configuration change a replaced provider (built from ``doc``) is closed."""
+    settings = (doc.ext_authz or doc.introspection) if doc is not None else None
+    seconds = settings.timeout.total_seconds() if settings is not None else 0.0
+    if settings is not None and seconds <= 0:
+        seconds = CLOSE_GRACE_UNLIMITED
+    return max(seconds, CLOSE_GRACE_FLOOR) + CLOSE_GRACE_MARGIN
+
 
 def build_authenticator(doc: AuthProvider, redis_url: str | None) -> Authenticator:
     """The authenticator for one AuthProvider document."""
@@ -159,6 +175,7 @@ class GatewayRuntime:
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._closing: set[asyncio.Task[Any]] = set()  # providers of a replaced configuration closing
+        self._refused_version: str | None = None  # a policy version that could not be put in force
         self._admin: asyncio.Server | None = None
         self.admin_port: int | None = None
 
@@ -250,6 +267,8 @@ class GatewayRuntime:
                 await task
         if self._admin is not None:
             self._admin.close()
+        if self._closing:  # replaced providers waiting out their grace: closed now (stopping is set)
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
         if self.state is not None:
             for provider in self.state.providers.values():
                 with contextlib.suppress(Exception):
@@ -264,25 +283,57 @@ class GatewayRuntime:
     def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
         policies = snapshot.get("policies")
         policy_set = None
-        if policies:
+        version = str(policies.get("version") or "") if isinstance(policies, dict) else ""
+        if policies and not (version and version == self._refused_version):
             try:
                 policy_set = PolicySet.from_json(policies)
             except ValueError as exc:
+                self._refused_version = version or None  # not counted again with every endpoint update
                 self.metrics.config.failed()
                 log.error("snapshot carries unusable policies (%s); keeping the current ones", exc)
         if policy_set is not None:
-            self.apply(policy_set)
+            self._try_apply(policy_set, snapshot.get("index"))
+        # the endpoints go in even when the policies could not: with the traffic policies in force
         services = self.state.policy_set.services if self.state is not None else {}
         self.client.update(
             snapshot.get("endpoints") or {}, {name: svc.traffic_policy for name, svc in services.items()}
         )
 
+    def _try_apply(self, policy_set: PolicySet, index: object = None) -> None:
+        """:meth:`apply`, for the watch: a set that cannot be compiled is logged and counted once, the
+        configuration in force stays, and the watch goes on (later sets, endpoint updates)."""
+        version = policy_set.version
+        if version and version == self._refused_version:
+            return  # refused already (logged and counted then); the same content fails the same way
+        try:
+            self.apply(policy_set)
+        except Exception as exc:
+            self._refused_version = version or None
+            self.metrics.config.failed()
+            current = self.state.policy_set.version if self.state is not None else None
+            log.error(
+                "gateway policy version %s (snapshot %s) cannot be put in force: %s: %s; keeping %s",
+                version or "(none)",
+                index,
+                type(exc).__name__,
+                exc,
+                f"version {current}" if current else "no configuration (requests get 503)",
+                exc_info=exc,
+            )
+            return
+        self._refused_version = None
+
     def apply(self, policy_set: PolicySet) -> None:
         """Compile ``policy_set`` and put it in force; unchanged auth providers are kept (their key
-        caches too), replaced ones are closed."""
+        caches too), replaced ones are closed once requests in flight are done with them (after
+        :func:`close_grace`; at once when the runtime stops). Raises when the set cannot be compiled,
+        leaving the configuration in force as it was."""
         old = self.state
         if old is not None and old.policy_set.version == policy_set.version and policy_set.version:
             return
+        # the parts that can fail first, before any provider is built
+        router = Router(policy_set.routes.values())
+        engine = PolicyEngine(policy_set)
         providers: dict[str, Authenticator] = {}
         docs: dict[str, AuthProvider] = {}
         for name, doc in policy_set.auth_providers.items():
@@ -317,8 +368,8 @@ class GatewayRuntime:
         self.state = GatewayState(
             transcoders=transcoders,
             policy_set=policy_set,
-            router=Router(policy_set.routes.values()),
-            engine=PolicyEngine(policy_set),
+            router=router,
+            engine=engine,
             providers=providers,
             rate_limits=dict(policy_set.rate_limits),
             _provider_docs=docs,
@@ -328,10 +379,26 @@ class GatewayRuntime:
         if old is not None:
             for name, provider in old.providers.items():
                 if providers.get(name) is not provider:
-                    # held until done: the loop keeps only a weak reference to a task
-                    task = asyncio.get_running_loop().create_task(provider.close())
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
+                    self._close_later(provider, close_grace(old._provider_docs.get(name)))
+
+    def _close_later(self, provider: Authenticator, grace: float) -> None:
+        """Close a replaced ``provider`` after ``grace`` seconds (or when the runtime stops): requests
+        that started with the previous configuration may still be waiting on its lookups."""
+        task = asyncio.get_running_loop().create_task(
+            self._close_after(provider, grace), name=f"close-auth-provider-{provider.name}"
+        )
+        self._closing.add(task)  # held until done: the loop keeps only a weak reference to a task
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_after(self, provider: Authenticator, grace: float) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), grace)
+        finally:
+            try:
+                await provider.close()
+            except Exception as exc:
+                log.warning("replaced auth provider %s did not close cleanly: %s", provider.name, exc)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, for ``/config``."""

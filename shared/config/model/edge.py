@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from shared.config.model.access import HeaderMatch
 from shared.config.model.base import Document
 from shared.config.model.types import Duration, HeaderName, Method, Name, Size, Spec
 
 
+def template_error(template: str) -> str | None:
+    """Why the gateway's router cannot compile ``template``, or None when it can.
+
+    The grammar is gateway/routing.py's ``_Template`` (shared/ does not import gateway/; a test feeds
+    the same templates to both): segments between '/', a segment ``{name}`` is one path segment,
+    ``{name=**}`` the rest of the path and must therefore be the last segment, anything else is
+    literal text."""
+    stripped = template.strip("/")
+    segments = stripped.split("/") if stripped else []
+    for i, seg in enumerate(segments):
+        if seg.startswith("{") and seg.endswith("}") and seg[1:-1].endswith("=**") and i != len(segments) - 1:
+            head = "/".join(segments[: i + 1])
+            return (
+                f"template {template!r}: {seg} takes the rest of the path, so it must be the last "
+                f"segment (as in /{head})"
+            )
+    return None
+
+
 class PathMatch(Spec):
-    """Exactly one of ``exact``, ``prefix`` or ``template`` (``/orders/{id}``)."""
+    """Exactly one of ``exact``, ``prefix`` or ``template`` (``/orders/{id}``, ``/files/{path=**}``)."""
 
     exact: str | None = None
     prefix: str | None = None
@@ -26,6 +47,10 @@ class PathMatch(Spec):
             raise ValueError("give exactly one of exact, prefix or template")
         if not given[0].startswith("/"):
             raise ValueError(f"path {given[0]!r} must start with '/'")
+        if self.template is not None:
+            problem = template_error(self.template)
+            if problem is not None:
+                raise ValueError(problem)
         return self
 
 
@@ -50,11 +75,70 @@ class Rewrite(Spec):
     prefix: str = Field(pattern=r"^/")
 
 
+#: A field name (RFC 9110 token); checked whole (``HeaderName`` lets a trailing newline through).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers about the connection or the message framing, which the gateway manages and a route cannot
+#: set: hop-by-hop ones are dropped on the way (HTTP/2 forbids them), a fixed length breaks the framing.
+UNSETTABLE_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade", "content-length"}
+)
+
+
+def _char_name(c: str) -> str:
+    named = {"\r": "CR (\\r)", "\n": "LF (\\n)", "\x00": "NUL (\\0)"}
+    return named.get(c, f"U+{ord(c):04X}")
+
+
+def field_value_error(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP field value (RFC 9110 section 5.5: visible characters,
+    bytes 0x80-0xFF, spaces and tabs inside), or None."""
+    for c in value:
+        if c == "\t" or " " <= c <= "~" or "\x80" <= c <= "\xff":
+            continue
+        if c > "\xff":
+            return (
+                f"holds {c!r} ({_char_name(c)}), which is not one byte: header values are bytes "
+                "(latin-1); percent-encode it or write ASCII"
+            )
+        return f"holds {_char_name(c)}, a control character, which no HTTP header value may contain"
+    if value != value.strip(" \t"):
+        return "starts or ends with white space (HTTP trims it): remove it"
+    return None
+
+
+def _header_names(names: list[str]) -> None:
+    for name in names:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid header name {name!r}")
+
+
 class HeaderOps(Spec):
-    """Headers to set (overwriting) and to remove."""
+    """Headers to set (overwriting) and to remove. Values must be valid HTTP field values (no CR, LF,
+    NUL or other control character; latin-1); hop-by-hop and framing headers cannot be set."""
 
     set: dict[HeaderName, str] = Field(default_factory=dict)
     remove: list[HeaderName] = Field(default_factory=list)
+
+    @field_validator("set")
+    @classmethod
+    def _settable(cls, value: dict[str, str]) -> dict[str, str]:
+        _header_names(list(value))
+        for name, text in value.items():
+            if name in UNSETTABLE_HEADERS:
+                raise ValueError(
+                    f"header {name!r} cannot be set: it describes the connection or the message "
+                    "framing, which the gateway manages"
+                )
+            problem = field_value_error(text)
+            if problem is not None:
+                raise ValueError(f"header {name!r}: value {text!r} {problem}")
+        return value
+
+    @field_validator("remove")
+    @classmethod
+    def _removable(cls, value: list[str]) -> list[str]:
+        _header_names(value)
+        return value
 
 
 class Cors(Spec):
@@ -100,6 +184,70 @@ class GrpcJson(Spec):
         return self
 
 
+_HOST_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def route_host(value: str) -> str:
+    """One ``Route.hosts`` entry, normalized (lower case, no trailing dot: requests are matched so),
+    or ValueError: ``*``, a DNS name (ASCII: punycode for international names), ``*.`` and a DNS name,
+    or a bracketed IPv6 address; never a port."""
+    if not value.isascii():
+        try:
+            puny: str | None = value.lower().rstrip(".").encode("idna").decode("ascii")
+        except UnicodeError:
+            puny = None
+        hint = f": write {puny!r}" if puny else ""
+        raise ValueError(f"host {value!r} is not ASCII; give its punycode (IDNA) form{hint}")
+    host = value.lower()
+    if host == "*":
+        return host
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0 and host[end + 1 :].startswith(":"):
+            raise ValueError(
+                f"host {value!r} has a port: a route matches the host without its port; "
+                f"write {host[: end + 1]!r}"
+            )
+        try:
+            if end != len(host) - 1:
+                raise ValueError(host)
+            address = ipaddress.IPv6Address(host[1:end])
+        except ValueError:
+            raise ValueError(f"host {value!r} is not a valid bracketed IPv6 address") from None
+        return f"[{address.compressed}]"
+    if host.count(":") == 1:
+        name = host.split(":", 1)[0]
+        raise ValueError(
+            f"host {value!r} has a port: a route matches the host without its port; write {name!r}"
+        )
+    if ":" in host:
+        raise ValueError(f"host {value!r}: write an IPv6 address in brackets ([2001:db8::1])")
+    if host.endswith("."):
+        host = host[:-1]  # a fully qualified name: requests for api.example.com. are matched without it
+    if host in ("", "*"):
+        raise ValueError(f"host {value!r} names no host")
+    wildcard = host.startswith("*.")
+    name = host[2:] if wildcard else host
+    if "*" in name:
+        rest = host.lstrip("*.")
+        hint = f"; did you mean {'*.' + rest!r}?" if host.startswith("*") and rest and "*" not in rest else ""
+        raise ValueError(
+            f"host {value!r}: a wildcard is '*' alone or '*.' before a domain (*.example.org), "
+            f"matching its subdomains{hint}"
+        )
+    if not name:
+        raise ValueError(f"host {value!r} names no host")
+    if len(name) > 253:
+        raise ValueError(f"host {value!r} is longer than 253 characters")
+    for label in name.split("."):
+        if not _HOST_LABEL.fullmatch(label):
+            what = "an empty label (two dots in a row?)" if not label else f"label {label!r}"
+            raise ValueError(
+                f"host {value!r} has {what}: a label is 1-63 letters, digits, '-' (not first or last) and '_'"
+            )
+    return f"*.{name}" if wildcard else name
+
+
 class Route(Document):
     """A gateway route: match -> backends, with auth, rate limit and translation."""
 
@@ -119,6 +267,20 @@ class Route(Document):
     cors: Cors | None = None
     max_body_size: Size = 10 * 1024 * 1024
     grpc_json: GrpcJson | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(route_host(host) for host in value))
+
+    @field_validator("backends")
+    @classmethod
+    def _some_weight(cls, value: list[Backend]) -> list[Backend]:
+        if value and sum(b.weight for b in value) == 0:
+            raise ValueError(
+                "every backend has weight 0, so no request could be sent: give at least one a weight above 0"
+            )
+        return value
 
     @model_validator(mode="after")
     def _transcoding_settings(self) -> Route:
