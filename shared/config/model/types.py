@@ -112,7 +112,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def _name(value: str) -> str:
-    if not _NAME.match(value) or len(value) > 63:
+    if not _NAME.fullmatch(value) or len(value) > 63:
         raise ValueError(
             f"invalid name {value!r}: use 1-63 lower-case letters, digits and '-', starting and ending "
             "with a letter or digit (as a DNS label)"
@@ -126,7 +126,7 @@ _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
 
 
 def _trust_domain(value: str) -> str:
-    if not _TRUST_DOMAIN.match(value):
+    if not _TRUST_DOMAIN.fullmatch(value):
         raise ValueError(
             f"invalid trust domain {value!r}: use lower-case letters, digits, '.', '_' and '-' "
             "(at most 255), no scheme, port or path"
@@ -154,7 +154,7 @@ _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 def _header_name(value: str) -> str:
-    if not _HEADER.match(value):
+    if not _HEADER.fullmatch(value):
         raise ValueError(f"invalid header name {value!r}")
     return value.lower()
 

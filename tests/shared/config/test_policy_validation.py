@@ -527,3 +527,16 @@ def test_yaml_booleans_are_not_numbers(tmp_path: Path) -> None:
     err = only_error(tmp_path)
     assert err.ref == "RateLimit/rl" and err.field == "limits[0].requests", err
     assert "expected a number, not true" in err.message
+
+
+@pytest.mark.parametrize("value", ["orders\n", "x-a\n"])
+def test_a_trailing_newline_is_no_part_of_a_name(value: str) -> None:
+    """``re.match`` with ``$`` lets one trailing newline through: names, trust domains and header
+    names are matched whole."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.config.model.types import HeaderName, Name, TrustDomain
+
+    for kind in (Name, HeaderName, TrustDomain):
+        with pytest.raises(ValidationError):
+            TypeAdapter(kind).validate_python(value)
