@@ -384,13 +384,35 @@ class Stack:
             self.collector = None
 
     async def _stop(self, r: Running) -> None:
+        """SIGTERM to the command's whole process group (each leads its own), SIGKILL after the grace:
+        a command that wraps the app (``sh -c "app; ..."``, ``npm start``) does not pass signals on,
+        and the app would outlive ``up`` holding its port."""
         r.expected_exit = True
-        with contextlib.suppress(ProcessLookupError):
-            r.proc.send_signal(signal.SIGTERM)
+        group = r.proc.pid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_GRACE
+        _signal_group(group, signal.SIGTERM)
         try:
             await asyncio.wait_for(r.proc.wait(), STOP_GRACE)
         except TimeoutError:
             self.say(f"{r.plan.name} did not stop within {STOP_GRACE:.0f}s; killing it")
-            with contextlib.suppress(ProcessLookupError):
-                r.proc.kill()
+            _signal_group(group, signal.SIGKILL)
             await r.proc.wait()
+        while _group_alive(group) and loop.time() < deadline:  # what the command started
+            await asyncio.sleep(0.1)
+        if _group_alive(group):
+            self.say(f"processes {r.plan.name} started did not stop within {STOP_GRACE:.0f}s; killing them")
+            _signal_group(group, signal.SIGKILL)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

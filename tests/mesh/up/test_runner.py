@@ -6,6 +6,7 @@ server behind its sidecar (no gateway), then stop it with SIGTERM and check noth
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -421,3 +422,35 @@ def test_up_exits_1_naming_a_command_that_exits_at_once(run_up: Callable[[dict[s
     line = up.wait_for_line(lambda line: "error:" in line, 1.0)
     assert re.fullmatch(r"up\s+\| error: web exited with code 3 before the stack was ready.*", line), line
     assert not any(line.startswith("ready: ") for line in up.lines)
+
+
+def test_stopping_a_wrapper_command_stops_what_it_started(tmp_path: Path) -> None:
+    """``sh -c "app; echo ended"`` does not pass SIGTERM on: the whole process group is signalled, so
+    the app does not outlive ``meshgate up`` holding its port."""
+    import io
+    from types import SimpleNamespace
+
+    from mesh.up.runner import Running
+
+    pid_file = tmp_path / "app.pid"
+    app = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+
+    async def go() -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", f"{sys.executable} -c \"{app}\"; echo ended", process_group=0
+        )
+        for _ in range(100):
+            if pid_file.exists() and pid_file.read_text():
+                break
+            await asyncio.sleep(0.05)
+        stack = Stack(SimpleNamespace(), out=io.StringIO())  # type: ignore[arg-type]
+        pump = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+        await stack._stop(Running(SimpleNamespace(name="hs", role="app"), proc, pump))  # type: ignore[arg-type]
+        return int(pid_file.read_text())
+
+    app_pid = asyncio.run(asyncio.wait_for(go(), 30))
+    for _ in range(50):
+        if not alive(app_pid):
+            break
+        time.sleep(0.05)
+    assert not alive(app_pid), "the app outlived its wrapper's stop"
