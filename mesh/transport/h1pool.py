@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator
 
 from mesh.transport.h1parse import TOKEN, decode_headers, encode_head
-from mesh.transport.messages import Headers, Request, Response, strip_hop_by_hop
+from mesh.transport.messages import Headers, Request, Response, ready_now, strip_hop_by_hop
 from shared.http1 import READ_CHUNK, ResponseError, ResponseParse
 
 log = logging.getLogger("meshgate.transport.h1")
@@ -61,6 +61,92 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+
+
+def _check_length(sent: int, length: int, ended: bool) -> None:
+    """ValueError when a body of ``sent`` bytes so far (all of it when ``ended``) breaks its
+    Content-Length."""
+    if sent > length:
+        raise ValueError(f"request body longer than its content-length ({length})")
+    if ended and sent != length:
+        raise ValueError(f"request body of {sent} bytes, content-length {length}")
+
+
+class _Upload:
+    """The rest of a request body, written by a task while the response is read. ``whole`` once
+    every byte of the request has gone to the connection."""
+
+    __slots__ = ("conn", "task", "whole")
+
+    def __init__(self, conn: _Conn, length: int | None, body: AsyncIterator[bytes]) -> None:
+        self.conn = conn
+        self.whole = False
+        self.task = asyncio.get_running_loop().create_task(self._send(length, body))
+        self.task.add_done_callback(self._ended)
+
+    async def _send(self, length: int | None, body: AsyncIterator[bytes]) -> None:
+        """As declared by Content-Length, else chunked; each chunk is pulled once the app has taken
+        the one before (back-pressure). Stops quietly when the app closed the connection (its answer,
+        if any, is read all the same); ValueError when the body breaks its Content-Length."""
+        sent = 0
+        async for chunk in body:
+            if not chunk:
+                continue
+            if length is None:
+                if not await self._put(b"%x\r\n%s\r\n" % (len(chunk), chunk), False):
+                    return
+                continue
+            sent += len(chunk)
+            _check_length(sent, length, False)
+            if not await self._put(chunk, sent == length):
+                return
+        if length is None:
+            await self._put(b"0\r\n\r\n", True)
+        else:
+            _check_length(sent, length, True)
+            self.whole = True  # (a body declared empty: only its head was written)
+
+    async def _put(self, data: bytes, last: bool) -> bool:
+        """Write ``data`` (``last``: the end of the request), then wait until the app takes it. False
+        when the app has closed the connection: the body stops there. (uvloop raises RuntimeError on
+        writing to a closed transport; asyncio drops the bytes and ``drain`` raises.)"""
+        writer = self.conn.writer
+        if writer.transport.is_closing():
+            return False
+        try:
+            writer.write(data)
+            self.whole = last
+            await writer.drain()
+        except (OSError, RuntimeError):
+            return False
+        return True
+
+    def failure(self) -> BaseException | None:
+        """What the task failed with: the body broke its Content-Length or failed itself. None while
+        it runs, and once it wrote the request, stopped because the app closed, or was cancelled."""
+        task = self.task
+        if not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if self.failure() is not None:  # the exchange fails: the reader waiting for the answer wakes
+            self.conn.writer.transport.abort()
+
+    def stop(self) -> bool:
+        """Send no more; True when the app has all of the request (the connection can be reused)."""
+        self.task.cancel()
+        return self.whole and self.failure() is None
+
+
+def _drop(conn: _Conn, upload: _Upload | None) -> None:
+    """Close ``conn`` after a failed exchange; one with a body in flight is aborted: its unsent bytes
+    are dropped (an app that stopped reading would otherwise hold it open)."""
+    if upload is None:
+        conn.writer.close()
+        return
+    upload.stop()
+    conn.writer.transport.abort()
 
 
 class H1Pool:
@@ -118,6 +204,9 @@ class H1Pool:
         return _Conn(reader, writer)
 
     def _release(self, conn: _Conn, parse: _Parse) -> None:
+        if conn.writer.transport.get_write_buffer_size():  # the app answered before it took all of
+            conn.writer.transport.abort()  # the request, and may never take the rest: not reused
+            return
         if parse.reusable() and len(self._idle) < self.max_idle and not conn.writer.is_closing():
             conn.idle_since = asyncio.get_running_loop().time()
             self._idle.append(conn)
@@ -166,34 +255,36 @@ class H1Pool:
             )
             return await self._exchange(await self._connect(), False, request, head, length, first, body)
 
-    async def _send(
-        self, conn: _Conn, head: bytes, length: int | None, first: bytes, body: AsyncIterator[bytes]
-    ) -> None:
-        """Write the head and the body: as declared by Content-Length, else chunked (``first`` is the
-        first chunk, already taken from ``body``)."""
-        writer = conn.writer
-        if length is not None:
-            sent = 0
+    async def _start(
+        self,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+        length: int | None,
+        first: bytes,
+        body: AsyncIterator[bytes],
+    ) -> bool:
+        """Write the head and what of the body needs no waiting: the whole request when there is no
+        body or ``ready_now`` holds all of it and it is small (an h2 body in one DATA frame), else the
+        head (and ``first``, the first chunk already taken from ``body`` when it goes chunked). True
+        when the rest of the body is still to send (by an :class:`_Upload`, while the response is
+        read)."""
+        if length is None and not first:
             writer.write(head)
-            async for chunk in body:
-                if chunk:
-                    sent += len(chunk)
-                    if sent > length:
-                        raise ValueError(f"request body longer than its content-length ({length})")
-                    writer.write(chunk)
-                    await writer.drain()
-            if sent != length:
-                raise ValueError(f"request body of {sent} bytes, content-length {length}")
-        elif first:
-            writer.write(b"%s%x\r\n%s\r\n" % (head, len(first), first))
-            async for chunk in body:
-                if chunk:
-                    writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    await writer.drain()
-            writer.write(b"0\r\n\r\n")
-        else:
-            writer.write(head)
-        await writer.drain()
+            return False
+        ready = ready_now(body)
+        if ready is None or not ready[1] or len(ready[0]) > READ_CHUNK:
+            writer.write(head if length is not None else b"%s%x\r\n%s\r\n" % (head, len(first), first))
+            return True
+        data = await anext(body, b"") if ready[0] else b""  # ready_now promised these: no waiting
+        if length is None:
+            more = b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+            writer.write(b"%s%x\r\n%s\r\n%s0\r\n\r\n" % (head, len(first), first, more))
+            return False
+        _check_length(len(data), length, True)
+        writer.write(head)
+        if data:
+            writer.write(data)  # not drained: the app may answer before it reads these
+        return False
 
     async def _exchange(
         self,
@@ -206,14 +297,24 @@ class H1Pool:
         body: AsyncIterator[bytes],
     ) -> Response:
         """One request on ``conn``; ``upstream_reset`` is marked retryable when ``reused`` and the
-        connection died before any answer."""
+        connection died before any answer.
+
+        A body that has to be waited for is sent by a task while the response is read: an app may
+        answer before it has read the body (a 413, a 401; RFC 9112 section 9.5), then close or stop
+        reading. Its answer is relayed, and the body stops once that answer is complete (or the app
+        closed); a connection that did not carry the whole request is not reused."""
         parse = _Parse(request.method == "HEAD")
         reader = conn.reader
+        upload: _Upload | None = None
         try:
-            await self._send(conn, head, length, first, body)
+            if await self._start(conn.writer, head, length, first, body):
+                upload = _Upload(conn, length, body)
             while not parse.head_done:
                 data = await reader.read(READ_CHUNK)
                 if not data:
+                    failed = upload.failure() if upload is not None else None
+                    if failed is not None:  # the body failed first (and so closed the connection)
+                        raise failed
                     raise UpstreamError(
                         "upstream_reset",
                         "the app closed the connection before answering",
@@ -221,23 +322,25 @@ class H1Pool:
                     )
                 parse.feed(data)
         except UpstreamError:
-            conn.writer.close()
+            _drop(conn, upload)
             raise
         except ValueError as exc:  # the request body broke its own framing
-            conn.writer.close()
+            _drop(conn, upload)
             raise UpstreamError("upstream_reset", f"cannot forward the request: {exc}") from exc
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            conn.writer.close()
+            _drop(conn, upload)
             raise UpstreamError(
                 "upstream_reset",
                 f"the app closed the connection: {exc or type(exc).__name__}",
                 retryable=reused,
             ) from exc
         except BaseException:  # cancelled (the caller gave up) or the request body failed
-            conn.writer.close()
+            _drop(conn, upload)
             raise
+        if upload is not None and parse.complete:
+            upload.task.cancel()  # the app has answered in full: nothing more of the body is wanted
         headers = strip_hop_by_hop(decode_headers(parse.headers))
-        return Response(parse.status, headers, _ResponseBody(self, conn, parse))
+        return Response(parse.status, headers, _ResponseBody(self, conn, parse, upload))
 
     async def close(self) -> None:
         """Close idle connections."""
@@ -250,12 +353,13 @@ class _ResponseBody:
     """The response body as an async iterator: the bytes parsed from each read, joined; the connection
     returns to the pool at the end, and closes when the consumer stops early (``aclose``)."""
 
-    __slots__ = ("_conn", "_done", "_parse", "_pool")
+    __slots__ = ("_conn", "_done", "_parse", "_pool", "_upload")
 
-    def __init__(self, pool: H1Pool, conn: _Conn, parse: _Parse) -> None:
+    def __init__(self, pool: H1Pool, conn: _Conn, parse: _Parse, upload: _Upload | None) -> None:
         self._pool = pool
         self._conn = conn
         self._parse = parse
+        self._upload = upload  # the request body, still being sent when the app answered early
         self._done = False
 
     @property
@@ -282,6 +386,9 @@ class _ResponseBody:
             try:
                 data = await self._conn.reader.read(READ_CHUNK)
                 if not data:
+                    failed = self._upload.failure() if self._upload is not None else None
+                    if failed is not None:  # and so the connection was closed
+                        raise UpstreamError("upstream_reset", f"cannot forward the request: {failed}")
                     if parse.close_delimited():
                         parse.complete = True
                         parse.extra = True  # closed by the app: not reusable
@@ -302,7 +409,9 @@ class _ResponseBody:
         if self._done:
             return
         self._done = True
-        if ok:
+        if self._upload is not None and not self._upload.stop():  # the app did not get the whole
+            self._conn.writer.transport.abort()  # request: the connection cannot carry another
+        elif ok:
             self._pool._release(self._conn, self._parse)
         else:
             self._conn.writer.close()
@@ -315,4 +424,4 @@ class _ResponseBody:
         if not self._done:  # abandoned without aclose: the connection cannot be reused
             self._done = True
             with contextlib.suppress(Exception):  # the loop may be closed already
-                self._conn.writer.close()
+                _drop(self._conn, self._upload)
