@@ -6,6 +6,7 @@ import bisect
 import hashlib
 import random
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from mesh.outbound.endpoints import Endpoint
 
@@ -57,32 +58,60 @@ def _hash(text: str) -> int:
 class RingHash(Balancer):
     """Consistent hashing on a request header's value: the same value reaches the same endpoint while
     the set of endpoints allows; a change moves only about 1/N of the keys. Without the header,
-    least-request."""
+    least-request.
+
+    One ring holds every endpoint seen lately; a pick walks clockwise from the key past the points of
+    endpoints not among the candidates (ejected, or already tried by this request), which picks exactly
+    what a ring of the candidates alone would. So a retry or an ejection does not rebuild the ring: only
+    an endpoint the ring does not know yet does, or a ring mostly made of endpoints gone.
+    """
 
     def __init__(self, replicas: int = 100) -> None:
         self.replicas = replicas
-        self._ring: tuple[list[int], list[str]] | None = None
-        self._ids: tuple[str, ...] = ()
+        self._hashes: list[int] = []
+        self._owners: list[str] = []
+        self._ids: frozenset[str] = frozenset()
         self._fallback = LeastRequest()
 
-    def _build(self, endpoints: Sequence[Endpoint]) -> tuple[list[int], list[str]]:
-        ids = tuple(sorted(e.id for e in endpoints))
-        if self._ring is None or ids != self._ids:
-            points = sorted((_hash(f"{eid}#{i}"), eid) for eid in ids for i in range(self.replicas))
-            self._ring = ([p for p, _ in points], [eid for _, eid in points])
-            self._ids = ids
-        return self._ring
+    def _build(self, ids: AbstractSet[str]) -> None:
+        points = sorted((_hash(f"{eid}#{i}"), eid) for eid in ids for i in range(self.replicas))
+        self._hashes = [p for p, _ in points]
+        self._owners = [eid for _, eid in points]
+        self._ids = frozenset(ids)
 
     def pick(self, endpoints: Sequence[Endpoint], key: str | None = None) -> Endpoint | None:
-        """The endpoint owning ``key`` on the ring."""
+        """The endpoint owning ``key`` on the ring of ``endpoints``."""
         if not endpoints:
             return None
         if key is None:
             return self._fallback.pick(endpoints)
-        hashes, owners = self._build(endpoints)
-        i = bisect.bisect(hashes, _hash(key)) % len(hashes)
-        owner = owners[i]
-        return next(e for e in endpoints if e.id == owner)
+        by_id = {e.id: e for e in reversed(endpoints)}  # the first of a repeated id, as a list search
+        ids = by_id.keys()
+        ring = self._ids
+        if not (ids <= ring and len(ring) <= _STALE_PRUNE * len(ids) + _STALE_SLACK):
+            # a new endpoint (or most of the ring gone): keep the others while they are not too many,
+            # so that the picks of other candidate sets (retries, ejections) keep this ring
+            kept = ring | ids
+            self._build(kept if len(kept) <= _STALE_KEEP * len(ids) + _STALE_SLACK else ids)
+        hashes, owners = self._hashes, self._owners
+        n = len(hashes)
+        i = bisect.bisect(hashes, _hash(key))
+        for _ in range(n):  # bounded: every candidate has points on the ring
+            if i >= n:
+                i = 0
+            endpoint = by_id.get(owners[i])
+            if endpoint is not None:
+                return endpoint
+            i += 1
+        return endpoints[0]  # no points at all (replicas < 1)
+
+
+#: The ring keeps endpoints that are not candidates (ejected, tried, or gone) while they are at most
+#: this many times the candidates (plus the slack) when it is built, and is rebuilt once they exceed
+#: ``_STALE_PRUNE`` times: bounds both the walk past them and the memory of endpoints gone for good.
+_STALE_KEEP = 2
+_STALE_PRUNE = 4
+_STALE_SLACK = 8
 
 
 def make_balancer(policy: str) -> Balancer:

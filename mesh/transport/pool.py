@@ -22,6 +22,12 @@ from shared.identity.tls import PeerIdentityError, explain_tls_error, verify_pee
 log = logging.getLogger("meshgate.transport.pool")
 
 
+def _retrieved(task: asyncio.Task[H2Protocol]) -> None:
+    """Mark a connect's failure as seen: every caller that waited for it may have gone away."""
+    if not task.cancelled():
+        task.exception()
+
+
 class H2Pool:
     """Connections to peer sidecars, keyed by endpoint id."""
 
@@ -44,7 +50,8 @@ class H2Pool:
         self.max_per_endpoint = max_per_endpoint
         self.connect_timeout = connect_timeout
         self._conns: dict[str, list[H2Protocol]] = {}
-        self._connecting: dict[str, asyncio.Future[H2Protocol]] = {}
+        self._connecting: dict[str, asyncio.Task[H2Protocol]] = {}
+        self._generation = 0  # bumped by close(): a connect still running then is closed when done
         self.opened = 0
 
     def _usable(self, endpoint: Endpoint) -> H2Protocol | None:
@@ -92,23 +99,36 @@ class H2Pool:
                 raise UpstreamError("circuit_open", f"connection limit reached for {endpoint.id}")
             pending = self._connecting.get(endpoint.id)
             if pending is None:
-                break
-            await asyncio.shield(pending)
+                if conn is not None:
+                    return conn
+                # opened in a task of its own, once per new connection: a caller cancelled while it
+                # waits (its timeout, or its client gone) cancels only its own wait, never the
+                # connect the others wait for too
+                task = asyncio.get_running_loop().create_task(self._connect(endpoint))
+                task.add_done_callback(_retrieved)
+                if not task.done():
+                    self._connecting[endpoint.id] = task
+                return await asyncio.shield(task)
+            await asyncio.shield(pending)  # a failed connect: every waiter raises its error
             # look again: the callers that waited with us may have filled the new connection
-        if conn is not None:
-            return conn
-        future: asyncio.Future[H2Protocol] = asyncio.get_running_loop().create_future()
-        self._connecting[endpoint.id] = future
+
+    async def _connect(self, endpoint: Endpoint) -> H2Protocol:
+        """Open a connection to ``endpoint`` (run as the task every caller waiting for it shares)."""
+        generation = self._generation
         try:
             conn = await self._open(endpoint)
-            future.set_result(conn)
-            return conn
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
         finally:
-            self._connecting.pop(endpoint.id, None)
+            if self._connecting.get(endpoint.id) is asyncio.current_task():
+                del self._connecting[endpoint.id]
+        if generation != self._generation:  # the pool was closed meanwhile: keep nothing open
+            conns = self._conns.get(endpoint.id)
+            if conns and conn in conns:
+                conns.remove(conn)
+            conn.close()
+            raise UpstreamError(
+                "connect_failure", f"connection pool closed while connecting to {endpoint.id}"
+            )
+        return conn
 
     async def _open(self, endpoint: Endpoint) -> H2Protocol:
         try:
@@ -182,7 +202,8 @@ class H2Pool:
             remember(conn.transport.get_extra_info("ssl_object"))
 
     def close(self) -> None:
-        """GOAWAY and close every connection."""
+        """GOAWAY and close every connection (and those still being opened, once they are)."""
+        self._generation += 1
         for conns in self._conns.values():
             for conn in list(conns):
                 conn.close()
