@@ -161,6 +161,7 @@ class H1Server:
             self.connections.add(task)
         info = client_info(writer)
         parser = RequestParser(self.max_header_bytes)
+        hangup = _Hangup(reader)
         try:
             while True:
                 try:
@@ -173,10 +174,16 @@ class H1Server:
                     return
                 if msg is None:
                     return
-                if not await self._exchange(parser, msg, reader, writer, info):
+                if not await self._exchange(parser, msg, reader, writer, info, hangup):
                     return
                 parser.done()
         except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        except asyncio.CancelledError:
+            if not hangup.cancelled or task is None:
+                raise
+            task.uncancel()  # our own: the client left while its response was streaming
+            log.debug("client %s left while its response streamed: upstream stream closed", info)
             return
         finally:
             if task is not None:
@@ -251,6 +258,7 @@ class H1Server:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         info: ClientInfo,
+        hangup: _Hangup | None = None,
     ) -> bool:
         """Serve one request; True when the connection may carry the next one."""
         event = msg.head
@@ -327,12 +335,16 @@ class H1Server:
         # the parser stops at an upgrade it was not asked to follow: answer, then close
         keep = event.keep_alive and not event.upgrade and not self.draining
         body.responding = True
+        if hangup is not None:
+            hangup.watch()
         try:
             keep = await self._respond(writer, event, response, keep)
         except ConnectionError as exc:
             log.debug("response to %s aborted: %s", info, exc)
             return False
         finally:
+            if hangup is not None:
+                hangup.unwatch()
             if response.on_close is not None:
                 response.on_close()
         # a handler that did not read the request body: what is already parsed may finish it (a GET
@@ -406,6 +418,46 @@ class H1Server:
             log.warning("response body of %d bytes, content-length %d: closing", sent, declared)
             return False
         return keep
+
+
+class _Hangup:
+    """Cancels the connection's task when the client's side ends (EOF or reset) while a response
+    streams: the upstream stream is then closed (RST_STREAM CANCEL) and its breaker slot released at
+    once, instead of when a stalled upstream body finally ends (as nginx and Envoy abort). An EOF that
+    came before the response started (a client that half-closes after its request) is served."""
+
+    __slots__ = ("_ended", "_task", "cancelled")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._ended = False
+        self._task: asyncio.Task[object] | None = None
+        self.cancelled = False
+        feed_eof, set_exception = reader.feed_eof, reader.set_exception
+
+        def eof() -> None:
+            feed_eof()
+            self._end()
+
+        def failed(exc: Exception) -> None:
+            set_exception(exc)
+            self._end()
+
+        reader.feed_eof = eof  # type: ignore[method-assign]
+        reader.set_exception = failed  # type: ignore[method-assign]
+
+    def watch(self) -> None:
+        if not self._ended:
+            self._task = asyncio.current_task()
+
+    def unwatch(self) -> None:
+        self._task = None
+
+    def _end(self) -> None:
+        self._ended = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            self.cancelled = True
+            task.cancel()
 
 
 class RequestBodyError(ConnectionError):

@@ -7,11 +7,12 @@ import contextlib
 import logging
 import subprocess
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from mesh.transport.h1 import ClientInfo, H1Pool, H1Server, UpstreamError
-from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.messages import Request, Response, body_of, on_finish
 
 
 async def _echo(request: Request, info: ClientInfo) -> Response:
@@ -347,3 +348,66 @@ def test_refusals_say_why_in_x_meshgate_error(request_bytes: bytes, status: byte
     out = run(go())
     assert isinstance(out, bytes) and out.startswith(b"HTTP/1.1 " + status), out[:60]
     assert b"\r\nx-meshgate-error: " + code + b"\r\n" in out
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+def test_a_client_leaving_mid_response_closes_the_upstream_stream_at_once(how: str) -> None:
+    """A client that hangs up while the upstream body stalls: the response is closed now (stream
+    reset, breaker slot released), not whenever the upstream ends (up to the 300 s stream timeout).
+    A client that half-closes after its request, before the answer, is still served."""
+    import socket
+    import struct
+
+    async def go() -> tuple[list[str], bytes]:
+        finished: list[str] = []
+        stall = asyncio.Event()
+
+        async def stalled() -> Any:
+            try:
+                yield b"first"
+                await stall.wait()  # the upstream says nothing more
+                yield b"never"
+            finally:
+                finished.append("body closed")
+
+        async def handler(request: Request, info: ClientInfo) -> Response:
+            if request.path == "/quick":
+                return Response(200, [("content-length", "2")], body_of(b"ok"))
+            response = Response(200, [("content-length", "100")], stalled())
+            on_finish(response, lambda: finished.append("released"))
+            return response
+
+        server, port = await _serve(handler)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            got = b""
+            while b"first" not in got:
+                got += await asyncio.wait_for(reader.read(1024), 5)
+            if how == "rst":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.close()
+            else:
+                writer.write_eof()
+            for _ in range(100):
+                if len(finished) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            if how == "fin":
+                writer.close()
+            # half-closed right after the request: still answered
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /quick HTTP/1.1\r\nhost: x\r\n\r\n")
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return finished, answer
+        finally:
+            stall.set()
+            server.close()
+            await server.wait_closed()
+
+    finished, answer = asyncio.run(asyncio.wait_for(go(), 15))
+    assert sorted(finished) == ["body closed", "released"]
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
