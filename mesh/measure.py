@@ -181,7 +181,7 @@ def upstream_families(client: MeshClient) -> list[Family]:
     help_texts = {
         "retries": "Retries of requests to a service (each retry once).",
         "ejections": "Endpoints of a service ejected by outlier detection.",
-        "overflows": "Requests refused at once because the connection limit to a service was reached.",
+        "overflows": "Requests refused at once by the circuit breaker (requests, pending or connections).",
     }
     families = {
         key: Family(f"meshgate_upstream_{key}_total", "counter", text, ("service",))

@@ -8,6 +8,7 @@ generated error carries ``x-meshgate-error`` (``no_healthy_upstream``, ``connect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ from mesh.outbound.resilience import (
 )
 from mesh.transport.h1 import UpstreamError
 from mesh.transport.h2conn import H2Protocol, StreamError
-from mesh.transport.messages import Request, Response, body_of, error_response, on_finish
+from mesh.transport.messages import (
+    Request,
+    Response,
+    body_of,
+    error_response,
+    on_finish,
+    ready_now,
+)
 from mesh.transport.pool import H2Pool
 from shared.config.model.mesh import TrafficPolicy
 from shared.telemetry.tracing import Tracing, end, finish
@@ -37,7 +45,9 @@ log = logging.getLogger("meshgate.outbound")
 #: Request bodies up to this size are kept so that a failed attempt can be retried.
 REPLAY_LIMIT = 64 * 1024
 TRACE_HEADERS = ("traceparent", "tracestate")
-RETRY_STATUSES = {"gateway-error": {502, 503, 504}, "5xx": set(range(500, 600))}
+RETRY_STATUSES = {"gateway-error": frozenset({502, 503, 504}), "5xx": frozenset(range(500, 600))}
+#: The status of a locally made answer per error code (503 for the others).
+ERROR_STATUS = {"upstream_timeout": 504, "headers_too_large": 431, "request_body_failed": 400}
 
 
 @dataclass
@@ -133,6 +143,7 @@ class MeshClient:
             return error_response(503, "no_healthy_upstream", f"no healthy endpoint for service {service!r}")
         upstream = self.upstream(service)
         if not upstream.breaker.admit():
+            upstream.stats["overflows"] += 1  # maxRequests reached: a refusal like maxPendingRequests'
             return error_response(503, "circuit_open", f"too many requests in flight to {service!r}")
         released = False
 
@@ -150,16 +161,24 @@ class MeshClient:
         on_finish(response, release)
         return response
 
-    async def _replayable(self, request: Request) -> bytes | None:
-        """The whole body when it is small enough to send again on a retry (then ``request.body`` is
-        set to replay it), else None (the body streams once and only connect failures are retried)."""
+    async def _replayable(self, request: Request, method_may_retry: bool) -> bytes | _Replay | None:
+        """What a retry can send again: the whole body as bytes when it is known and small enough
+        (then ``request.body`` is set to replay it), a :class:`_Replay` for a small body that streams
+        to the first attempt while a copy is kept, or None (the body streams once: only failures that
+        sent none of it, connect failures, are retried)."""
+        if request.method == "CONNECT":  # a tunnel: its bytes are no request body to send again
+            return None
         length = request.header("content-length")
-        if length is not None and length.isascii() and length.isdigit() and int(length) <= REPLAY_LIMIT:
-            data = b"".join([chunk async for chunk in request.body])
-            request.body = body_of(data)
-            return data
-        if length is None and request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            # read at most REPLAY_LIMIT + 1 bytes: a larger body streams on, not retried
+        if length is not None:
+            if length.isascii() and length.isdigit() and int(length) <= REPLAY_LIMIT:
+                data = b"".join([chunk async for chunk in request.body])
+                request.body = body_of(data)
+                return data
+            return None
+        if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            # these rarely carry a body, and an HTTP/1.1 caller's empty one cannot say so without a
+            # read: read at most REPLAY_LIMIT + 1 bytes (an empty body then ends the HEADERS frame,
+            # no task pumps it); a larger body streams on, not retried
             body = request.body.__aiter__()
             head: list[bytes] = []
             size = 0
@@ -174,7 +193,19 @@ class MeshClient:
             if data:
                 request.headers.append(("content-length", str(len(data))))
             return data
-        return None
+        ready = ready_now(request.body)
+        if ready is not None and ready[1] and len(ready[0]) <= REPLAY_LIMIT:
+            # all of it is here already (an h2c caller's body that ended): taken now, no waiting
+            data = b"".join([chunk async for chunk in request.body])
+            request.body = body_of(data)
+            return data
+        if not method_may_retry:
+            return None
+        # a retry is allowed for the method: the body streams to the first attempt at once (a gRPC
+        # stream, a chunked upload) while up to REPLAY_LIMIT bytes of it are kept
+        replay = _Replay(request.body)
+        request.body = replay.body()
+        return replay
 
     async def _attempts(
         self,
@@ -187,13 +218,10 @@ class MeshClient:
         retries = policy.retries
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.timeout.total_seconds()
-        body = await self._replayable(request)
-        replayable = body is not None
+        method_may_retry = request.method in IDEMPOTENT or retries.non_idempotent
+        replay = await self._replayable(request, method_may_retry and retries.attempts > 0)
         trace_parent = [(k, v) for k, v in request.headers if k in TRACE_HEADERS]
-        may_retry = replayable and (request.method in IDEMPOTENT or retries.non_idempotent)
-        retry_statuses: set[int] = set()
-        for kind in retries.retry_on:
-            retry_statuses |= RETRY_STATUSES.get(kind, set())
+        may_retry = replay is not None and method_may_retry
         upstream.stats["requests"] += 1
         upstream.budget.record_request()
         key = None
@@ -201,80 +229,88 @@ class MeshClient:
             key = request.header(policy.load_balancer.hash_header.lower())
         attempt = 0
         tried: set[str] = set()
-        while True:
-            attempt += 1
-            t = now()
-            available = [e for e in endpoints if e.available(t)] or endpoints
-            # a retry goes to an endpoint this request has not tried yet, while there is one
-            candidates = [e for e in available if e.id not in tried] or available
-            endpoint = upstream.balancer.pick(candidates, key)
-            assert endpoint is not None
-            tried.add(endpoint.id)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return _tried_error(attempt, 504, "upstream_timeout", f"{service}: timed out")
-            per_try = retries.per_try_timeout.total_seconds() if retries.per_try_timeout else remaining
-            if body is not None:
-                request.body = body_of(body)
-            outcome = await self._try(
-                upstream, endpoints, endpoint, request, min(per_try, remaining), attempt, trace_parent
-            )
-            error, response = outcome
-            if error is not None and error[0] == "circuit_open":  # a local limit: answered at once
-                upstream.stats["overflows"] += 1
-                return _tried_error(attempt, 503, "circuit_open", f"{service}: {error[1]}")
-            if error is not None and error[0] == "request_body_failed":
-                # the caller's own body broke (a client gone, a body it framed wrongly): not the
-                # endpoint's failure, so no outlier count and no retry
-                return _tried_error(attempt, 400, "bad_request", f"{service}: {error[1]}")
-            status = response.status if response is not None else None
-            connect_failure = error is not None and error[0] == "connect_failure"
-            refused = error is not None and error[0] == "refused_stream"
-            if error is not None and refused:
-                error = ("upstream_reset", error[1], error[2])
-            if upstream.outliers.record(
-                endpoint,
-                status=status if error is None else 503,
-                connect_failure=connect_failure,
-                all_eps=endpoints,
-                now=now(),
-            ):
-                upstream.stats["ejections"] += 1
-                log.warning("ejected %s of %s after consecutive failures", endpoint.id, service)
-            retryable_error = error is not None and error[2]
-            retryable_status = response is not None and response.status in retry_statuses
-            can_retry = attempt <= retries.attempts and (
-                (retryable_error and (may_retry or connect_failure or (refused and replayable)))
-                or (retryable_status and may_retry)
-            )
-            if response is not None and not (retryable_status and can_retry):
-                return _tried(response, attempt)
-            if error is not None and not can_retry:
-                code, message, _ = error
-                status = {"upstream_timeout": 504, "headers_too_large": 431}.get(code, 503)
-                return _tried_error(attempt, status, code, f"{service}: {message}")
-            if not upstream.budget.try_retry():
+        try:
+            while True:
+                attempt += 1
+                t = now()
+                available = [e for e in endpoints if e.available(t)] or endpoints
+                # a retry goes to an endpoint this request has not tried yet, while there is one
+                candidates = [e for e in available if e.id not in tried] or available
+                endpoint = upstream.balancer.pick(candidates, key)
+                assert endpoint is not None
+                tried.add(endpoint.id)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return _tried_error(attempt, 504, "upstream_timeout", f"{service}: timed out")
+                per_try = retries.per_try_timeout.total_seconds() if retries.per_try_timeout else remaining
+                if attempt > 1 and type(replay) is bytes:
+                    request.body = body_of(replay)
+                error, response = await self._try(
+                    upstream, endpoints, endpoint, request, min(per_try, remaining), attempt, trace_parent
+                )
+                if error is not None:
+                    code = error[0]
+                    if code == "circuit_open":  # a local limit: answered at once
+                        upstream.stats["overflows"] += 1
+                        return _tried_error(attempt, 503, "circuit_open", f"{service}: {error[1]}")
+                    if code == "request_body_failed":
+                        # the caller's own body broke (a client gone, a body it framed wrongly): not the
+                        # endpoint's failure, so no outlier count and no retry
+                        return _tried_error(attempt, 400, "bad_request", f"{service}: {error[1]}")
+                    if code == "headers_too_large":
+                        # the caller's header list is over what the peer takes: its fault too, and the
+                        # same on every endpoint (never sent, so no outlier count, no retry, no budget)
+                        return _tried_error(attempt, 431, "headers_too_large", f"{service}: {error[1]}")
+                connect_failure = error is not None and error[0] == "connect_failure"
+                if upstream.outliers.record(
+                    endpoint,
+                    status=response.status if response is not None else 503,
+                    connect_failure=connect_failure,
+                    all_eps=endpoints,
+                    now=now(),
+                ):
+                    upstream.stats["ejections"] += 1
+                    log.warning("ejected %s of %s after consecutive failures", endpoint.id, service)
+                # may this answer be tried again? (each check only when the one before allows it)
+                if attempt > retries.attempts:
+                    return _answer(service, attempt, error, response)
                 if response is not None:
-                    return _tried(response, attempt)
-                assert error is not None
-                return _tried_error(attempt, 503, error[0], f"{service}: {error[1]} (retry budget spent)")
-            upstream.stats["retries"] += 1
-            delay = backoff_delay(
-                attempt, retries.backoff.base.total_seconds(), retries.backoff.max.total_seconds()
-            )
-            if response is not None:
-                hinted = retry_after_seconds(
-                    response.header("retry-after"), retries.backoff.max.total_seconds()
-                )
-                if hinted is not None:
-                    delay = hinted
-                async for _ in response.body:  # drain and drop the failed attempt
-                    pass
-            if loop.time() + delay >= deadline:
-                return _tried_error(
-                    attempt, 504, "upstream_timeout", f"{service}: timed out after {attempt} attempts"
-                )
-            await asyncio.sleep(delay)
+                    if not (may_retry and _retryable_status(response.status, retries.retry_on)):
+                        return _tried(response, attempt)
+                else:
+                    assert error is not None
+                    if not (error[2] and _retryable_error(error[0], retries.retry_on)):
+                        return _answer(service, attempt, error, response)
+                    # a connect failure sent nothing, whatever the body; a refused stream was never
+                    # processed (RFC 9113 section 8.7), whatever the method, but may have taken body bytes
+                    never_processed = connect_failure or (error[0] == "refused_stream" and replay is not None)
+                    if not (may_retry or never_processed):
+                        return _answer(service, attempt, error, response)
+                cap = retries.backoff.max.total_seconds()
+                delay = backoff_delay(attempt, retries.backoff.base.total_seconds(), cap)
+                if response is not None:
+                    hinted = retry_after_seconds(response.header("retry-after"))
+                    if hinted is not None:
+                        if hinted > cap:  # the upstream wants more rest than we would wait: its answer
+                            return _tried(response, attempt)
+                        delay = hinted
+                if loop.time() + delay >= deadline:  # the retry would not start in time: the real answer
+                    return _answer(service, attempt, error, response)
+                if isinstance(replay, _Replay) and not replay.can_replay():
+                    return _answer(service, attempt, error, response)  # its copy is gone or still in use
+                if not upstream.budget.try_retry():
+                    return _answer(service, attempt, error, response, " (retry budget spent)")
+                # committed to retry from here
+                upstream.stats["retries"] += 1
+                if isinstance(replay, _Replay):
+                    request.body = replay.body()
+                if response is not None:
+                    _abandon(response)  # never read: a failed answer's body may stall or never end
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        finally:
+            if isinstance(replay, _Replay):
+                replay.stop()  # the answer is final: no more copying (a long stream keeps only its start)
 
     async def _connection(
         self, upstream: Upstream, endpoint: Endpoint, endpoints: Sequence[Endpoint]
@@ -385,6 +421,170 @@ class MeshClient:
 
         on_finish(response, body_done)
         return None, response
+
+
+#: The ``retryOn`` member that governs each retryable error of an attempt. A per-try timeout is
+#: answered 504, a gateway error. GOAWAY before processing counts as a refused stream.
+RETRY_ON_ERROR = {
+    "connect_failure": ("connect-failure",),
+    "upstream_reset": ("reset",),
+    "refused_stream": ("refused-stream",),
+    "upstream_timeout": ("gateway-error", "5xx"),
+}
+
+
+def _retryable_error(code: str, retry_on: Sequence[str]) -> bool:
+    return any(member in retry_on for member in RETRY_ON_ERROR.get(code, ()))
+
+
+def _retryable_status(status: int, retry_on: Sequence[str]) -> bool:
+    if status < 500:
+        return False
+    return any(status in RETRY_STATUSES.get(member, ()) for member in retry_on)
+
+
+def _answer(
+    service: str,
+    attempts: int,
+    error: tuple[str, str, bool] | None,
+    response: Response | None,
+    note: str = "",
+) -> Response:
+    """The caller's answer from the last attempt: the upstream's response, else the attempt's error."""
+    if response is not None:
+        return _tried(response, attempts)
+    assert error is not None
+    code, message, _ = error
+    if code == "refused_stream":
+        code = "upstream_reset"  # what callers know it as
+    status = ERROR_STATUS.get(code, 503)
+    return _tried_error(attempts, status, code, f"{service}: {message}{note}")
+
+
+def _abandon(response: Response) -> None:
+    """Drop a failed attempt's response unread: its stream is reset (RST_STREAM CANCEL) and its span
+    and counts end now. Reading it first waited for a body that may stall, or fail, with no deadline."""
+    if response.on_close is not None:
+        with contextlib.suppress(Exception):
+            response.on_close()
+
+
+class _Superseded(Exception):
+    """An attempt pulled the request body after a retry took it over."""
+
+
+class _Replay:
+    """A request body streamed to the attempts, with a copy of what was pulled so far while it stays
+    within REPLAY_LIMIT: a retry sends the copy again, then goes on pulling from the caller. Only the
+    newest attempt's view may pull (an earlier attempt's body sender fails instead: never two readers
+    of the caller's body), and no retry while a pull is under way or after one failed."""
+
+    __slots__ = (
+        "_ends_next",
+        "_source",
+        "broken",
+        "chunks",
+        "ended",
+        "generation",
+        "over",
+        "pulling",
+        "size",
+    )
+
+    def __init__(self, source: AsyncIterator[bytes]) -> None:
+        self._source = source.__aiter__()
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.over = False  # more than REPLAY_LIMIT pulled: the copy was given up
+        self.ended = False
+        self.pulling = False
+        self.broken = False  # a pull failed or was cancelled: what the caller's body holds is unknown
+        self.generation = 0
+        self._ends_next = False  # the source said its next chunk is its last
+
+    def can_replay(self) -> bool:
+        """True when a retry can send the body again (see :meth:`body`)."""
+        return not (self.over or self.pulling or self.broken)
+
+    def stop(self) -> None:
+        """No retry will come: stop copying (what was copied stays, the last view may still send it)."""
+        self.over = True
+
+    def body(self) -> _ReplayBody:
+        """A body for the next attempt: the copy, then the rest; earlier views stop working."""
+        self.generation += 1
+        return _ReplayBody(self, self.generation)
+
+    def peek(self) -> tuple[bytes, bool] | None:
+        if self.ended:
+            return b"", True
+        ready = ready_now(self._source)
+        if ready is not None and ready[1]:
+            if ready[0]:
+                self._ends_next = True
+            else:
+                self.ended = True  # nothing more will come: no pull needed to learn it
+        return ready
+
+    async def pull(self) -> bytes:
+        if self.ended:
+            raise StopAsyncIteration
+        self.pulling = True
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+        except BaseException:
+            self.broken = True
+            raise
+        finally:
+            self.pulling = False
+        if self._ends_next:
+            self.ended = True
+        if not self.over:
+            self.size += len(chunk)
+            if self.size > REPLAY_LIMIT:
+                self.over = True
+                self.chunks = []  # given up: the rest streams once
+            else:
+                self.chunks.append(chunk)
+        return chunk
+
+
+class _ReplayBody:
+    """One attempt's view of a :class:`_Replay`."""
+
+    __slots__ = ("_index", "_replay", "generation")
+
+    def __init__(self, replay: _Replay, generation: int) -> None:
+        self._replay = replay
+        self.generation = generation
+        self._index = 0
+
+    def __aiter__(self) -> _ReplayBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        replay = self._replay
+        if replay.generation != self.generation:
+            raise _Superseded("a retry took the request body over")
+        if self._index < len(replay.chunks):
+            self._index += 1
+            return replay.chunks[self._index - 1]
+        chunk = await replay.pull()
+        self._index = len(replay.chunks)
+        return chunk
+
+    def ready_now(self) -> tuple[bytes, bool] | None:
+        """As :func:`mesh.transport.messages.ready_now`: the copy's next chunk, else the caller's."""
+        replay = self._replay
+        if replay.generation != self.generation:
+            return None
+        if self._index < len(replay.chunks):
+            last = self._index == len(replay.chunks) - 1
+            return replay.chunks[self._index], last and replay.ended
+        return replay.peek()
 
 
 def _tried(response: Response, attempts: int) -> Response:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from mesh.outbound.endpoints import Endpoint
 from shared.config.model.mesh import CircuitBreaker, OutlierDetection, RetryBudget
@@ -69,15 +71,66 @@ def backoff_delay(attempt: int, base: float, maximum: float, rng: random.Random 
     return float((rng or random).random() * ceiling)
 
 
-def retry_after_seconds(value: str | None, cap: float) -> float | None:
-    """A ``Retry-After`` in seconds (delta form only), capped; None when absent or not a number."""
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """The delay a ``Retry-After`` asks for, in seconds (0 or more, not capped), or None when the
+    header is absent or not one of the RFC 9110 section 10.2.3 forms: ``delay-seconds``
+    (``1*DIGIT``) or an ``HTTP-date`` (IMF-fixdate, or the obsolete RFC 850 and asctime forms that
+    recipients must accept; a date in the past is 0). ``now`` is the wall clock (``time.time()``).
+
+    Nothing else passes (``nan``, ``inf``, ``-3``, ``1.5``, ``1e400``): a value that parsed as a float
+    could make the caller sleep for ever, or fail (``asyncio.sleep(nan)`` raises under uvloop)."""
     if value is None:
         return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
+    text = value.strip(" \t")
+    if text.isascii() and text.isdigit():
+        digits = text.lstrip("0") or "0"
+        # no int() of thousands of digits (CPython refuses over 4300): anything this long is "never"
+        return float(int(digits)) if len(digits) <= _MAX_DIGITS else float(10**_MAX_DIGITS)
+    when = _http_date(text)
+    if when is None:
         return None
-    return min(max(seconds, 0.0), cap)
+    return max(when - (time.time() if now is None else now), 0.0)
+
+
+_MAX_DIGITS = 12
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_DAY_LONG = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH = f"({'|'.join(_MONTH_NAMES)})"
+_TIME = "([0-9]{2}):([0-9]{2}):([0-9]{2})"
+#: RFC 9110 section 5.6.7: IMF-fixdate, rfc850-date and asctime-date, exactly (ASCII digits only).
+_IMF_FIXDATE = re.compile(f"{_DAY}, ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME} GMT", re.ASCII)
+_RFC850_DATE = re.compile(f"{_DAY_LONG}, ([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME} GMT", re.ASCII)
+_ASCTIME_DATE = re.compile(f"{_DAY} {_MONTH} ([0-9]{{2}}| [0-9]) {_TIME} ([0-9]{{4}})", re.ASCII)
+
+
+def _http_date(text: str) -> float | None:
+    """An RFC 9110 ``HTTP-date`` as seconds since the epoch, or None when ``text`` is not one."""
+    if m := _IMF_FIXDATE.fullmatch(text):
+        day, month, year, hour, minute, second = m.groups()
+        full_year = int(year)
+    elif m := _RFC850_DATE.fullmatch(text):
+        day, month, year, hour, minute, second = m.groups()
+        # a two-digit year more than 50 years in the future is the most recent past year with
+        # those digits (RFC 9110 section 5.6.7)
+        this_year = time.gmtime().tm_year
+        full_year = this_year - this_year % 100 + int(year)
+        if full_year > this_year + 50:
+            full_year -= 100
+    elif m := _ASCTIME_DATE.fullmatch(text):
+        month, day, hour, minute, second, year = m.groups()
+        full_year = int(year)
+    else:
+        return None
+    try:
+        # a leap second (60) counts as the second before: Retry-After needs no better
+        stamp = datetime(
+            full_year, _MONTHS[month], int(day), int(hour), int(minute), min(int(second), 59), tzinfo=UTC
+        )
+    except ValueError:  # 31 Feb, hour 25, ...
+        return None
+    return stamp.timestamp()
 
 
 class Breaker:

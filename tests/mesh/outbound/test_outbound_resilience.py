@@ -79,16 +79,17 @@ def test_backoff_is_full_jitter_under_an_exponential_ceiling() -> None:
     [
         (None, None),
         ("0", 0.0),
-        ("0.5", 0.5),
+        ("0.5", None),  # RFC 9110: delay-seconds = 1*DIGIT
         (" 2 ", 2.0),
-        ("120", 5.0),  # capped
-        ("-3", 0.0),
+        ("120", 120.0),  # not capped: beyond backoff.max the client does not retry
+        ("-3", None),
         ("soon", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date form is not used
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # an HTTP-date in the past: at once
+        ("Wed, 21 Oct 2015 07:28:05 GMT", 5.0),
     ],
 )
 def test_retry_after_seconds(value: str | None, expected: float | None) -> None:
-    assert retry_after_seconds(value, 5.0) == expected
+    assert retry_after_seconds(value, now=1445412480.0) == expected  # Wed, 21 Oct 2015 07:28:00 GMT
 
 
 def test_only_idempotent_methods_are_retried_by_default() -> None:

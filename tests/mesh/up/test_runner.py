@@ -437,7 +437,7 @@ def test_stopping_a_wrapper_command_stops_what_it_started(tmp_path: Path) -> Non
 
     async def go() -> int:
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", f"{sys.executable} -c \"{app}\"; echo ended", process_group=0
+            "sh", "-c", f'{sys.executable} -c "{app}"; echo ended', process_group=0
         )
         for _ in range(100):
             if pid_file.exists() and pid_file.read_text():
