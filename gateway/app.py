@@ -100,8 +100,9 @@ class EdgeGateway:
             runtime.observe(route, response.status, started, ex, response.header("x-meshgate-error"), span)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket handshake: the same steps as a request (hygiene, route, auth, policy, rate
-        limit), then the relay over the mesh (gateway/translate/websocket.py)."""
+        """A WebSocket handshake: the same steps as a request (hygiene, route, the route's allowed
+        origins, auth, policy, rate limit), then the relay over the mesh
+        (gateway/translate/websocket.py). A refusal keeps its answer's headers."""
         started = time.perf_counter()
         runtime = self.runtime
         first = await receive()
@@ -110,7 +111,7 @@ class EdgeGateway:
         checked = hygiene.check(scope, runtime.hygiene)
         if isinstance(checked, Response):
             await websocket.refuse(
-                send, checked.status, checked.header("x-meshgate-error") or "refused", scope
+                send, checked.status, checked.header("x-meshgate-error") or "refused", scope, checked.headers
             )
             runtime.observe("-", checked.status, started)
             return
@@ -128,12 +129,14 @@ class EdgeGateway:
                 route_name = ex.match.route.name
                 metrics = runtime.metrics
                 answer = (
-                    await auth.authenticate(ex, state.providers, runtime.tracing, metrics)
+                    websocket.origin_refusal(ex)
+                    or await auth.authenticate(ex, state.providers, runtime.tracing, metrics)
                     or authorize.authorize(ex, state.engine, metrics)
                     or await ratelimit.limit(ex, state.rate_limits, runtime.limiter, runtime.tracing, metrics)
                 )
         if answer is not None:
-            await websocket.refuse(send, answer.status, answer.header("x-meshgate-error") or "refused", scope)
+            code = answer.header("x-meshgate-error") or "refused"
+            await websocket.refuse(send, answer.status, code, scope, answer.headers)
             runtime.observe(route_name, answer.status, started, ex, answer.header("x-meshgate-error"))
             return
         assert ex.match is not None

@@ -12,6 +12,8 @@ sends it, the body streams through a small bounded queue (back-pressure), traile
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import ssl
@@ -38,6 +40,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from mesh.h2 import Limits
 from mesh.transport.h1 import ClientInfo, RequestHead
+from mesh.transport.h1parse import response_head
 from mesh.transport.h2c import Drain, serve_sniffing
 from mesh.transport.messages import Headers, Request, Response, body_of
 
@@ -219,10 +222,45 @@ class AsgiBridge:
         )
 
 
+def _handshake_refusal(event: RequestHead) -> tuple[int, str, list[tuple[str, str]]] | None:
+    """What RFC 6455 section 4.2.1 makes a server refuse before wsproto sees the handshake (status,
+    reason, extra headers), or None: an upgrade over HTTP/1.0 (400), a ``Sec-WebSocket-Version`` other
+    than 13 (426 with ``Sec-WebSocket-Version: 13``), a ``Sec-WebSocket-Key`` that is not the base64 of
+    16 bytes (400). What wsproto refuses itself (no key, no version, ...) is a 400 too."""
+    if event.http_version != b"1.1":
+        return 400, "a WebSocket handshake needs HTTP/1.1", []
+    versions = [v.strip() for k, v in event.headers if k.lower() == b"sec-websocket-version"]
+    if versions and versions != [b"13"]:
+        return 426, "only WebSocket version 13 is served", [("sec-websocket-version", "13")]
+    keys = [v.strip() for k, v in event.headers if k.lower() == b"sec-websocket-key"]
+    if keys:
+        try:
+            nonce = base64.b64decode(keys[0], validate=True) if len(keys) == 1 else b""
+        except binascii.Error:
+            nonce = b""
+        if len(nonce) != 16:
+            return 400, "Sec-WebSocket-Key must be the base64 of 16 bytes", []
+    return None
+
+
+def _refusal(status: int, reason: str, headers: list[tuple[str, str]]) -> bytes:
+    """A refused handshake's answer (the connection closes after it)."""
+    body = f"{reason}\n".encode()
+    fields = [
+        *headers,
+        ("content-type", "text/plain; charset=utf-8"),
+        ("content-length", str(len(body))),
+        ("x-meshgate-error", "bad_request"),
+        ("connection", "close"),
+    ]
+    return response_head(status, fields) + body
+
+
 class WebSocketBridge:
     """ASGI ``websocket`` scopes for connections the HTTP/1.1 server hands over (``Upgrade: websocket``):
     the handshake and frames with ``wsproto``; ``websocket.http.response`` lets the app refuse with
-    any HTTP answer."""
+    any HTTP answer. A client that goes without a close frame (FIN or reset) is a disconnect with
+    code 1006; a close frame's code and reason reach the app as they came."""
 
     def __init__(self, app: Asgi, bridge: AsgiBridge) -> None:
         self.app = app
@@ -238,13 +276,24 @@ class WebSocketBridge:
     ) -> None:
         """Serve one WebSocket connection until it closes."""
         handshake = H11Handshake(ConnectionType.SERVER)
-        try:
-            handshake.initiate_upgrade_connection([(k.lower(), v) for k, v in event.headers], event.target)
-            request = next(iter(handshake.events()))
-        except (RemoteProtocolError, StopIteration) as exc:
-            writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            log.info("bad WebSocket handshake from %s: %s", info.address, exc)
+        refusal = _handshake_refusal(event)
+        if refusal is None:
+            try:
+                handshake.initiate_upgrade_connection(
+                    [(k.lower(), v) for k, v in event.headers], event.target
+                )
+                request = next(iter(handshake.events()))
+            except (RemoteProtocolError, StopIteration) as exc:
+                refusal = (400, f"bad WebSocket handshake: {exc}", [])
+        if refusal is not None:
+            status, reason, extra = refusal
+            log.info("bad WebSocket handshake from %s: %s", info.address, reason)
+            with contextlib.suppress(Exception):
+                writer.write(_refusal(status, reason, extra))
+                await writer.drain()
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
             return
         assert isinstance(request, WsRequest)
         path, _, query = event.target.decode("latin-1").partition("?")
@@ -310,12 +359,19 @@ class WebSocketBridge:
                         with contextlib.suppress(LocalProtocolError):
                             await write(conn.send(ws_event.response()))
                         state["closed"] = True
-                        return {"type": "websocket.disconnect", "code": ws_event.code}
-                data = state["pending"] or await reader.read(65536)
+                        return {
+                            "type": "websocket.disconnect",
+                            "code": int(ws_event.code),
+                            "reason": ws_event.reason or "",
+                        }
+                try:
+                    data = state["pending"] or await reader.read(65536)
+                except OSError:  # a reset: gone without a close frame, as with a FIN
+                    data = b""
                 state["pending"] = b""
                 if not data:
                     state["closed"] = True
-                    return {"type": "websocket.disconnect", "code": 1006}
+                    return {"type": "websocket.disconnect", "code": 1006, "reason": ""}
                 try:
                     conn.receive_data(data)
                 except RemoteProtocolError:

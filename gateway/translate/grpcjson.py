@@ -226,6 +226,8 @@ class Transcoder:
             json_format.ParseDict(data, message)
         except json_format.ParseError as exc:
             raise TranscodeError(f"the request does not fit {descriptor.full_name}: {exc}") from exc
+        except RecursionError as exc:  # json_format stops at 100 levels; this is the stack's own limit
+            raise TranscodeError(f"the request does not fit {descriptor.full_name}: nested too deep") from exc
         return bytes(message.SerializeToString())
 
     # ----- response ------------------------------------------------------------------------------------
@@ -271,40 +273,78 @@ _INTS = {
     FieldDescriptor.TYPE_UINT32,
     FieldDescriptor.TYPE_FIXED32,
 }
+_INTS64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_FIXED64,
+}
+#: An integer in a path or query string: ASCII digits only (Python's int() would also take ``1_000``,
+#: `` 12 ``, ``+1`` and other scripts' digits, which proto3 JSON does not).
+_INTEGER = re.compile(r"-?[0-9]+")
+#: A number as proto3 JSON writes one (an integer field also takes an integral ``1e3`` or ``2.0``).
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: proto3 JSON's names for the special floating-point values.
+_FLOAT_WORDS = frozenset({"NaN", "Infinity", "-Infinity"})
+#: Message types whose JSON form is a string (taken from a path or query string as it is).
+_STRING_WKT = frozenset(
+    {
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+    }
+)
+#: Wrapper types: JSON writes them as their ``value`` field, so a path or query string converts by
+#: the rules of that field's type.
+_WRAPPERS = frozenset(
+    f"google.protobuf.{kind}Value"
+    for kind in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+)
 
 
-def _scalar(field: FieldDescriptor, text: str) -> Any:
-    """A path or query string as the JSON value the field's type takes."""
+def _scalar(field: FieldDescriptor, text: str, name: str | None = None) -> Any:
+    """A path or query string as the JSON value the field's type takes (``name``: the field named in
+    errors, for a wrapper's ``value``)."""
+    name = name or field.name
     if field.type == FieldDescriptor.TYPE_BOOL:
         if text.lower() in ("true", "1"):
             return True
         if text.lower() in ("false", "0"):
             return False
-        raise TranscodeError(f"{field.name}: {text!r} is not a boolean")
-    if field.type in _INTS:
-        try:
-            return int(text)
-        except ValueError as exc:
-            raise TranscodeError(f"{field.name}: {text!r} is not an integer") from exc
+        raise TranscodeError(f"{name}: {text!r} is not a boolean")
+    if field.type in _INTS or field.type in _INTS64:
+        if _INTEGER.fullmatch(text):
+            if field.type in _INTS64:
+                return text  # proto3 JSON writes 64-bit integers as strings: no precision lost
+            try:
+                return int(text)
+            except ValueError as exc:  # over Python's digit limit for int()
+                raise TranscodeError(f"{name}: {text[:40]!r} is out of range") from exc
+        if _NUMBER.fullmatch(text):
+            return text  # ``1e3``: json_format takes it when integral and in range
+        raise TranscodeError(f"{name}: {text[:40]!r} is not an integer")
     if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-        try:
+        if text in _FLOAT_WORDS:
+            return text
+        if _NUMBER.fullmatch(text):
             return float(text)
-        except ValueError as exc:
-            raise TranscodeError(f"{field.name}: {text!r} is not a number") from exc
-    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.full_name not in _STRING_WKT:
-        raise TranscodeError(f"{field.name}: a message cannot come from a path or query string")
-    return text  # strings, bytes (base64), 64-bit integers, enums, well-known types written as strings
+        raise TranscodeError(f"{name}: {text[:40]!r} is not a number")
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        if text in field.enum_type.values_by_name or _INTEGER.fullmatch(text):
+            return text
+        raise TranscodeError(f"{name}: {text[:40]!r} is not a value of {field.enum_type.full_name}")
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        kind = field.message_type.full_name
+        if kind in _WRAPPERS:
+            return _scalar(field.message_type.fields_by_name["value"], text, name)
+        if kind not in _STRING_WKT:
+            raise TranscodeError(f"{name}: a message cannot come from a path or query string")
+    return text  # strings, bytes (base64), well-known types written as strings
 
 
-_STRING_WKT = {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-    "google.protobuf.StringValue",
-    "google.protobuf.BytesValue",
-    "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value",
-}
+#: The deepest field path a path or query string may name (json_format's own nesting limit).
+_MAX_DEPTH = 100
 
 
 def _set_path(
@@ -316,17 +356,22 @@ def _set_path(
     raw: bool = False,
     repeat: bool = False,
 ) -> None:
-    """Put ``value`` at the dotted field ``path`` of ``data`` (converted unless ``raw``)."""
-    field = _field(descriptor, path[0])
-    key = field.name
-    if len(path) > 1:
+    """Put ``value`` at the dotted field ``path`` of ``data`` (converted unless ``raw``). A loop, not
+    recursion: a query key may name a recursive message thousands of levels deep."""
+    shown = ".".join(path)
+    shown = shown if len(shown) <= 120 else shown[:117] + "..."
+    if len(path) > _MAX_DEPTH:
+        raise TranscodeError(f"{shown}: nested over {_MAX_DEPTH} levels")
+    for name in path[:-1]:
+        field = _field(descriptor, name)
         if field.type != FieldDescriptor.TYPE_MESSAGE or _repeated(field):
-            raise TranscodeError(f"{'.'.join(path)}: {field.name} is not a message")
-        inner = data.setdefault(key, {})
+            raise TranscodeError(f"{shown}: {field.name} is not a message")
+        inner = data.setdefault(field.name, {})
         if not isinstance(inner, dict):
-            raise TranscodeError(f"{'.'.join(path)}: given twice")
-        _set_path(field.message_type, inner, path[1:], value, raw=raw, repeat=repeat)
-        return
+            raise TranscodeError(f"{shown}: given twice")
+        descriptor, data = field.message_type, inner
+    field = _field(descriptor, path[-1])
+    key = field.name
     converted = value if raw else _scalar(field, value)
     if _repeated(field) and not raw:
         data.setdefault(key, []).append(converted)

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.exchange import Exchange
 from gateway.proxy import Receive, read_body, request_body, route_policy, upstream_headers
@@ -43,33 +44,58 @@ async def _client_stream(
     variables: dict[str, str],
     query: str,
     body: AsyncIterator[bytes],
+    failed: list[TranscodeError],
 ) -> AsyncIterator[bytes]:
-    """Newline-delimited JSON objects from the client, each one request message."""
+    """Newline-delimited JSON objects from the client, each one request message. A line that is no
+    request message ends the stream with an error, also noted in ``failed`` (the mesh client only says
+    that the body broke: the client is told why)."""
     pending = b""
-    async for chunk in body:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield frame(transcoder.request_message(binding, variables, query, _parse(line)))
-    if pending.strip():
-        yield frame(transcoder.request_message(binding, variables, query, _parse(pending)))
+    number = 0
+
+    def message(line: bytes) -> bytes:
+        what = f"line {number} of the body"
+        try:
+            return frame(transcoder.request_message(binding, variables, query, _parse(line, what)))
+        except TranscodeError as exc:
+            text = str(exc)
+            raise TranscodeError(text if text.startswith(what) else f"{what}: {text}", exc.status) from exc
+
+    try:
+        async for chunk in body:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                number += 1
+                if line.strip():
+                    yield message(line)
+        number += 1
+        if pending.strip():
+            yield message(pending)
+    except TranscodeError as exc:
+        failed.append(exc)
+        raise
 
 
-def _parse(data: bytes) -> Any:
+def _parse(data: bytes, what: str = "the body") -> Any:
+    """The JSON in ``data`` (TranscodeError when it is none, or nested deeper than the parser's stack
+    allows: ``[[[[...`` must be a 400, not a RecursionError)."""
     try:
         return json.loads(data)
-    except ValueError as exc:
-        raise TranscodeError(f"the body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise TranscodeError(f"{what} is not JSON: {reason}") from exc
 
 
 def _status(headers: list[tuple[str, str]]) -> tuple[int, str, str | None]:
+    """``grpc-status``, ``grpc-message`` (percent-decoded: gRPC's PROTOCOL-HTTP2.md encodes it on the
+    wire) and ``grpc-status-details-bin`` of a trailer (or Trailers-Only header) block."""
     values = dict(headers)
     try:
         code = int(values.get("grpc-status", "2"))
     except ValueError:
         code = 2
-    return code, values.get("grpc-message", ""), values.get("grpc-status-details-bin")
+    message = unquote(values.get("grpc-message", ""), errors="replace")
+    return code, message, values.get("grpc-status-details-bin")
 
 
 async def forward_json(
@@ -88,10 +114,11 @@ async def forward_json(
     binding, variables = found
     headers = [(k, v) for k, v in upstream_headers(ex) if k not in DROP]
     headers += [("content-type", "application/grpc"), ("te", "trailers")]
+    failed: list[TranscodeError] = []  # a client stream's bad line
     try:
         if binding.method.client_streaming:
             source = request_body(receive, route.max_body_size) if ex.has_body else body_of(b"")
-            body = _client_stream(transcoder, binding, variables, ex.query, source)
+            body = _client_stream(transcoder, binding, variables, ex.query, source, failed)
         else:
             raw = await read_body(receive, route.max_body_size) if ex.has_body else b""
             if raw is None:
@@ -105,6 +132,10 @@ async def forward_json(
     sent = time.perf_counter()
     response = await client.request(ex.match.backend.service, upstream, policy=policy)
     ex.attempts, ex.upstream_ms = response.attempts, round((time.perf_counter() - sent) * 1000, 3)
+    if failed:  # the client's stream broke on a line that is no request message: say which, and why
+        if response.on_close is not None:
+            response.on_close()
+        return json_error(failed[0].status, 3, str(failed[0]))
     code_name = response.header("x-meshgate-error")
     if code_name is not None and response.status != 200:  # the mesh's own answer
         if response.on_close is not None:
@@ -118,7 +149,11 @@ async def forward_json(
         if response.on_close is not None:
             response.on_close()
         code, message, details = _status(response.headers)
-        return json_error(HTTP_STATUS.get(code, 500), code, message, details)
+        if code != 0:
+            return json_error(HTTP_STATUS.get(code, 500), code, message, details)
+        if binding.method.server_streaming:  # a stream that ended at once, without a message
+            return Response(200, [("content-type", NDJSON), ("content-length", "0")], body_of(b""))
+        return json_error(502, 13, "a unary method answered 0 messages")
     if binding.method.server_streaming:
         return _stream(transcoder, binding, response)
     try:

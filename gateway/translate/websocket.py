@@ -4,6 +4,11 @@ upgrade to the app. The gateway is the WebSocket client on the mesh side (``wspr
 as a client's must be): messages, pings and close codes pass both ways; a connection quiet for the
 idle timeout is closed with 1001 on both sides. A configuration reload leaves open WebSockets alone:
 each holds the objects it started with.
+
+A route with ``cors`` that lists its origins refuses a handshake whose ``Origin`` it does not allow
+(403 ``origin_not_allowed``): browsers send any site's cookies with a WebSocket handshake and no CORS
+check applies to it (cross-site WebSocket hijacking). A handshake without ``Origin`` (not a browser)
+goes on to the route's ``auth``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from typing import Any
 
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, local_error
 from gateway.proxy import upstream_headers
 from mesh.outbound.client import MeshClient
-from mesh.transport.messages import Request
+from mesh.transport.messages import HOP_BY_HOP, Headers, Request, Response
 
 log = logging.getLogger("meshgate.gateway.websocket")
 
@@ -33,6 +39,13 @@ SKIP = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-e
 IDLE_TIMEOUT = 300.0
 #: The largest message reassembled from the app (bytes); larger closes both sides with 1009.
 MAX_MESSAGE = 1024 * 1024
+#: Headers of a refused handshake's answer that ``refuse`` sets itself (or that are the connection's).
+_OWN = HOP_BY_HOP | {"content-type", "content-length"}
+#: Close codes an endpoint never sends (RFC 6455 section 7.4.1): the server reports a client that went
+#: without a close frame (a TCP FIN or reset) as 1006; the app is told 1001, "going away".
+_LOCAL_ONLY = frozenset({1005, 1006, 1015})
+#: Of the mesh's answer to a refused CONNECT, the headers the client gets too.
+_REFUSAL_HEADERS = frozenset({"x-meshgate-error", "retry-after"})
 
 
 async def _queue_body(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
@@ -43,21 +56,60 @@ async def _queue_body(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes
         yield item
 
 
-async def refuse(send: Send, status: int, message: str, scope: dict[str, Any]) -> None:
+def origin_refusal(ex: Exchange) -> Response | None:
+    """403 ``origin_not_allowed`` for a handshake whose ``Origin`` the route's ``cors`` does not allow
+    (as the CORS step decides for requests: listed exactly, or ``*``); None without ``cors`` or without
+    an ``Origin``."""
+    assert ex.match is not None
+    cors = ex.match.route.cors
+    origin = ex.header("origin")
+    if cors is None or origin is None or "*" in cors.allow_origins or origin in cors.allow_origins:
+        return None
+    return local_error(403, "origin_not_allowed", f"origin {origin[:200]!r} may not open this WebSocket")
+
+
+async def refuse(
+    send: Send, status: int, message: str, scope: dict[str, Any], headers: Headers | None = None
+) -> None:
     """Refuse the handshake: with the ``websocket.http.response`` extension, an HTTP answer with
-    ``status``; otherwise a close before accept (the server answers 403)."""
+    ``status`` and ``headers`` (the answer's own: ``x-meshgate-error``, ``Retry-After`` and
+    ``RateLimit-*``, ``WWW-Authenticate``, ...); otherwise a close before accept (the server answers
+    403, and the headers are lost)."""
     if "websocket.http.response" in (scope.get("extensions") or {}):
         body = f"{message}\n".encode()
+        extra = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in headers or []
+            if k.lower() not in _OWN and not k.startswith(":")
+        ]
         await send(
             {
                 "type": "websocket.http.response.start",
                 "status": status,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
             }
         )
         await send({"type": "websocket.http.response.body", "body": body})
         return
     await send({"type": "websocket.close", "code": 1008, "reason": message[:120]})
+
+
+def _close_for_app(message: dict[str, Any]) -> CloseConnection:
+    """The close frame the app gets for the client's ``websocket.disconnect``: the client's code and
+    reason; for a client that went without a close frame (1006, as the server reports it), 1001 "going
+    away" (wsproto would turn the local-only 1006 into a normal 1000); for a close frame without a
+    code (1005), a close frame without a code."""
+    code = int(message.get("code") or 1000)
+    reason = str(message.get("reason") or "")
+    if code == CloseReason.NO_STATUS_RCVD:
+        return CloseConnection(code=CloseReason.NO_STATUS_RCVD)  # wsproto sends an empty close frame
+    if code in _LOCAL_ONLY or not (1000 <= code <= 4999):
+        return CloseConnection(code=CloseReason.GOING_AWAY, reason="client went away")
+    return CloseConnection(code=code, reason=reason)
 
 
 async def relay(
@@ -91,7 +143,9 @@ async def relay(
         if response.on_close is not None:
             response.on_close()
         code = response.header("x-meshgate-error") or "refused by the service"
-        await refuse(send, response.status if response.status >= 400 else 502, f"websocket: {code}", scope)
+        kept = [(k, v) for k, v in response.headers if k in _REFUSAL_HEADERS]
+        status = response.status if response.status >= 400 else 502
+        await refuse(send, status, f"websocket: {code}", scope, kept)
         return response.status
     subprotocol = response.header("sec-websocket-protocol")
     await send({"type": "websocket.accept", "subprotocol": subprotocol})
@@ -119,7 +173,7 @@ async def relay(
             elif kind == "websocket.disconnect":
                 closed_by.append("client")
                 with contextlib.suppress(LocalProtocolError):
-                    await to_app(conn.send(CloseConnection(code=int(message.get("code", 1000)))))
+                    await to_app(conn.send(_close_for_app(message)))
                 await outgoing.put(None)
                 done.set()
                 return
