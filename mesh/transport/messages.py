@@ -151,6 +151,8 @@ GRPC_STATUS = {
     "upstream_timeout": 4,
     "policy_denied": 7,
     "not_implemented": 12,
+    "method_not_allowed": 12,
+    "unknown_service": 12,
     # the gateway's own answers
     "route_not_found": 12,
     "unauthenticated": 16,
@@ -160,6 +162,7 @@ GRPC_STATUS = {
     "bad_request": 3,
     "client_disconnected": 1,
     "trailers_unsupported": 13,
+    "origin_not_allowed": 7,
 }
 
 #: Every ``x-meshgate-error`` code Meshgate itself sends; metrics count any other value (an app may
