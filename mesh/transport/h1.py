@@ -161,7 +161,7 @@ class H1Server:
             self.connections.add(task)
         info = client_info(writer)
         parser = RequestParser(self.max_header_bytes)
-        hangup = _Hangup(reader)
+        hangup = _Hangup(reader, lambda: parser.more)
         try:
             while True:
                 try:
@@ -421,14 +421,15 @@ class H1Server:
 
 
 class _Hangup:
-    """Cancels the connection's task when the client's side ends (EOF or reset) while a response
-    streams: the upstream stream is then closed (RST_STREAM CANCEL) and its breaker slot released at
-    once, instead of when a stalled upstream body finally ends (as nginx and Envoy abort). An EOF that
-    came before the response started (a client that half-closes after its request) is served."""
+    """Cancels the connection's task when the client's side ends while a response streams: the
+    upstream stream is then closed (RST_STREAM CANCEL) and its breaker slot released at once, instead
+    of when a stalled upstream body finally ends (nginx aborts the same way, "499"). A reset always
+    counts; an EOF only when nothing the client sent is left to serve (like nginx's peek): a client
+    that pipelines requests and then half-closes, or half-closes before its answer begins, is served."""
 
     __slots__ = ("_ended", "_task", "cancelled")
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, more: Callable[[], bool]) -> None:
         self._ended = False
         self._task: asyncio.Task[object] | None = None
         self.cancelled = False
@@ -436,7 +437,10 @@ class _Hangup:
 
         def eof() -> None:
             feed_eof()
-            self._end()
+            if reader.at_eof() and not more():  # at_eof: no unread byte buffered either
+                self._end()
+            else:
+                self._ended = True  # answered as usual; the connection closes after the last one
 
         def failed(exc: Exception) -> None:
             set_exception(exc)

@@ -182,6 +182,11 @@ class RequestParser:
         """No request queued and no byte of the next one received."""
         return not self._queue and self._building is None and not self._pending_head
 
+    @property
+    def more(self) -> bool:
+        """Bytes of a request after the one being served have arrived (a pipelining client)."""
+        return len(self._queue) > 1 or self._pending_head > 0
+
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises H1ParseError when the error falls in the request being read."""
         while data:  # a loop, not recursion: every declined upgrade hands back the bytes after it

@@ -411,3 +411,34 @@ def test_a_client_leaving_mid_response_closes_the_upstream_stream_at_once(how: s
     finished, answer = asyncio.run(asyncio.wait_for(go(), 15))
     assert sorted(finished) == ["body closed", "released"]
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+
+
+def test_a_pipelining_client_that_half_closes_gets_every_answer_whole() -> None:
+    """Two pipelined requests, then the client shuts its write side while the first answer still
+    streams: both answers arrive whole (only a client with nothing left to be served has left)."""
+
+    async def go() -> bytes:
+        async def slow() -> Any:
+            yield b"part1"
+            await asyncio.sleep(0.2)
+            yield b"part2"
+
+        async def handler(request: Request, info: ClientInfo) -> Response:
+            return Response(200, [], slow())  # chunked: streamed
+
+        server, port = await _serve(handler)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+            await asyncio.sleep(0.05)
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return answer
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    answer = asyncio.run(asyncio.wait_for(go(), 15))
+    assert answer.count(b"HTTP/1.1 200") == 2 and answer.count(b"part2") == 2, answer
+    assert answer.endswith(b"0\r\n\r\n")
