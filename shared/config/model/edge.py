@@ -124,7 +124,9 @@ class HeaderOps(Spec):
     def _settable(cls, value: dict[str, str]) -> dict[str, str]:
         _header_names(list(value))
         for name, text in value.items():
-            if name in UNSETTABLE_HEADERS:
+            if name.lower() == "connection" and text.strip().lower() == "close":
+                continue  # the gateway's server honours it: closes the connection after the answer
+            if name.lower() in UNSETTABLE_HEADERS:
                 raise ValueError(
                     f"header {name!r} cannot be set: it describes the connection or the message "
                     "framing, which the gateway manages"
@@ -211,10 +213,10 @@ def route_host(value: str) -> str:
         try:
             if end != len(host) - 1:
                 raise ValueError(host)
-            address = ipaddress.IPv6Address(host[1:end])
+            ipaddress.IPv6Address(host[1:end])
         except ValueError:
             raise ValueError(f"host {value!r} is not a valid bracketed IPv6 address") from None
-        return f"[{address.compressed}]"
+        return host  # as written (lower case): requests are matched by their text, not compressed
     if host.count(":") == 1:
         name = host.split(":", 1)[0]
         raise ValueError(

@@ -89,9 +89,13 @@ def test_invalid_header_names_are_refused(op: str) -> None:
     ["connection", "Transfer-Encoding", "te", "upgrade", "keep-alive", "proxy-connection", "content-length"],
 )
 def test_connection_and_framing_headers_cannot_be_set(name: str) -> None:
-    message = refusal(responseHeaders={"set": {name: "close"}})
+    message = refusal(responseHeaders={"set": {name: "upgrade"}})
     assert f"header {name.lower()!r} cannot be set" in message
     assert route(responseHeaders={"remove": [name]}).response_headers.remove == [name.lower()]
+
+
+def test_connection_close_may_be_set_the_server_closes_after_the_answer() -> None:
+    assert route(responseHeaders={"set": {"Connection": "close"}}).response_headers.set
 
 
 # ----- hosts ---------------------------------------------------------------------------------------
@@ -136,7 +140,8 @@ def test_good_hosts_are_kept_in_lower_case_without_a_trailing_dot() -> None:
         "localhost": "localhost",
         "10.0.0.1": "10.0.0.1",
         "[2001:DB8::1]": "[2001:db8::1]",
-        "[2001:db8:0:0::1]": "[2001:db8::1]",
+        "[2001:db8:0:0::1]": "[2001:db8:0:0::1]",  # as written: requests are matched by their text
+        "[::ffff:192.0.2.1]": "[::ffff:192.0.2.1]",
         "my_host.internal": "my_host.internal",
     }
     assert {host: route(hosts=[host]).hosts for host in cases} == {host: [n] for host, n in cases.items()}
