@@ -10,7 +10,7 @@ request's Origin).
 
 from __future__ import annotations
 
-from gateway.exchange import Exchange
+from gateway.exchange import Exchange, local_error
 from mesh.transport.messages import Headers, Response
 from shared.config.model.edge import Cors
 
@@ -44,6 +44,9 @@ def requested_method(ex: Exchange) -> str | None:
     return ex.header("access-control-request-method")
 
 
+_VARY = [("vary", "origin")]
+
+
 def preflight(ex: Exchange) -> Response | None:
     """The answer to a CORS preflight on a route with CORS, else None (and response headers noted).
 
@@ -55,8 +58,10 @@ def preflight(ex: Exchange) -> Response | None:
         return None
     asked = requested_method(ex)
     if asked is not None:
-        if not _origin_allowed(cors, origin) or asked.upper() not in cors.allow_methods:
-            return Response(403, [("content-length", "0"), ("vary", "origin")])
+        if not _origin_allowed(cors, origin):
+            return local_error(403, "origin_not_allowed", f"origin {origin!r} is not allowed", _VARY)
+        if asked.upper() not in cors.allow_methods:
+            return local_error(403, "cors_method_not_allowed", f"{asked!r} is not in allowMethods", _VARY)
         ex.response_headers.append(("access-control-allow-origin", _allow_origin(cors, origin)))
         ex.response_headers.append(("access-control-allow-methods", ", ".join(cors.allow_methods)))
         ex.response_headers.append(("access-control-max-age", str(int(cors.max_age.total_seconds()))))

@@ -163,6 +163,7 @@ GRPC_STATUS = {
     "client_disconnected": 1,
     "trailers_unsupported": 13,
     "origin_not_allowed": 7,
+    "cors_method_not_allowed": 7,
 }
 
 #: Every ``x-meshgate-error`` code Meshgate itself sends; metrics count any other value (an app may

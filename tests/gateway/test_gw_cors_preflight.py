@@ -70,6 +70,8 @@ def test_preflight_on_a_route_with_methods_is_answered_at_the_edge(tmp_path: Pat
             assert response.headers.get_list("vary") == ["origin"]
             refused = await gw.http.options("/cm/x", headers=_preflight("POST", "https://evil.example"))
             assert refused.status_code == 403
+            assert refused.headers["x-meshgate-error"] == "origin_not_allowed"  # a refusal that says why
+            assert refused.headers.get_list("vary") == ["origin"]
             assert "access-control-allow-origin" not in refused.headers
             # a method outside match.methods matches no route, as the actual request would not
             other = await gw.http.options("/cm/x", headers=_preflight("DELETE"))
