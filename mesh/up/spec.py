@@ -118,6 +118,24 @@ class LocalStack(Spec):
     services: list[ServiceSpec] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> LocalStack:
+        """No two of the stack's own listeners on one fixed HOST:PORT (port 0 picks a free one): the
+        second would fail at start with "address in use", after the others had started."""
+        listeners = [("controlPlane.listen", self.control_plane.listen)]
+        if self.gateway is not None:
+            listeners += [("gateway.listen", self.gateway.listen), ("gateway.admin", self.gateway.admin)]
+        if self.tracing.otlp_endpoint is None:
+            listeners.append(("tracing.collector", self.tracing.collector))
+        seen: dict[str, str] = {}
+        for field, address in listeners:
+            if address.rpartition(":")[2] == "0":
+                continue
+            if address in seen:
+                raise ValueError(f"{seen[address]} and {field} both listen on {address}")
+            seen[address] = field
+        return self
+
 
 class LocalStackError(Exception):
     """The file cannot be used; ``errors`` are ``FILE:LINE: field: message`` lines."""

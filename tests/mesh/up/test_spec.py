@@ -381,3 +381,19 @@ def test_service_with_a_bad_check(tmp_path: Path) -> None:
     assert len(errors) == 2, errors
     assert_error(errors[0], path, line_of(path, "check:"), "services[0].check", "'grpc'")
     assert_error(errors[1], path, line_of(path, "checkPath:"), "services[0].checkPath", "pattern")
+
+
+def test_two_listeners_on_one_fixed_port_are_refused(tmp_path: Path) -> None:
+    """The second would fail with "address in use" only at start, after the others had started."""
+    path = write(tmp_path, HEAD + "gateway:\n  listen: 127.0.0.1:9000\n  admin: 127.0.0.1:9000\n")
+    assert "gateway.listen and gateway.admin both listen on 127.0.0.1:9000" in only_error(path)
+    path = write(tmp_path, HEAD + "controlPlane:\n  listen: 127.0.0.1:4318\n")  # the collector's default
+    assert "both listen on 127.0.0.1:4318" in only_error(path)
+    # port 0 picks a free port each time; an OTLP endpoint replaces the collector
+    write(tmp_path, HEAD + "gateway:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n")
+    assert isinstance(load_localstack(tmp_path / "stack.yaml"), LocalStack)
+    path = write(
+        tmp_path,
+        HEAD + "controlPlane:\n  listen: 127.0.0.1:4318\ntracing:\n  otlpEndpoint: http://127.0.0.1:4318\n",
+    )
+    assert isinstance(load_localstack(path), LocalStack)
