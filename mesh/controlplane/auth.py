@@ -54,7 +54,12 @@ def authenticate(request: Request, trust_domain: str, admin_token: str | None) -
     if identity is not None:
         return Caller("workload", identity)
     token = bearer(request)
-    if token is not None and admin_token is not None and hmac.compare_digest(token, admin_token):
+    # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, then a 500)
+    if (
+        token is not None
+        and admin_token is not None
+        and hmac.compare_digest(token.encode(), admin_token.encode())
+    ):
         return Caller("admin")
     return None
 

@@ -69,7 +69,9 @@ class RegisterBody(Body):
         return value
 
 
-Count = Annotated[int, Field(ge=0)]
+#: bounded: a workload's report must not overflow the graph's float arithmetic (10**400 made every
+#: operator's Traffic page a 500)
+Count = Annotated[int, Field(ge=0, le=2**53)]
 Bound = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 #: Callers one report may carry (the sidecar sends its busiest ones when it sees more).

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from mesh.controlplane.records import InstanceRecord, TokenRecord, hash_secret
 from mesh.controlplane.stores.base import Store, StoreError, TokenProblem
+from shared.urls import redacted
 
 log = logging.getLogger("meshgate.controlplane.store")
 
@@ -64,7 +65,7 @@ class RedisStore(Store):
             self._redis = aioredis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
             await self._redis.ping()
         except (RedisError, OSError, ValueError) as exc:
-            raise StoreError(f"cannot reach Redis store {self.url}: {exc}") from exc
+            raise StoreError(f"cannot reach Redis store {redacted(self.url)}: {exc}") from exc
         self._take = self._redis.register_script(_TAKE_TOKEN)
         self._listener = asyncio.create_task(self._listen(), name="redis-store-listener")
 
@@ -172,4 +173,5 @@ class RedisStore(Store):
         except (RedisError, OSError, StoreError) as exc:
             ok = False
             self._last_error = str(exc)
-        return {"kind": self.kind, "location": self.url, "reachable": ok, "lastError": self._last_error}
+        location = redacted(self.url)  # workloads may read status: never the store's password
+        return {"kind": self.kind, "location": location, "reachable": ok, "lastError": self._last_error}

@@ -147,7 +147,7 @@ def explain_page(cp: ControlPlane, query: dict[str, str]) -> str:
             for key, value in _pairs(f["claims"]).items():
                 try:
                     claims[key] = json.loads(value)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON (or nested past Python's stack)
                     claims[key] = value
             answer: Answer = explain(
                 current,

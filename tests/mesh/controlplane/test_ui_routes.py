@@ -526,3 +526,16 @@ def test_a_huge_login_form_is_refused_before_it_is_read(ep: Endpoint) -> None:
         except (TimeoutError, ssl.SSLError, OSError) as exc:
             raise AssertionError(f"no answer before the body ended: {exc!r}") from None
     assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+
+
+def test_explain_with_claims_nested_past_the_stack_is_answered_not_a_500(ui: httpx.Client) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    r = ui.get("/ui/explain", params={"from": "web", "to": "orders", "claims": f"role={deep}"})
+    assert r.status_code == 200
+
+
+def test_a_report_too_large_to_graph_is_refused(ep: Endpoint) -> None:
+    """10**400 requests made every operator's Traffic page a 500 (float overflow) while it stood."""
+    register(ep, "orders", 1, "orders-huge")
+    r = heartbeat(ep, "orders-huge", {"inbound": {"web": {"requests": 10**400}}})
+    assert r.status_code == 400
