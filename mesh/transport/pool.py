@@ -3,22 +3,14 @@
 A connection is opened with the workload's current client context (so a renewed certificate is used
 for new connections only), the peer is checked against the endpoint's SPIFFE ID right after the
 handshake, and a connection that received GOAWAY takes no new streams while it finishes the old ones.
-
-A peer that cannot be reached is not tried again at once: after a failed connect the endpoint backs off
-(0.1-0.3 s at first, growing with jitter to 5 s at most; reset by a connect that succeeds), meanwhile a
-request for it fails at once with a retryable ``connect_failure``, as a real connect would have, so the
-client's retry moves on to another endpoint and outlier detection still counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from mesh.h2 import Limits
 from mesh.outbound.endpoints import Endpoint
@@ -28,28 +20,6 @@ from shared.identity.spiffeid import InvalidSpiffeId, SpiffeId
 from shared.identity.tls import PeerIdentityError, explain_tls_error, verify_peer
 
 log = logging.getLogger("meshgate.transport.pool")
-
-#: At most this many endpoints' connect failures are remembered (the least recently failed go first).
-BACKOFF_ENTRIES = 4096
-#: A failure count is forgotten when this many seconds passed since its back-off ended with no new failure.
-BACKOFF_FORGET = 60.0
-
-#: Who a connect goes to: endpoint id, address, port, identity (a new address starts without back-off).
-_Peer = tuple[str, str, int, str]
-
-
-def _peer(endpoint: Endpoint) -> _Peer:
-    return (endpoint.id, endpoint.address, endpoint.port, endpoint.identity)
-
-
-@dataclass(slots=True)
-class _Backoff:
-    """Consecutive failed connects to one peer, and no new connect before ``until`` (monotonic)."""
-
-    failures: int
-    delay: float
-    until: float
-    why: str
 
 
 def _retrieved(task: asyncio.Task[H2Protocol]) -> None:
@@ -71,11 +41,7 @@ class H2Pool:
         connect_timeout: float = 1.0,
         keepalive: float | None = 30.0,
         idle_timeout: float | None = 300.0,
-        connect_backoff: float = 0.1,
-        connect_backoff_max: float = 5.0,
     ) -> None:
-        """``connect_backoff`` is the least wait after a failed connect to an endpoint (0: none), which
-        grows with decorrelated jitter up to ``connect_backoff_max`` while connects keep failing."""
         self.keepalive = keepalive
         self.idle_timeout = idle_timeout
         self.context = context
@@ -83,9 +49,6 @@ class H2Pool:
         self.limits = limits or Limits()
         self.max_per_endpoint = max_per_endpoint
         self.connect_timeout = connect_timeout
-        self.connect_backoff = max(connect_backoff, 0.0)
-        self.connect_backoff_max = max(connect_backoff_max, self.connect_backoff)
-        self._backoff: dict[_Peer, _Backoff] = {}  # peers whose last connect failed, oldest failure first
         self._conns: dict[str, list[H2Protocol]] = {}
         self._connecting: dict[str, asyncio.Task[H2Protocol]] = {}
         self._generation = 0  # bumped by close(): a connect still running then is closed when done
@@ -120,9 +83,8 @@ class H2Pool:
         """A connection with room for one more stream; opens one when none has room and ``may_open()``
         (the circuit breaker's connection limit) allows it.
 
-        Raises UpstreamError: ``connect_failure`` (retryable; at once while the endpoint backs off
-        after a failed connect), ``tls_identity_mismatch``, or ``circuit_open`` when every connection
-        is full and no other may be opened.
+        Raises UpstreamError: ``connect_failure`` (retryable), ``tls_identity_mismatch``, or
+        ``circuit_open`` when every connection is full and no other may be opened.
         """
         while True:
             conn = self._usable(endpoint)
@@ -139,7 +101,6 @@ class H2Pool:
             if pending is None:
                 if conn is not None:
                     return conn
-                self._check_backoff(endpoint)
                 # opened in a task of its own, once per new connection: a caller cancelled while it
                 # waits (its timeout, or its client gone) cancels only its own wait, never the
                 # connect the others wait for too
@@ -150,40 +111,6 @@ class H2Pool:
                 return await asyncio.shield(task)
             await asyncio.shield(pending)  # a failed connect: every waiter raises its error
             # look again: the callers that waited with us may have filled the new connection
-
-    def _check_backoff(self, endpoint: Endpoint) -> None:
-        """Raise the retryable ``connect_failure`` while ``endpoint`` backs off after failed connects."""
-        key = _peer(endpoint)
-        state = self._backoff.get(key)
-        if state is None:
-            return
-        now = time.monotonic()
-        left = state.until - now
-        if left > 0:
-            s = "s" if state.failures > 1 else ""
-            raise UpstreamError(
-                "connect_failure",
-                f"cannot connect to {endpoint.id} ({endpoint.address}:{endpoint.port}): backing off for "
-                f"{left:.2f}s more after {state.failures} failed connect{s}, the last: {state.why}",
-                retryable=True,
-            )
-        if now - state.until > BACKOFF_FORGET:
-            del self._backoff[key]  # long ago: the next failure starts over from the shortest wait
-
-    def _connect_failed(self, endpoint: Endpoint, why: str) -> None:
-        """Back off from ``endpoint``: no connect to it for a while (decorrelated jitter, capped)."""
-        key = _peer(endpoint)
-        now = time.monotonic()
-        state = self._backoff.pop(key, None)  # re-added last: the dict stays in order of last failure
-        if state is not None and now - state.until > BACKOFF_FORGET:
-            state = None
-        base = self.connect_backoff
-        previous = state.delay if state is not None else base
-        delay = min(self.connect_backoff_max, random.uniform(base, max(base, previous * 3)))
-        failures = state.failures + 1 if state is not None else 1
-        while len(self._backoff) >= BACKOFF_ENTRIES:
-            del self._backoff[next(iter(self._backoff))]
-        self._backoff[key] = _Backoff(failures, delay, now + delay, why)
 
     async def _connect(self, endpoint: Endpoint) -> H2Protocol:
         """Open a connection to ``endpoint`` (run as the task every caller waiting for it shares)."""
@@ -258,14 +185,12 @@ class H2Pool:
             if failure:
                 raise UpstreamError("tls_identity_mismatch", str(failure[0])) from exc
             why = explain_tls_error(exc) if isinstance(exc, ssl.SSLError) else str(exc) or type(exc).__name__
-            self._connect_failed(endpoint, why)
             raise UpstreamError(
                 "connect_failure",
                 f"cannot connect to {endpoint.id} ({endpoint.address}:{endpoint.port}): {why}",
                 retryable=True,
             ) from exc
         self.opened += 1
-        self._backoff.pop(_peer(endpoint), None)  # reachable again: the next failure waits the least
         self._conns.setdefault(endpoint.id, []).append(proto)
         return proto
 
@@ -279,7 +204,6 @@ class H2Pool:
     def close(self) -> None:
         """GOAWAY and close every connection (and those still being opened, once they are)."""
         self._generation += 1
-        self._backoff.clear()
         for conns in self._conns.values():
             for conn in list(conns):
                 conn.close()
