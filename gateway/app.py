@@ -245,7 +245,7 @@ async def _send(
     raw = [
         (k.encode("latin-1"), v.encode("latin-1"))
         for k, v in (*response.headers, *extra)
-        if (k not in HOP_BY_HOP or (k == "connection" and v == "close")) and not k.startswith(":")
+        if (k not in HOP_BY_HOP or (k == "connection" and v.lower() == "close")) and not k.startswith(":")
     ]
     trailers = response.trailers if trailers_ok and not response.headers_only else None
     start: dict[str, Any] = {"type": "http.response.start", "status": response.status, "headers": raw}

@@ -59,9 +59,11 @@ def preflight(ex: Exchange) -> Response | None:
     asked = requested_method(ex)
     if asked is not None:
         if not _origin_allowed(cors, origin):
-            return local_error(403, "origin_not_allowed", f"origin {origin!r} is not allowed", _VARY)
+            return local_error(403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed", _VARY)
         if asked.upper() not in cors.allow_methods:
-            return local_error(403, "cors_method_not_allowed", f"{asked!r} is not in allowMethods", _VARY)
+            return local_error(
+                403, "cors_method_not_allowed", f"{asked[:64]!r} is not in allowMethods", _VARY
+            )
         ex.response_headers.append(("access-control-allow-origin", _allow_origin(cors, origin)))
         ex.response_headers.append(("access-control-allow-methods", ", ".join(cors.allow_methods)))
         ex.response_headers.append(("access-control-max-age", str(int(cors.max_age.total_seconds()))))
