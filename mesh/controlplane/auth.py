@@ -54,11 +54,11 @@ def authenticate(request: Request, trust_domain: str, admin_token: str | None) -
     if identity is not None:
         return Caller("workload", identity)
     token = bearer(request)
-    # bytes: compare_digest refuses str with non-ASCII characters (a TypeError, then a 500)
+    # bytes, as the header came (latin-1): compare_digest refuses non-ASCII str (a TypeError, a 500)
     if (
         token is not None
         and admin_token is not None
-        and hmac.compare_digest(token.encode(), admin_token.encode())
+        and hmac.compare_digest(token.encode("latin-1", "replace"), admin_token.encode("latin-1", "replace"))
     ):
         return Caller("admin")
     return None
