@@ -54,11 +54,12 @@ def authenticate(request: Request, trust_domain: str, admin_token: str | None) -
     if identity is not None:
         return Caller("workload", identity)
     token = bearer(request)
-    # bytes, as the header came (latin-1): compare_digest refuses non-ASCII str (a TypeError, a 500)
+    # bytes: the header's own (starlette decodes them as latin-1) against the token's UTF-8;
+    # compare_digest refuses non-ASCII str (a TypeError, a 500)
     if (
         token is not None
         and admin_token is not None
-        and hmac.compare_digest(token.encode("latin-1", "replace"), admin_token.encode("latin-1", "replace"))
+        and hmac.compare_digest(token.encode("latin-1", "replace"), admin_token.encode())
     ):
         return Caller("admin")
     return None
