@@ -55,14 +55,33 @@ def test_sigterm_and_quitquitquit_deregister_and_exit_cleanly(tmp_path: Path) ->
         procs.stop_all()
 
 
+HOLDING_APP = """
+import http.server, pathlib, sys, time
+port, marker = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+class App(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path.endswith("/hold"):
+            marker.write_text("held")
+            time.sleep(0.35)  # under the example policy's 500 ms per try
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), App).serve_forever()
+"""
+
+
 def test_sigterm_tells_apps_on_a_per_upstream_port_to_close_too(tmp_path: Path) -> None:
     """An app calling through ``--upstream PORT=orders`` on a kept-alive connection is told
-    ``Connection: close`` during the drain, as apps on the proxy port are; the next request on that
-    connection was cut with no response (a POST's fate unknown to the app)."""
+    ``Connection: close`` on the answer in flight when the drain begins, as apps on the proxy port
+    are; before, the connection stayed open and the app's next request was cut with no response."""
     import http.client
     import signal
+    import sys
     import threading
-    import time
 
     from e2e_lib import free_port
 
@@ -70,39 +89,30 @@ def test_sigterm_tells_apps_on_a_per_upstream_port_to_close_too(tmp_path: Path) 
     try:
         stack = MeshStack(procs, tmp_path)
         stack.start_control_plane(copy_policies(tmp_path / "policies"))
-        stack.start_sidecar("orders", start_echo_app(procs, "orders"))
+        app_port, marker = free_port(), tmp_path / "held"
+        procs.start("app-orders", sys.executable, "-c", HOLDING_APP, str(app_port), str(marker))
+        stack.start_sidecar("orders", app_port)
         port = free_port()
         web = stack.start_sidecar("web", start_echo_app(procs, "web"), "--upstream", f"{port}=orders")
         web.wait_knows("orders")
-        outcome: list[object] = []
-        stop = threading.Event()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        conn.request("GET", "/orders/1")  # the kept-alive connection, warm
+        first = conn.getresponse()
+        assert (first.status, first.read(), first.getheader("connection")) == (200, b"ok", None)
+        answer: list[object] = []
 
-        def calls() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-            sent = 0
-            deadline = time.monotonic() + 20
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    conn.request("GET", "/orders/1")
-                    response = conn.getresponse()
-                    response.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    outcome.append(("broken", sent, repr(exc)))
-                    return
-                sent += 1
-                if response.getheader("connection") == "close":
-                    outcome.append(("told to close", sent, response.status))
-                    return
-            outcome.append(("never told", sent))
+        def held() -> None:
+            conn.request("GET", "/orders/hold")
+            response = conn.getresponse()
+            answer.append((response.status, response.read(), response.getheader("connection")))
 
-        caller = threading.Thread(target=calls)
+        caller = threading.Thread(target=held)
         caller.start()
-        wait_until(lambda: caller.is_alive() and not outcome, what="calls started")
-        time.sleep(0.5)
-        procs.procs["sidecar-web"].send_signal(signal.SIGTERM)
+        wait_until(marker.exists, what="the held request at the app")
+        procs.procs["sidecar-web"].send_signal(signal.SIGTERM)  # while that request is in flight
+        caller.join(20)
         assert procs.procs["sidecar-web"].wait(30) == 0
-        caller.join(25)
-        stop.set()
-        assert outcome and outcome[0][0] == "told to close", (outcome, dump_logs(procs))
+        assert answer == [(200, b"ok", "close")], (answer, dump_logs(procs))
+        conn.close()
     finally:
         procs.stop_all()
