@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,11 +22,41 @@ REPO = Path(__file__).resolve().parents[2]
 MESHGATE = str(Path(sys.executable).parent / "meshgate")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+_ports = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (127.0.0.1)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now (127.0.0.1), below the kernel's ephemeral range when
+    there is room: a port from that range may be taken as the source port of some outgoing
+    connection before the process it was meant for binds it ("address already in use", seen in CI).
+    Never the same port twice in one test run."""
+    for _ in range(200):
+        if _EPHEMERAL_LOW > 12000:
+            port = _ports.randrange(10000, _EPHEMERAL_LOW)
+        else:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
