@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from mesh.transport.messages import Request, Response, body_of
+from mesh.transport.messages import Request, Response, body_of, target_path
 from shared.telemetry.metrics import CONTENT_TYPE
 
 
@@ -29,10 +29,7 @@ async def admin_response(
     quit: Callable[[], None] | None = None,
 ) -> Response:
     """Answer one admin request (the body, if any, is read and dropped)."""
-    path = request.path.split("?", 1)[0]
-    if path.startswith(("http://", "https://")):  # absolute form (RFC 9112 3.2.2: servers accept it)
-        slash = path.find("/", path.index("//") + 2)
-        path = path[slash:] if slash >= 0 else "/"
+    path = target_path(request.path)
     async for _ in request.body:
         pass
     if path == "/healthz":

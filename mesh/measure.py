@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
-from mesh.transport.messages import LOCAL_ERROR_CODES, Request, Response, on_finish
+from mesh.transport.messages import LOCAL_ERROR_CODES, Request, Response, on_finish, target_path
 from shared.policy.request import split_spiffe_id
 from shared.telemetry.metrics import Counter, Family, Histogram, Registry
 from shared.telemetry.tracing import Tracing, end, finish
@@ -110,7 +110,7 @@ class RequestMetrics:
             attributes: dict[str, str] = {}
             if self.tracing.enabled:
                 attributes = {
-                    "url.path": _path(request.path),
+                    "url.path": target_path(request.path),
                     "url.scheme": "https" if direction == "inbound" else "http",
                     # the app's side (ClientInfo) says which; peers always speak HTTP/2 to the inbound
                     "network.protocol.version": getattr(who, "protocol", "2"),
@@ -154,7 +154,7 @@ class RequestMetrics:
                         "direction": direction,
                         "peer": peer,
                         "method": request.method,
-                        "path": _path(request.path),
+                        "path": target_path(request.path),
                         "status": response.status,
                         "duration_ms": round(elapsed * 1000, 3),  # to the response head
                         "error": error,
@@ -165,14 +165,6 @@ class RequestMetrics:
             return response
 
         return measured
-
-
-def _path(target: str) -> str:
-    """The path of a request target, origin form or absolute form (proxy mode), without the query."""
-    if target.startswith(("http://", "https://")):
-        slash = target.find("/", target.index("//") + 2)
-        target = target[slash:] if slash >= 0 else "/"
-    return target.split("?", 1)[0]
 
 
 def upstream_families(client: MeshClient) -> list[Family]:

@@ -229,6 +229,16 @@ def for_caller(request: Request, response: Response) -> Response:
     return mapped
 
 
+def target_path(target: str) -> str:
+    """The path of a request target, origin form or absolute form (``http://orders/a?q`` -> ``/a``:
+    proxy mode; RFC 9112 section 3.2.2 asks servers to accept it), without the query."""
+    path = target.split("?", 1)[0]
+    if path.startswith(("http://", "https://")):
+        slash = path.find("/", path.index("//") + 2)
+        path = path[slash:] if slash >= 0 else "/"
+    return path
+
+
 def error_response(status: int, code: str, message: str) -> Response:
     """A locally generated error: ``x-meshgate-error: code`` and a short text body."""
     body = f"{message}\n".encode()

@@ -162,7 +162,7 @@ def test_a_relayed_error_is_not_counted_as_the_callers_own() -> None:
 
 
 def test_paths_of_proxy_mode_targets() -> None:
-    from mesh.measure import _path
+    from mesh.transport.messages import target_path as _path
 
     assert _path("http://orders.mesh:8080/span-check?x=1") == "/span-check"
     assert _path("http://orders") == "/"
