@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -234,8 +234,11 @@ class MeshClient:
                 attempt += 1
                 t = now()
                 available = [e for e in endpoints if e.available(t)] or endpoints
-                # a retry goes to an endpoint this request has not tried yet, while there is one
+                # a retry goes to an endpoint this request has not tried yet, while there is one, and
+                # an endpoint backing off after failed connects only when every other does too
                 candidates = [e for e in available if e.id not in tried] or available
+                if self.pool.backing_off:
+                    candidates = _reachable(self.pool, candidates, available)
                 endpoint = upstream.balancer.pick(candidates, key)
                 assert endpoint is not None
                 tried.add(endpoint.id)
@@ -249,20 +252,21 @@ class MeshClient:
                     upstream, endpoints, endpoint, request, min(per_try, remaining), attempt, trace_parent
                 )
                 if error is not None:
-                    code = error[0]
+                    code = error.code
                     if code == "circuit_open":  # a local limit: answered at once
                         upstream.stats["overflows"] += 1
-                        return _tried_error(attempt, 503, "circuit_open", f"{service}: {error[1]}")
+                        return _tried_error(attempt, 503, "circuit_open", f"{service}: {error.message}")
                     if code == "request_body_failed":
                         # the caller's own body broke (a client gone, a body it framed wrongly): not the
                         # endpoint's failure, so no outlier count and no retry
-                        return _tried_error(attempt, 400, "bad_request", f"{service}: {error[1]}")
+                        return _tried_error(attempt, 400, "bad_request", f"{service}: {error.message}")
                     if code == "headers_too_large":
                         # the caller's header list is over what the peer takes: its fault too, and the
                         # same on every endpoint (never sent, so no outlier count, no retry, no budget)
-                        return _tried_error(attempt, 431, "headers_too_large", f"{service}: {error[1]}")
-                connect_failure = error is not None and error[0] == "connect_failure"
-                if upstream.outliers.record(
+                        return _tried_error(attempt, 431, "headers_too_large", f"{service}: {error.message}")
+                connect_failure = error is not None and error.code == "connect_failure"
+                # a connect this attempt did not make itself (a backoff, another caller's) is no strike
+                if (error is None or error.attempted) and upstream.outliers.record(
                     endpoint,
                     status=response.status if response is not None else 503,
                     connect_failure=connect_failure,
@@ -279,11 +283,12 @@ class MeshClient:
                         return _tried(response, attempt)
                 else:
                     assert error is not None
-                    if not (error[2] and _retryable_error(error[0], retries.retry_on)):
+                    if not (error.retryable and _retryable_error(error.code, retries.retry_on)):
                         return _answer(service, attempt, error, response)
                     # a connect failure sent nothing, whatever the body; a refused stream was never
                     # processed (RFC 9113 section 8.7), whatever the method, but may have taken body bytes
-                    never_processed = connect_failure or (error[0] == "refused_stream" and replay is not None)
+                    refused = error.code == "refused_stream" and replay is not None
+                    never_processed = connect_failure or refused
                     if not (may_retry or never_processed):
                         return _answer(service, attempt, error, response)
                 cap = retries.backoff.max.total_seconds()
@@ -313,11 +318,13 @@ class MeshClient:
                 replay.stop()  # the answer is final: no more copying (a long stream keeps only its start)
 
     async def _connection(
-        self, upstream: Upstream, endpoint: Endpoint, endpoints: Sequence[Endpoint]
+        self, upstream: Upstream, endpoint: Endpoint, endpoints: Sequence[Endpoint], deadline: float
     ) -> H2Protocol:
         """A connection to ``endpoint`` within the circuit breaker's limits: at most
         ``maxConnections`` to the service, at most ``maxPendingRequests`` waiting for one to open
-        (UpstreamError ``circuit_open`` beyond that: answered at once, never queued)."""
+        (UpstreamError ``circuit_open`` beyond that: answered at once, never queued). A wait for the
+        endpoint's reconnect backoff to end counts as waiting for a connection; one that would end
+        after ``deadline`` is not begun (a ``connect_failure`` at once)."""
         limits = upstream.breaker.limits
         ids = [e.id for e in endpoints]
 
@@ -332,7 +339,7 @@ class MeshClient:
                 "circuit_open", f"{limits.max_pending_requests} requests wait for a connection"
             )
         try:
-            return await self.pool.connection(endpoint, may_open)
+            return await self.pool.connection(endpoint, may_open, deadline=deadline)
         finally:
             upstream.breaker.connected()
 
@@ -345,7 +352,7 @@ class MeshClient:
         timeout: float,
         attempt: int,
         trace_parent: Sequence[tuple[str, str]] = (),
-    ) -> tuple[tuple[str, str, bool] | None, Response | None]:
+    ) -> tuple[_Failure | None, Response | None]:
         endpoint.active += 1
         done = False
 
@@ -383,28 +390,27 @@ class MeshClient:
                 # one task from choosing the connection to opening the stream: no other request can
                 # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
                 async with asyncio.timeout(timeout):
-                    conn = await self._connection(upstream, endpoint, endpoints)
+                    deadline = asyncio.get_running_loop().time() + timeout
+                    conn = await self._connection(upstream, endpoint, endpoints, deadline)
                     response = await conn.request(request)
             except UpstreamError as exc:
                 finished()
                 _failed(span, exc.code)
                 end(span)
-                return (exc.code, str(exc), exc.retryable), None
+                return _Failure(exc.code, str(exc), exc.retryable, exc.attempted), None
             except StreamError as exc:
                 finished()
                 # REFUSED_STREAM or GOAWAY before processing: never processed, safe whatever the method
                 code = "refused_stream" if exc.retryable else exc.code
                 _failed(span, code)
                 end(span)
-                return (code, str(exc), True), None
+                return _Failure(code, str(exc), True), None
             except TimeoutError:
                 finished()
                 _failed(span, "upstream_timeout")
                 end(span)
-                return (
-                    "upstream_timeout",
-                    f"no response from {endpoint.id} within {timeout:.3g}s",
-                    True,
+                return _Failure(
+                    "upstream_timeout", f"no response from {endpoint.id} within {timeout:.3g}s", True
                 ), None
             except BaseException:  # cancelled: the caller went away
                 finished()
@@ -433,6 +439,15 @@ RETRY_ON_ERROR = {
 }
 
 
+def _reachable(pool: H2Pool, candidates: list[Endpoint], available: list[Endpoint]) -> list[Endpoint]:
+    """``candidates`` without the endpoints backing off after failed connects; when that leaves none,
+    the other ``available`` endpoints that do not back off (tried already); else ``candidates``."""
+    ready = [e for e in candidates if pool.backoff_left(e) <= 0]
+    if ready:
+        return ready
+    return [e for e in available if pool.backoff_left(e) <= 0] or candidates
+
+
 def _retryable_error(code: str, retry_on: Sequence[str]) -> bool:
     return any(member in retry_on for member in RETRY_ON_ERROR.get(code, ()))
 
@@ -446,7 +461,7 @@ def _retryable_status(status: int, retry_on: Sequence[str]) -> bool:
 def _answer(
     service: str,
     attempts: int,
-    error: tuple[str, str, bool] | None,
+    error: _Failure | None,
     response: Response | None,
     note: str = "",
 ) -> Response:
@@ -454,7 +469,7 @@ def _answer(
     if response is not None:
         return _tried(response, attempts)
     assert error is not None
-    code, message, _ = error
+    code, message = error.code, error.message
     if code == "refused_stream":
         code = "upstream_reset"  # what callers know it as
     status = ERROR_STATUS.get(code, 503)
@@ -467,6 +482,16 @@ def _abandon(response: Response) -> None:
     if response.on_close is not None:
         with contextlib.suppress(Exception):
             response.on_close()
+
+
+class _Failure(NamedTuple):
+    """Why an attempt got no response: an ``x-meshgate-error`` code (or ``refused_stream``), a message,
+    whether a retry may help, and whether it was this attempt's own try (see UpstreamError)."""
+
+    code: str
+    message: str
+    retryable: bool
+    attempted: bool = True
 
 
 class _Superseded(Exception):

@@ -375,6 +375,8 @@ class _Conn:
 class _Pool:
     """An H2Pool stand-in: connects fail with ``connect_error``, else hand out a failing ``_Conn``."""
 
+    backing_off = False
+
     def __init__(self, connect_error: Exception | None, error: Exception | None) -> None:
         self.connect_error = connect_error
         self.log: list[str] = []
@@ -386,7 +388,7 @@ class _Pool:
     def ready(self, endpoint: Endpoint, may_open: Any = None) -> _Conn | None:
         return None if self.connect_error is not None else self.conn
 
-    async def connection(self, endpoint: Endpoint, may_open: Any = None) -> _Conn:
+    async def connection(self, endpoint: Endpoint, may_open: Any = None, deadline: Any = None) -> _Conn:
         self.log.append("connect")
         assert self.connect_error is not None
         raise self.connect_error

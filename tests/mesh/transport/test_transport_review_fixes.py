@@ -45,13 +45,17 @@ def test_answers_that_leave_the_request_body_unread_do_not_exhaust_the_connectio
 
 
 class _OnePool:
+    backing_off = False
+
     def __init__(self, conn: H2Protocol) -> None:
         self.conn = conn
 
     def ready(self, endpoint: object, may_open: object = None) -> H2Protocol:
         return self.conn
 
-    async def connection(self, endpoint: object, may_open: object = None) -> H2Protocol:
+    async def connection(
+        self, endpoint: object, may_open: object = None, deadline: object = None
+    ) -> H2Protocol:
         return self.conn
 
     def remember_session(self, conn: object) -> None:

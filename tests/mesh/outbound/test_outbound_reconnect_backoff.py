@@ -1,0 +1,245 @@
+"""Reconnect backoff: a peer that cannot be reached is not dialled per request, yet is used again soon
+after it comes back, and its backoff's refusals are no outlier strikes.
+
+Each peer sits behind a loopback switch: while "down" it accepts TCP and closes at once (the TLS
+handshake fails: a real ``connect_failure``), while "up" it pipes to a real inbound sidecar. The
+switch counts the connections it saw, i.e. the connects the pool really made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from meshrig_testlib import mesh, ok_app, read_all, run, spiffe, traffic
+
+from mesh.outbound.endpoints import Endpoint
+from mesh.transport.h1 import UpstreamError
+from mesh.transport.messages import Request, body_of
+
+
+class Switch:
+    """A loopback port in front of ``target``: ``up`` pipes to it, otherwise connections are closed."""
+
+    def __init__(self, target: int, up: bool) -> None:
+        self.target = target
+        self.up = up
+        self.accepted = 0
+        self.port = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self._writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if not self.up:
+                return
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            self._writers.append(up_writer)
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def switch(target: int, *, up: bool) -> AsyncIterator[Switch]:
+    sw = Switch(target, up)
+    server = await asyncio.start_server(sw._handle, "127.0.0.1", 0)
+    sw.port = int(server.sockets[0].getsockname()[1])
+    try:
+        yield sw
+    finally:
+        server.close()
+        for task in sw._tasks:
+            task.cancel()
+        await asyncio.gather(*sw._tasks, return_exceptions=True)
+        for writer in sw._writers:
+            writer.close()
+        await asyncio.sleep(0.01)
+
+
+def endpoint(eid: str, sw: Switch) -> dict[str, object]:
+    return {"id": eid, "address": "127.0.0.1", "port": sw.port, "identity": spiffe("orders")}
+
+
+def get() -> Request:
+    return Request("GET", "/", "orders", headers=[], body=body_of(b""))
+
+
+def test_a_dead_peer_is_dialled_a_few_times_a_second_not_per_request(tmp_path: Path) -> None:
+    """Ten callers in a loop for 1.5 s against a single dead endpoint: every answer is a 503
+    connect_failure (or a 504 when the deadline passed during a connect that followed a backoff's
+    wait, as Envoy's route timeout answers), and the peer saw a handful of connects (the backoff's
+    waits: 0.1-0.3 s growing to 1 s), not one per request and retry."""
+
+    async def go() -> tuple[int, int, set[tuple[int, str | None]]]:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]}, {"orders": traffic(timeout="300ms")})
+                loop = asyncio.get_running_loop()
+                stop = loop.time() + 1.5
+                outcomes: set[tuple[int, str | None]] = set()
+                requests = 0
+
+                async def caller() -> None:
+                    nonlocal requests
+                    while loop.time() < stop:
+                        response = await rig.client.request("orders", get())
+                        await read_all(response)
+                        requests += 1
+                        outcomes.add((response.status, response.header("x-meshgate-error")))
+
+                await asyncio.gather(*(caller() for _ in range(10)))
+                return sw.accepted, requests, outcomes
+
+    accepted, requests, outcomes = run(go())
+    assert (503, "connect_failure") in outcomes
+    assert outcomes <= {(503, "connect_failure"), (504, "upstream_timeout")}
+    assert requests >= 20  # the callers were answered, not held
+    assert 2 <= accepted <= 10, accepted  # before the backoff: one connect per try, over a hundred
+
+
+def test_a_single_endpoint_is_used_again_soon_after_it_comes_back(tmp_path: Path) -> None:
+    """A lone endpoint down for 2 s (its backoff grown to the cap), then up: a request sent just
+    after waits out what is left of the backoff and succeeds, within about the cap (1 s; the
+    reverted design of c2578e1 failed it at once, 5 s caps were seen)."""
+
+    async def go() -> tuple[int, float]:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]}, {"orders": traffic(timeout="300ms")})
+                loop = asyncio.get_running_loop()
+                stop = loop.time() + 2.0
+                while loop.time() < stop:
+                    response = await rig.client.request("orders", get())
+                    await read_all(response)
+                    # (504 when the deadline passed in a connect begun after a backoff's wait)
+                    assert response.header("x-meshgate-error") in ("connect_failure", "upstream_timeout")
+                sw.up = True
+                start = loop.time()
+                response = await rig.client.request(
+                    "orders", get(), policy=traffic(timeout="3s", retries={"attempts": 0})
+                )
+                assert await read_all(response) == b"ok"
+                return response.status, loop.time() - start
+
+    status, took = run(go())
+    assert status == 200
+    assert took < 1.6, took
+
+
+def test_a_backoff_outlasting_the_deadline_fails_at_once_without_a_connect(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path, pool_kwargs={"connect_backoff": 2.0, "connect_backoff_max": 2.0}) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]})
+                ep = rig.client.endpoints.get("orders")[0]
+                loop = asyncio.get_running_loop()
+                try:
+                    await rig.pool.connection(ep, deadline=loop.time() + 5)
+                except UpstreamError as exc:
+                    assert exc.code == "connect_failure" and exc.attempted
+                assert sw.accepted == 1
+                assert rig.pool.backoff_left(ep) > 1.5
+                start = loop.time()
+                try:
+                    await rig.pool.connection(ep, deadline=loop.time() + 0.5)
+                except UpstreamError as exc:
+                    assert exc.code == "connect_failure" and exc.retryable and not exc.attempted
+                    assert "not tried again" in str(exc) and "1 failed connect" in str(exc)
+                else:
+                    raise AssertionError("connected during the backoff")
+                assert loop.time() - start < 0.1
+                assert sw.accepted == 1
+                # the client's answer says so too, at once, and counts no strike against the endpoint
+                response = await rig.client.request(
+                    "orders", get(), policy=traffic(timeout="500ms", retries={"attempts": 0})
+                )
+                body = await read_all(response)
+                assert (response.status, response.header("x-meshgate-error")) == (503, "connect_failure")
+                assert b"not tried again" in body
+                assert ep.consecutive_connect_failures == 0
+                assert sw.accepted == 1
+
+    run(go())
+
+
+def test_one_failed_connect_is_one_strike_however_many_waited_for_it(tmp_path: Path) -> None:
+    async def go() -> Endpoint:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update(
+                    {"orders": [endpoint("orders-a", sw)]},
+                    {"orders": traffic(timeout="2s", retries={"attempts": 0})},
+                )
+                responses = await asyncio.gather(*(rig.client.request("orders", get()) for _ in range(20)))
+                for response in responses:
+                    await read_all(response)
+                    assert response.header("x-meshgate-error") == "connect_failure"
+                assert sw.accepted == 1
+                return rig.client.endpoints.get("orders")[0]
+
+    ep = run(go())
+    assert ep.consecutive_connect_failures == 1
+    assert ep.ejected_until == 0
+
+
+def test_a_healthy_endpoint_whose_one_connect_failed_is_not_ejected(tmp_path: Path) -> None:
+    """Two endpoints; A's first connect fails (a blip), B is fine. Steady traffic for 0.6 s: every
+    request succeeds (the blip is retried on B), A is not ejected, and A serves again after its short
+    backoff instead of being skipped for the 30 s of an ejection."""
+
+    async def go() -> tuple[list[int], Endpoint, int]:
+        async with mesh(tmp_path) as rig:
+            up_a = await rig.upstream(ok_app(b"a"))
+            up_b = await rig.upstream(ok_app(b"b"))
+            async with switch(up_a.port, up=False) as sw_a, switch(up_b.port, up=True) as sw_b:
+                rig.update(
+                    {"orders": [endpoint("orders-a", sw_a), endpoint("orders-b", sw_b)]},
+                    {"orders": traffic(timeout="2s", loadBalancer={"policy": "round-robin"})},
+                )
+                statuses: list[int] = []
+                loop = asyncio.get_running_loop()
+                stop = loop.time() + 0.6
+                served_by_a = 0
+
+                async def caller() -> None:
+                    nonlocal served_by_a
+                    while loop.time() < stop:
+                        response = await rig.client.request("orders", get())
+                        body = await read_all(response)
+                        statuses.append(response.status)
+                        served_by_a += body == b"a"
+                        if sw_a.accepted >= 1:
+                            sw_a.up = True  # the blip is over after its first connect
+
+                await asyncio.gather(*(caller() for _ in range(5)))
+                return statuses, rig.client.endpoints.get("orders")[0], served_by_a
+
+    statuses, ep_a, served_by_a = run(go())
+    assert set(statuses) == {200}
+    assert ep_a.ejected_until == 0
+    assert served_by_a > 0
