@@ -23,6 +23,7 @@ class Endpoint:
     consecutive_connect_failures: int = 0
     ejections: int = 0
     ejected_until: float = 0.0
+    ejections_decay_at: float = 0.0  # when ``ejections`` next goes down by one (outlier detection)
 
     def available(self, now: float) -> bool:
         """False while ejected by outlier detection."""

@@ -167,7 +167,8 @@ class Breaker:
 
 class OutlierDetector:
     """Ejects endpoints after consecutive 5xx or connect failures, for base * number-of-ejections
-    (capped), never more than ``max_ejection_percent`` of the endpoints at once."""
+    (capped), never more than ``max_ejection_percent`` of the endpoints at once. As in Envoy, the
+    number of ejections goes down by one for each ``interval`` the endpoint spent out of ejection."""
 
     def __init__(self, settings: OutlierDetection) -> None:
         self.settings = settings
@@ -182,6 +183,8 @@ class OutlierDetector:
         now: float,
     ) -> bool:
         """Update the endpoint's counters; True when this result ejected it."""
+        if endpoint.ejections and now >= endpoint.ejections_decay_at:
+            self._decay(endpoint, now)
         if connect_failure:
             endpoint.consecutive_connect_failures += 1
         elif status is not None and status >= 500:
@@ -204,6 +207,14 @@ class OutlierDetector:
             s.base_ejection_time.total_seconds() * endpoint.ejections, s.max_ejection_time.total_seconds()
         )
         endpoint.ejected_until = now + duration
+        endpoint.ejections_decay_at = endpoint.ejected_until + s.interval.total_seconds()
         endpoint.consecutive_5xx = 0
         endpoint.consecutive_connect_failures = 0
         return True
+
+    def _decay(self, endpoint: Endpoint, now: float) -> None:
+        """Take one ejection off per ``interval`` passed since the endpoint's decay was due."""
+        interval = self.settings.interval.total_seconds()
+        steps = 1 + int((now - endpoint.ejections_decay_at) // interval)
+        endpoint.ejections = max(endpoint.ejections - steps, 0)
+        endpoint.ejections_decay_at += steps * interval

@@ -99,6 +99,9 @@ class OutlierDetection(Spec):
     base_ejection_time: Duration = timedelta(seconds=30)
     max_ejection_time: Duration = timedelta(seconds=300)
     max_ejection_percent: Percent = 0.5
+    #: As Envoy's: each ``interval`` an endpoint spends out of ejection takes one off the count that
+    #: multiplies ``baseEjectionTime``, so a blip months after an outage is not punished as its sequel.
+    interval: Duration = timedelta(seconds=10)
 
 
 class TrafficPolicy(Spec):

@@ -206,3 +206,43 @@ def test_budget_forgets_everything_after_a_long_quiet_spell() -> None:
     assert tracker.try_retry(now=2.0)
     assert not tracker.try_retry(now=1_000_000.0)  # nothing recent: nothing allowed
     assert tracker._total_requests == tracker._total_retries == 0
+
+
+def test_the_ejection_count_decays_by_one_per_interval_out_of_ejection() -> None:
+    """Envoy's rule: a host healthy for a while is ejected for less next time. Without it an
+    endpoint ejected a few times during one outage stayed at the longest ejection for ever."""
+    d = detector(baseEjectionTime="10s", maxEjectionTime="300s", interval="10s")
+    endpoints = eps(4)
+    ep = endpoints[0]
+    t = 0.0
+    for _ in range(3):  # one outage: ejected three times in a row
+        assert not d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=t)
+        assert d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=t)
+        t = ep.ejected_until
+    assert ep.ejections == 3 and ep.ejected_until == 60.0
+    # back in service: within one interval of the ejection's end nothing changes
+    assert not d.record(ep, status=200, connect_failure=False, all_eps=endpoints, now=65.0)
+    assert ep.ejections == 3
+    # one interval later: one fewer; two more intervals: none left
+    assert not d.record(ep, status=200, connect_failure=False, all_eps=endpoints, now=70.0)
+    assert ep.ejections == 2
+    assert not d.record(ep, status=200, connect_failure=False, all_eps=endpoints, now=95.0)
+    assert ep.ejections == 0
+    # the next failure run ejects for the base time again, not 40 s
+    assert not d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=100.0)
+    assert d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=100.0)
+    assert ep.ejected_until == 110.0
+
+
+def test_the_ejection_count_decays_even_when_the_next_result_is_a_failure() -> None:
+    d = detector(baseEjectionTime="10s", interval="10s")
+    endpoints = eps(4)
+    ep = endpoints[0]
+    for _ in range(2):
+        assert not d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=0.0)
+        assert d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=ep.ejected_until)
+    assert ep.ejections == 2  # ejected at 0 (10 s) and at 10 (20 s): out at 30
+    # an hour later, quiet until now: the count has gone, this run ejects for 10 s
+    assert not d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=3600.0)
+    assert d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=3600.0)
+    assert ep.ejected_until == 3610.0 and ep.ejections == 1
