@@ -627,10 +627,19 @@ class H2Protocol(asyncio.Protocol):
             asyncio.get_running_loop().call_later(ABANDON_GRACE, stop)
         self._flush()
 
+    def _stop_sender(self, stream: _Stream) -> None:
+        """Wake the task sending ``stream``'s body with an error: the stream is going away."""
+        if stream.error is None:
+            stream.error = StreamError("stream closed locally", ErrorCode.CANCEL)
+        stream.window.set()
+
     def _reset(self, sid: int, code: int) -> None:
         """Reset a stream and give back the flow-control window of what it received but nobody read
-        (an abandoned response): otherwise each one shrinks the connection's window for good."""
+        (an abandoned response): otherwise each one shrinks the connection's window for good. A body
+        sender of the stream waiting for window is woken and stops."""
         stream = self.streams.pop(sid, None)
+        if stream is not None:
+            self._stop_sender(stream)
         with contextlib.suppress(Exception):
             self.endpoint.reset(sid, code)
         while stream is not None and not stream.chunks.empty():
@@ -754,6 +763,12 @@ class H2Protocol(asyncio.Protocol):
 
         def done() -> None:
             self.streams.pop(sid, None)
+            if stream.task is not None and not stream.task.done():
+                # the response ended while the request body still streams: its rest is not wanted,
+                # and a sender waiting for window would wait for ever (the stream left the table its
+                # WINDOW_UPDATEs are looked up in) with the stream open in the core
+                self._stop_sender(stream)
+                self._reset(sid, ErrorCode.CANCEL)
 
         response = Response(status, headers, self._client_body(stream, done), stream.trailers)
         response.headers_only = stream.headers_only

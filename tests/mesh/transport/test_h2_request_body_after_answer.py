@@ -1,0 +1,82 @@
+"""A request body still waiting for flow-control window when the response has ended: the sender
+stops and the stream is reset (RST_STREAM CANCEL), instead of waiting for a window that can no longer
+come (the stream had left the connection's table, so its WINDOW_UPDATEs found no one) and keeping the
+stream open in the HTTP/2 core, one of the peer's MAX_CONCURRENT_STREAMS, until the connection closed.
+
+The peer is a raw ``h2`` server with a 100-byte initial stream window that answers at once, in full,
+without reading the request body and without WINDOW_UPDATE or RST_STREAM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+from mesh.transport.h2conn import H2Protocol
+from mesh.transport.messages import Request, Response
+
+
+async def _answering_server(resets: list[int]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        sid = event.stream_id
+                        conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
+                        conn.send_data(sid, b"ok", end_stream=True)
+                    elif isinstance(event, h2.events.StreamReset):
+                        resets.append(int(event.error_code))
+                writer.write(conn.data_to_send())
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def test_a_request_body_blocked_on_window_stops_when_the_response_has_ended() -> None:
+    async def go() -> tuple[bytes, list[int], int, bool]:
+        resets: list[int] = []
+        server = await _answering_server(resets)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: H2Protocol(client_side=True), "127.0.0.1", port)
+        await asyncio.wait_for(conn.ready, 5)
+
+        async def body() -> AsyncIterator[bytes]:
+            await asyncio.sleep(0)
+            yield b"x" * 1000  # 100 bytes fit the window; the rest waits for a WINDOW_UPDATE
+
+        request = Request("POST", "/", "peer", headers=[], body=body())
+        response: Response = await asyncio.wait_for(conn.request(request), 5)
+        streams = list(conn.streams.values())
+        assert len(streams) == 1 and streams[0].task is not None
+        await asyncio.sleep(0.1)  # the sender sent 100 bytes and waits for the window
+        assert not streams[0].task.done()
+        data = b"".join([chunk async for chunk in response.body])
+        await asyncio.sleep(0.3)
+        # the sender task of the stream has ended (it was waiting on the window before the fix)
+        senders_done = all(s.task is not None and s.task.done() for s in streams)
+        open_streams = conn.endpoint.open_streams
+        conn.close()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return data, resets, open_streams, senders_done
+
+    data, resets, open_streams, senders_done = asyncio.run(asyncio.wait_for(go(), 20))
+    assert data == b"ok"
+    assert resets == [8]  # RST_STREAM CANCEL: the rest of the body is not wanted
+    assert open_streams == 0
+    assert senders_done
