@@ -229,6 +229,7 @@ class MeshClient:
             key = request.header(policy.load_balancer.hash_header.lower())
         attempt = 0
         tried: set[str] = set()
+        waited = False  # a request waits for a reconnect backoff to end once at most
         try:
             while True:
                 attempt += 1
@@ -237,11 +238,15 @@ class MeshClient:
                 # a retry goes to an endpoint this request has not tried yet, while there is one, and
                 # an endpoint backing off after failed connects only when every other does too
                 candidates = [e for e in available if e.id not in tried] or available
+                may_wait = True
                 if self.pool.backing_off:
                     candidates = _reachable(self.pool, candidates, available)
                 endpoint = upstream.balancer.pick(candidates, key)
                 assert endpoint is not None
                 tried.add(endpoint.id)
+                if self.pool.backing_off and self.pool.backoff_left(endpoint) > 0:
+                    may_wait = not waited
+                    waited = True
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return _tried_error(attempt, 504, "upstream_timeout", f"{service}: timed out")
@@ -249,7 +254,14 @@ class MeshClient:
                 if attempt > 1 and type(replay) is bytes:
                     request.body = body_of(replay)
                 error, response = await self._try(
-                    upstream, endpoints, endpoint, request, min(per_try, remaining), attempt, trace_parent
+                    upstream,
+                    endpoints,
+                    endpoint,
+                    request,
+                    min(per_try, remaining),
+                    attempt,
+                    trace_parent,
+                    may_wait,
                 )
                 if error is not None:
                     code = error.code
@@ -264,9 +276,15 @@ class MeshClient:
                         # the caller's header list is over what the peer takes: its fault too, and the
                         # same on every endpoint (never sent, so no outlier count, no retry, no budget)
                         return _tried_error(attempt, 431, "headers_too_large", f"{service}: {error.message}")
+                    if error.refused:
+                        # every candidate backs off after failed connects and this request has waited
+                        # once already, or could not wait (its deadline, a wrong identity): nothing was
+                        # tried, and a retry now would meet the same backoff
+                        return _answer(service, attempt, error, response)
                 connect_failure = error is not None and error.code == "connect_failure"
-                # a connect this attempt did not make itself (a backoff, another caller's) is no strike
-                if (error is None or error.attempted) and upstream.outliers.record(
+                # what went wrong before a connection was had is counted by the connect itself, once
+                # (see _connection), not by each request that waited for it
+                if (error is None or error.counted) and upstream.outliers.record(
                     endpoint,
                     status=response.status if response is not None else 503,
                     connect_failure=connect_failure,
@@ -318,18 +336,34 @@ class MeshClient:
                 replay.stop()  # the answer is final: no more copying (a long stream keeps only its start)
 
     async def _connection(
-        self, upstream: Upstream, endpoint: Endpoint, endpoints: Sequence[Endpoint], deadline: float
+        self,
+        upstream: Upstream,
+        endpoint: Endpoint,
+        endpoints: Sequence[Endpoint],
+        deadline: float,
+        may_wait: bool,
     ) -> H2Protocol:
         """A connection to ``endpoint`` within the circuit breaker's limits: at most
         ``maxConnections`` to the service, at most ``maxPendingRequests`` waiting for one to open
         (UpstreamError ``circuit_open`` beyond that: answered at once, never queued). A wait for the
-        endpoint's reconnect backoff to end counts as waiting for a connection; one that would end
-        after ``deadline`` is not begun (a ``connect_failure`` at once)."""
+        endpoint's reconnect backoff to end (``may_wait``) counts as waiting for a connection; one
+        that leaves no time to connect before ``deadline`` is not begun (the last failure at once,
+        ``refused``). A connect that fails counts once for outlier detection, here."""
         limits = upstream.breaker.limits
-        ids = [e.id for e in endpoints]
 
         def may_open() -> bool:
-            return self.pool.count(ids) < limits.max_connections
+            return self.pool.count(endpoints) < limits.max_connections
+
+        def failed(error: UpstreamError) -> None:
+            if upstream.outliers.record(
+                endpoint,
+                status=503,
+                connect_failure=error.code == "connect_failure",
+                all_eps=endpoints,
+                now=now(),
+            ):
+                upstream.stats["ejections"] += 1
+                log.warning("ejected %s after consecutive failed connects", endpoint.id)
 
         conn = self.pool.ready(endpoint, may_open)
         if conn is not None:
@@ -339,7 +373,9 @@ class MeshClient:
                 "circuit_open", f"{limits.max_pending_requests} requests wait for a connection"
             )
         try:
-            return await self.pool.connection(endpoint, may_open, deadline=deadline)
+            return await self.pool.connection(
+                endpoint, may_open, deadline=deadline, may_wait=may_wait, on_failure=failed
+            )
         finally:
             upstream.breaker.connected()
 
@@ -352,9 +388,11 @@ class MeshClient:
         timeout: float,
         attempt: int,
         trace_parent: Sequence[tuple[str, str]] = (),
+        may_wait: bool = True,
     ) -> tuple[_Failure | None, Response | None]:
         endpoint.active += 1
         done = False
+        connected = False  # a failure before this is the connect's, counted by it (see _connection)
 
         def finished() -> None:
             nonlocal done
@@ -391,13 +429,14 @@ class MeshClient:
                 # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
                 async with asyncio.timeout(timeout):
                     deadline = asyncio.get_running_loop().time() + timeout
-                    conn = await self._connection(upstream, endpoint, endpoints, deadline)
+                    conn = await self._connection(upstream, endpoint, endpoints, deadline, may_wait)
+                    connected = True
                     response = await conn.request(request)
             except UpstreamError as exc:
                 finished()
                 _failed(span, exc.code)
                 end(span)
-                return _Failure(exc.code, str(exc), exc.retryable, exc.attempted), None
+                return _Failure(exc.code, str(exc), exc.retryable, connected, exc.refused), None
             except StreamError as exc:
                 finished()
                 # REFUSED_STREAM or GOAWAY before processing: never processed, safe whatever the method
@@ -410,7 +449,11 @@ class MeshClient:
                 _failed(span, "upstream_timeout")
                 end(span)
                 return _Failure(
-                    "upstream_timeout", f"no response from {endpoint.id} within {timeout:.3g}s", True
+                    "upstream_timeout",
+                    f"no response from {endpoint.id} within {timeout:.3g}s"
+                    + ("" if connected else " (no connection to it yet)"),
+                    True,
+                    connected,
                 ), None
             except BaseException:  # cancelled: the caller went away
                 finished()
@@ -441,11 +484,15 @@ RETRY_ON_ERROR = {
 
 def _reachable(pool: H2Pool, candidates: list[Endpoint], available: list[Endpoint]) -> list[Endpoint]:
     """``candidates`` without the endpoints backing off after failed connects; when that leaves none,
-    the other ``available`` endpoints that do not back off (tried already); else ``candidates``."""
+    the other ``available`` endpoints that do not back off (tried already); when every one backs
+    off, the one whose backoff ends first (a connect to it already under way ranks first)."""
     ready = [e for e in candidates if pool.backoff_left(e) <= 0]
     if ready:
         return ready
-    return [e for e in available if pool.backoff_left(e) <= 0] or candidates
+    ready = [e for e in available if pool.backoff_left(e) <= 0]
+    if ready:
+        return ready
+    return [min(candidates, key=pool.backoff_left)]
 
 
 def _retryable_error(code: str, retry_on: Sequence[str]) -> bool:
@@ -486,12 +533,15 @@ def _abandon(response: Response) -> None:
 
 class _Failure(NamedTuple):
     """Why an attempt got no response: an ``x-meshgate-error`` code (or ``refused_stream``), a message,
-    whether a retry may help, and whether it was this attempt's own try (see UpstreamError)."""
+    whether a retry may help, whether outlier detection counts it against the endpoint (not when it
+    came before a connection was had: the connect counts its own failure, once), and whether nothing
+    was tried at all (a reconnect backoff's refusal)."""
 
     code: str
     message: str
     retryable: bool
-    attempted: bool = True
+    counted: bool = True
+    refused: bool = False
 
 
 class _Superseded(Exception):

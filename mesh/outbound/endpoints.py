@@ -37,14 +37,20 @@ class EndpointTable:
         self._services: dict[str, list[Endpoint]] = {}
 
     def update(self, endpoints: Mapping[str, list[Mapping[str, Any]]]) -> None:
-        """Adopt the snapshot's ``endpoints``; endpoints that stay keep their counters."""
+        """Adopt the snapshot's ``endpoints``; endpoints that stay (same id, address, port and
+        identity) keep their counters; one that changed starts afresh."""
         fresh: dict[str, list[Endpoint]] = {}
         for service, items in endpoints.items():
             known = {e.id: e for e in self._services.get(service, [])}
             out = []
             for item in items:
                 old = known.get(str(item["id"]))
-                if old is not None and old.address == item["address"] and old.port == item["port"]:
+                if (
+                    old is not None
+                    and old.address == item["address"]
+                    and old.port == item["port"]
+                    and old.identity == str(item.get("identity", ""))
+                ):
                     out.append(old)
                 else:
                     out.append(

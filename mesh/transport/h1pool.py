@@ -29,14 +29,13 @@ _REQUEST_LINE = re.compile(rf"{TOKEN} [\x21-\x7e\x80-\xff]+ HTTP/1\.1", re.ASCII
 
 class UpstreamError(Exception):
     """The app could not be reached or broke the exchange; ``code`` is an ``x-meshgate-error`` value.
-    ``attempted`` is False when the failure is not this caller's own try (a connect not made during a
-    backoff, or another caller's failed connect it waited for): outlier detection skips it."""
+    ``refused``: nothing was tried (a peer's reconnect backoff answered with its last failure)."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False, attempted: bool = True) -> None:
+    def __init__(self, code: str, message: str, *, retryable: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.retryable = retryable
-        self.attempted = attempted
+        self.refused = refused
 
 
 def request_head(method: str, target: str, headers: Headers) -> bytes:

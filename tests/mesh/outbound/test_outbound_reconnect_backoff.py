@@ -15,9 +15,11 @@ from pathlib import Path
 
 from meshrig_testlib import mesh, ok_app, read_all, run, spiffe, traffic
 
+from mesh.outbound.client import _reachable
 from mesh.outbound.endpoints import Endpoint
 from mesh.transport.h1 import UpstreamError
 from mesh.transport.messages import Request, body_of
+from mesh.transport.pool import PROBING, H2Pool
 
 
 class Switch:
@@ -26,6 +28,7 @@ class Switch:
     def __init__(self, target: int, up: bool) -> None:
         self.target = target
         self.up = up
+        self.hang = False  # while down: hold connections open, never answering (a black hole)
         self.accepted = 0
         self.port = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -39,6 +42,8 @@ class Switch:
         self._tasks.add(task)
         try:
             if not self.up:
+                if self.hang:
+                    await reader.read()  # until the caller gives up
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
             self._writers.append(up_writer)
@@ -160,14 +165,14 @@ def test_a_backoff_outlasting_the_deadline_fails_at_once_without_a_connect(tmp_p
                 try:
                     await rig.pool.connection(ep, deadline=loop.time() + 5)
                 except UpstreamError as exc:
-                    assert exc.code == "connect_failure" and exc.attempted
+                    assert exc.code == "connect_failure" and not exc.refused
                 assert sw.accepted == 1
                 assert rig.pool.backoff_left(ep) > 1.5
                 start = loop.time()
                 try:
                     await rig.pool.connection(ep, deadline=loop.time() + 0.5)
                 except UpstreamError as exc:
-                    assert exc.code == "connect_failure" and exc.retryable and not exc.attempted
+                    assert exc.code == "connect_failure" and exc.retryable and exc.refused
                     assert "not tried again" in str(exc) and "1 failed connect" in str(exc)
                 else:
                     raise AssertionError("connected during the backoff")
@@ -243,3 +248,177 @@ def test_a_healthy_endpoint_whose_one_connect_failed_is_not_ejected(tmp_path: Pa
     assert set(statuses) == {200}
     assert ep_a.ejected_until == 0
     assert served_by_a > 0
+
+
+async def _timed(rig: object, policy: object = None) -> tuple[int, str | None, float, bytes]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    response = await rig.client.request("orders", get(), policy=policy)  # type: ignore[attr-defined]
+    body = await read_all(response)
+    return response.status, response.header("x-meshgate-error"), loop.time() - start, body
+
+
+def test_requests_that_time_out_while_a_connect_hangs_are_no_strikes(tmp_path: Path) -> None:
+    """Ten requests with a 200 ms timeout wait for one connect to a black hole: all 504, none counted
+    against the endpoint (each was one 5xx strike, so a blip ejected a healthy endpoint); the connect
+    itself fails after the pool's connect timeout and is one connect strike, its callers long gone."""
+
+    async def go() -> tuple[set[tuple[int, str | None]], int, int, int]:
+        async with mesh(tmp_path, pool_kwargs={"connect_timeout": 0.6}) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                sw.hang = True
+                rig.update(
+                    {"orders": [endpoint("orders-a", sw)]},
+                    {"orders": traffic(timeout="200ms", retries={"attempts": 0})},
+                )
+                results = await asyncio.gather(*(_timed(rig) for _ in range(10)))
+                ep = rig.client.endpoints.get("orders")[0]
+                strikes_5xx = ep.consecutive_5xx
+                await asyncio.sleep(0.7)
+                return {r[:2] for r in results}, strikes_5xx, ep.consecutive_connect_failures, sw.accepted
+
+    outcomes, strikes_5xx, connect_strikes, accepted = run(go())
+    assert outcomes == {(504, "upstream_timeout")}
+    assert strikes_5xx == 0
+    assert connect_strikes == 1 and accepted == 1
+
+
+def test_a_lone_dead_endpoint_is_answered_within_about_one_backoff(tmp_path: Path) -> None:
+    """The default policy (15 s, two retries) against a single endpoint that refuses: a request waits
+    for a backoff once at most, so every answer comes within about the backoff's cap (each retry
+    waited again before: answers took up to 3 s and requests piled up)."""
+
+    async def go() -> tuple[set[tuple[int, str | None]], float]:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]})
+                loop = asyncio.get_running_loop()
+                stop = loop.time() + 2.5
+                results: list[tuple[int, str | None, float, bytes]] = []
+
+                async def caller() -> None:
+                    while loop.time() < stop:
+                        results.append(await _timed(rig))
+                        await asyncio.sleep(0.05)
+
+                await asyncio.gather(*(caller() for _ in range(5)))
+                return {r[:2] for r in results}, max(r[2] for r in results)
+
+    outcomes, slowest = run(go())
+    assert outcomes == {(503, "connect_failure")}
+    assert slowest < 1.5, slowest
+
+
+def test_a_wrong_identity_is_answered_at_once_while_backing_off(tmp_path: Path) -> None:
+    async def go() -> tuple[list[tuple[int, str | None, float, bytes]], int]:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app(), name="billing")  # presents billing's identity
+            async with switch(up.port, up=True) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]})  # expects orders
+                results = [await _timed(rig) for _ in range(6)]
+                return results, sw.accepted
+
+    results, accepted = run(go())
+    assert {r[:2] for r in results} == {(503, "tls_identity_mismatch")}
+    assert accepted == 1
+    assert max(r[2] for r in results[1:]) < 0.1  # no wait for a backoff that cannot help
+
+
+def test_an_endpoint_that_moved_does_not_wait_for_the_old_address(tmp_path: Path) -> None:
+    """A connect to the endpoint's old address hangs; the snapshot moves it (same id, new port): a
+    request for it connects to the new address at once instead of waiting on the old connect."""
+
+    async def go() -> tuple[int, str | None, float, bytes]:
+        async with mesh(tmp_path, pool_kwargs={"connect_timeout": 3.0}) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as old, switch(up.port, up=True) as new:
+                old.hang = True
+                rig.update({"orders": [endpoint("orders-a", old)]}, {"orders": traffic(timeout="5s")})
+                stuck = asyncio.create_task(_timed(rig))
+                await asyncio.sleep(0.2)
+                assert old.accepted == 1
+                rig.update({"orders": [endpoint("orders-a", new)]}, {"orders": traffic(timeout="5s")})
+                result = await _timed(rig)
+                stuck.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stuck
+                return result
+
+    status, error, took, body = run(go())
+    assert (status, error, body) == (200, None, b"ok")
+    assert took < 1.0, took
+
+
+def test_an_identity_change_starts_the_endpoint_afresh(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path) as rig:
+            ep = {"id": "orders-a", "address": "127.0.0.1", "port": 1, "identity": spiffe("billing")}
+            rig.update({"orders": [ep]})
+            before = rig.client.endpoints.get("orders")[0]
+            before.consecutive_5xx = 3
+            rig.update({"orders": [dict(ep, identity=spiffe("orders"))]})
+            after = rig.client.endpoints.get("orders")[0]
+            assert after is not before and after.identity == spiffe("orders")
+            assert after.consecutive_5xx == 0
+
+    run(go())
+
+
+class _Backoffs:
+    """A pool stand-in for ``_reachable``: each endpoint's backoff_left."""
+
+    def __init__(self, left: dict[str, float]) -> None:
+        self.left = left
+
+    def backoff_left(self, endpoint: Endpoint) -> float:
+        return self.left[endpoint.id]
+
+
+def _eps(*ids: str) -> list[Endpoint]:
+    return [Endpoint(i, "127.0.0.1", 1, spiffe("orders")) for i in ids]
+
+
+def test_when_every_endpoint_backs_off_the_one_free_first_is_chosen() -> None:
+    a, b, c = _eps("a", "b", "c")
+    pool = _Backoffs({"a": 0.9, "b": 0.05, "c": 0.0})
+    assert _reachable(pool, [a, b, c], [a, b, c]) == [c]  # type: ignore[arg-type]
+    assert _reachable(pool, [a, b], [a, b, c]) == [c]  # type: ignore[arg-type]  # tried, but free
+    assert _reachable(pool, [a, b], [a, b]) == [b]  # type: ignore[arg-type]
+    pool.left["a"] = PROBING  # a connect to it is under way: joining it is quickest
+    assert _reachable(pool, [a, b], [a, b]) == [a]  # type: ignore[arg-type]
+
+
+def test_backoff_entries_are_forgotten_after_a_quiet_minute_and_on_close(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]})
+                ep = rig.client.endpoints.get("orders")[0]
+                pool: H2Pool = rig.pool
+                with contextlib.suppress(UpstreamError):
+                    await pool.connection(ep)
+                assert pool.backing_off and pool.backoff_left(ep) > 0
+                # a minute after its backoff ended with no new failure (the endpoint left, say)
+                (state,) = pool._backoff.values()
+                state.until -= 61 + state.delay
+                pool._prune_at = 0.0
+                assert not pool.backing_off and pool.backoff_left(ep) == 0
+                # a close while a caller waits the backoff out: it fails, nothing is opened after
+                with contextlib.suppress(UpstreamError):
+                    await pool.connection(ep)
+                sw.up = True
+                waiter = asyncio.create_task(pool.connection(ep))
+                await asyncio.sleep(0.02)
+                pool.close()
+                try:
+                    await waiter
+                except UpstreamError as exc:
+                    assert "closed" in str(exc)
+                else:
+                    raise AssertionError("a connection was opened by a closed pool")
+                assert pool.opened == 0 and not pool._conns
+
+    run(go())

@@ -382,13 +382,13 @@ class _Pool:
         self.log: list[str] = []
         self.conn = _Conn(error, self.log)
 
-    def count(self, ids: list[str]) -> int:
+    def count(self, endpoints: list[Endpoint]) -> int:
         return 0
 
     def ready(self, endpoint: Endpoint, may_open: Any = None) -> _Conn | None:
         return None if self.connect_error is not None else self.conn
 
-    async def connection(self, endpoint: Endpoint, may_open: Any = None, deadline: Any = None) -> _Conn:
+    async def connection(self, endpoint: Endpoint, may_open: Any = None, **kwargs: Any) -> _Conn:
         self.log.append("connect")
         assert self.connect_error is not None
         raise self.connect_error

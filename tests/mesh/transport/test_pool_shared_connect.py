@@ -150,19 +150,19 @@ def test_a_connect_whose_callers_all_went_away_is_kept_unless_the_pool_closed(tm
                     if ep is kept:
                         # nobody waits any more: the connect still finishes, and the pool keeps it
                         deadline = loop.time() + 3.0
-                        while rig.pool.count([kept.id]) == 0 and loop.time() < deadline:
+                        while rig.pool.count([kept]) == 0 and loop.time() < deadline:
                             await asyncio.sleep(0.02)
-                        assert rig.pool.count([kept.id]) == 1 and rig.pool.opened == 1
+                        assert rig.pool.count([kept]) == 1 and rig.pool.opened == 1
                         conn = await rig.pool.connection(kept)  # ready at once, no new connect
                         assert rig.pool.opened == 1 and not conn.closed.done()
                 rig.pool.close()  # "orders-b" is still in its handshake
-                assert rig.pool.count([kept.id, dropped.id]) == 0
+                assert rig.pool.count([kept, dropped]) == 0
                 deadline = loop.time() + 3.0
                 while (rig.pool.opened < 2 or up.inbound.connections) and loop.time() < deadline:
                     await asyncio.sleep(0.02)
                 # the late one finished its handshake but was closed, not kept in a closed pool
                 assert rig.pool.opened == 2
-                assert rig.pool.count([kept.id, dropped.id]) == 0
+                assert rig.pool.count([kept, dropped]) == 0
                 assert not up.inbound.connections
 
     run(go())

@@ -53,9 +53,7 @@ class _OnePool:
     def ready(self, endpoint: object, may_open: object = None) -> H2Protocol:
         return self.conn
 
-    async def connection(
-        self, endpoint: object, may_open: object = None, deadline: object = None
-    ) -> H2Protocol:
+    async def connection(self, endpoint: object, may_open: object = None, **kwargs: object) -> H2Protocol:
         return self.conn
 
     def remember_session(self, conn: object) -> None:
