@@ -169,7 +169,7 @@ class RequestMetrics:
 
 def upstream_families(client: MeshClient) -> list[Family]:
     """The mesh client's counters (sidecars and gateways): retries, ejections, overflows by service,
-    and connections opened to peer sidecars."""
+    and connections opened to peer sidecars, and connects to them that failed."""
     help_texts = {
         "retries": "Retries of requests to a service (each retry once).",
         "ejections": "Endpoints of a service ejected by outlier detection.",
@@ -187,4 +187,10 @@ def upstream_families(client: MeshClient) -> list[Family]:
         "counter",
         "Connections (mTLS, HTTP/2) opened to peer sidecars.",
     ).add(client.pool.opened)
-    return [*families.values(), opened]
+    failed = Family(
+        "meshgate_upstream_connect_failures_total",
+        "counter",
+        "Connects to peer sidecars that failed (refused, timed out, TLS or identity); a reconnect "
+        "backoff's refusals are not connects.",
+    ).add(client.pool.connects_failed)
+    return [*families.values(), opened, failed]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from meshrig_testlib import mesh, ok_app, read_all, run, spiffe, traffic
 
+from mesh.measure import upstream_families
 from mesh.outbound.client import _reachable
 from mesh.outbound.endpoints import Endpoint
 from mesh.transport.h1 import UpstreamError
@@ -115,6 +116,9 @@ def test_a_dead_peer_is_dialled_a_few_times_a_second_not_per_request(tmp_path: P
                         outcomes.add((response.status, response.header("x-meshgate-error")))
 
                 await asyncio.gather(*(caller() for _ in range(10)))
+                # what a scrape shows: one failed connect per connect the peer saw
+                (failed,) = [f for f in upstream_families(rig.client) if "connect_failures" in f.name]
+                assert f"meshgate_upstream_connect_failures_total {sw.accepted}" in failed.render()
                 return sw.accepted, requests, outcomes
 
     accepted, requests, outcomes = run(go())
