@@ -240,7 +240,7 @@ class MeshClient:
                 candidates = [e for e in available if e.id not in tried] or available
                 may_wait = True
                 if self.pool.backing_off:
-                    candidates = _reachable(self.pool, candidates, available)
+                    candidates = _reachable(self.pool, candidates, available, endpoints)
                 endpoint = upstream.balancer.pick(candidates, key)
                 assert endpoint is not None
                 tried.add(endpoint.id)
@@ -262,6 +262,7 @@ class MeshClient:
                     attempt,
                     trace_parent,
                     may_wait,
+                    service,
                 )
                 if error is not None:
                     code = error.code
@@ -342,27 +343,30 @@ class MeshClient:
         endpoints: Sequence[Endpoint],
         deadline: float,
         may_wait: bool,
+        service: str,
     ) -> H2Protocol:
         """A connection to ``endpoint`` within the circuit breaker's limits: at most
         ``maxConnections`` to the service, at most ``maxPendingRequests`` waiting for one to open
         (UpstreamError ``circuit_open`` beyond that: answered at once, never queued). A wait for the
         endpoint's reconnect backoff to end (``may_wait``) counts as waiting for a connection; one
         that leaves no time to connect before ``deadline`` is not begun (the last failure at once,
-        ``refused``). A connect that fails counts once for outlier detection, here."""
+        ``refused``). A connect that fails counts once for outlier detection, here, with the service's
+        policy as it is when the connect ends (it may have changed meanwhile)."""
         limits = upstream.breaker.limits
 
         def may_open() -> bool:
             return self.pool.count(endpoints) < limits.max_connections
 
         def failed(error: UpstreamError) -> None:
-            if upstream.outliers.record(
+            current = self.upstream(service) if service else upstream
+            if current.outliers.record(
                 endpoint,
                 status=503,
                 connect_failure=error.code == "connect_failure",
-                all_eps=endpoints,
+                all_eps=self.endpoints.get(service) or endpoints,
                 now=now(),
             ):
-                upstream.stats["ejections"] += 1
+                current.stats["ejections"] += 1
                 log.warning("ejected %s after consecutive failed connects", endpoint.id)
 
         conn = self.pool.ready(endpoint, may_open)
@@ -389,6 +393,7 @@ class MeshClient:
         attempt: int,
         trace_parent: Sequence[tuple[str, str]] = (),
         may_wait: bool = True,
+        service: str = "",
     ) -> tuple[_Failure | None, Response | None]:
         endpoint.active += 1
         done = False
@@ -429,7 +434,7 @@ class MeshClient:
                 # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
                 async with asyncio.timeout(timeout):
                     deadline = asyncio.get_running_loop().time() + timeout
-                    conn = await self._connection(upstream, endpoint, endpoints, deadline, may_wait)
+                    conn = await self._connection(upstream, endpoint, endpoints, deadline, may_wait, service)
                     connected = True
                     response = await conn.request(request)
             except UpstreamError as exc:
@@ -482,14 +487,20 @@ RETRY_ON_ERROR = {
 }
 
 
-def _reachable(pool: H2Pool, candidates: list[Endpoint], available: list[Endpoint]) -> list[Endpoint]:
+def _reachable(
+    pool: H2Pool, candidates: list[Endpoint], available: list[Endpoint], every: list[Endpoint]
+) -> list[Endpoint]:
     """``candidates`` without the endpoints backing off after failed connects; when that leaves none,
-    the other ``available`` endpoints that do not back off (tried already); when every one backs
-    off, the one whose backoff ends first (a connect to it already under way ranks first)."""
+    the other ``available`` endpoints that do not back off (tried already), then those of ``every``
+    endpoint (ejected ones too: one ejected for 5xx may well answer, the backing-off ones cannot);
+    when every one backs off, the one whose backoff ends first (one being probed ranks first)."""
     ready = [e for e in candidates if pool.backoff_left(e) <= 0]
     if ready:
         return ready
     ready = [e for e in available if pool.backoff_left(e) <= 0]
+    if ready:
+        return ready
+    ready = [e for e in every if pool.backoff_left(e) <= 0]
     if ready:
         return ready
     return [min(candidates, key=pool.backoff_left)]

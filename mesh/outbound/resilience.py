@@ -215,6 +215,9 @@ class OutlierDetector:
     def _decay(self, endpoint: Endpoint, now: float) -> None:
         """Take one ejection off per ``interval`` passed since the endpoint's decay was due."""
         interval = self.settings.interval.total_seconds()
+        if interval <= 0:  # the model refuses it; a hand-built one forgets the ejections at once
+            endpoint.ejections = 0
+            return
         steps = 1 + int((now - endpoint.ejections_decay_at) // interval)
         endpoint.ejections = max(endpoint.ejections - steps, 0)
         endpoint.ejections_decay_at += steps * interval

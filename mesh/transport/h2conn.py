@@ -604,7 +604,8 @@ class H2Protocol(asyncio.Protocol):
     def _abandon_request_body(self, stream: _Stream) -> None:
         """The response is complete but the request body was not read to its end (a denial, an early
         answer): give its flow-control window back and ask the peer to stop (RST_STREAM NO_ERROR,
-        RFC 9113 section 8.1), so that a connection's window is never lost to unread bodies."""
+        RFC 9113 section 8.1), so that a connection's window is never lost to unread bodies; a reader
+        still waiting for the body gets a StreamError."""
         ended = False
         while not stream.chunks.empty():
             item = stream.chunks.get_nowait()
@@ -612,6 +613,12 @@ class H2Protocol(asyncio.Protocol):
                 ended = True
             else:
                 self.endpoint.ack(stream.stream_id, item[1])
+        if not ended:
+            # whoever still reads the body (a relay's request pump: another connection's task) learns
+            # now that no more comes: the stream leaves the table, nothing else would ever reach it
+            stream.chunks.put_nowait(
+                StreamError("request body abandoned: the response is complete", ErrorCode.CANCEL)
+            )
         if not ended and stream.error is None and not stream.body_done:
             # a moment's grace first: a short body is usually on its way, and some clients (curl 7.88)
             # report an error for RST_STREAM that arrives while they are still sending, even after a

@@ -100,6 +100,7 @@ class H2Pool:
         self.connect_backoff_max = max(connect_backoff_max, self.connect_backoff)
         self._backoff: dict[Peer, _Backoff] = {}  # peers whose last connect failed, oldest failure first
         self._prune_at = 0.0
+        self._latest_until = 0.0  # the end of the last backoff to end
         self._conns: dict[Peer, list[H2Protocol]] = {}
         self._connecting: dict[Peer, asyncio.Task[H2Protocol]] = {}
         self._generation = 0  # bumped by close(): a connect still running then is closed when done
@@ -123,14 +124,20 @@ class H2Pool:
 
     @property
     def backing_off(self) -> bool:
-        """True when some peer's last connect failed lately (so :meth:`backoff_left` may be non-zero)."""
-        if self._backoff:
-            now = time.monotonic()
-            if now >= self._prune_at:  # forget peers whose backoff ended long ago (gone, or quiet)
-                self._prune_at = now + 1.0
-                for key in [k for k, st in self._backoff.items() if now - st.until > BACKOFF_FORGET]:
-                    del self._backoff[key]
-        return bool(self._backoff)
+        """True while some peer backs off, or is being probed after failed connects (so that
+        :meth:`backoff_left` may be non-zero); cheap when none does."""
+        if not self._backoff:
+            return False
+        now = time.monotonic()
+        if now >= self._prune_at:  # forget peers whose backoff ended long ago (gone, or quiet)
+            self._prune_at = now + 1.0
+            for key in [k for k, st in self._backoff.items() if now - st.until > BACKOFF_FORGET]:
+                del self._backoff[key]
+        if not self._backoff:
+            return False
+        if now < self._latest_until:
+            return True
+        return any(key in self._backoff for key in self._connecting)
 
     def backoff_left(self, endpoint: Endpoint) -> float:
         """Seconds before a connect to ``endpoint`` may start: 0 when one may start now, when a
@@ -248,6 +255,7 @@ class H2Pool:
         delay = min(self.connect_backoff_max, random.uniform(low, max(high, low)))
         failures = 1 if state is None else state.failures + 1
         self._backoff[key] = _Backoff(failures, delay, now + delay, error.code, str(error))
+        self._latest_until = max(self._latest_until, now + delay)
         while len(self._backoff) > BACKOFF_ENTRIES:
             del self._backoff[next(iter(self._backoff))]
 
@@ -306,6 +314,8 @@ class H2Pool:
             conns = self._conns.get(key)
             if conns and proto in conns:
                 conns.remove(proto)
+                if not conns:  # peers come and go (the key holds the address): keep no empty entry
+                    del self._conns[key]
 
         loop = asyncio.get_running_loop()
         ctx = self.context()

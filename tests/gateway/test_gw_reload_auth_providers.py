@@ -109,6 +109,7 @@ def test_a_request_waiting_on_ext_authz_survives_a_change_of_that_provider(
 class _FakeMeshClient:
     class _Pool:
         opened = 0
+        connects_failed = 0
 
         def close(self) -> None:
             pass

@@ -29,6 +29,7 @@ class FakeMeshClient:
 
     class _Pool:
         opened = 0
+        connects_failed = 0
 
         def close(self) -> None:
             pass

@@ -103,6 +103,12 @@ class OutlierDetection(Spec):
     #: multiplies ``baseEjectionTime``, so a blip months after an outage is not punished as its sequel.
     interval: Duration = timedelta(seconds=10)
 
+    @model_validator(mode="after")
+    def _positive_interval(self) -> OutlierDetection:
+        if self.interval <= timedelta(0):
+            raise ValueError("outlierDetection.interval must be positive, e.g. 10s")
+        return self
+
 
 class TrafficPolicy(Spec):
     """How callers treat this service: timeouts, retries, balancing, breaking."""

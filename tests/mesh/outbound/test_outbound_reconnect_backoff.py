@@ -387,11 +387,13 @@ def _eps(*ids: str) -> list[Endpoint]:
 def test_when_every_endpoint_backs_off_the_one_free_first_is_chosen() -> None:
     a, b, c = _eps("a", "b", "c")
     pool = _Backoffs({"a": 0.9, "b": 0.05, "c": 0.0})
-    assert _reachable(pool, [a, b, c], [a, b, c]) == [c]  # type: ignore[arg-type]
-    assert _reachable(pool, [a, b], [a, b, c]) == [c]  # type: ignore[arg-type]  # tried, but free
-    assert _reachable(pool, [a, b], [a, b]) == [b]  # type: ignore[arg-type]
+    every = [a, b, c]
+    assert _reachable(pool, [a, b, c], [a, b, c], every) == [c]  # type: ignore[arg-type]
+    assert _reachable(pool, [a, b], [a, b, c], every) == [c]  # type: ignore[arg-type]  # tried, but free
+    pool.left["c"] = 0.4
+    assert _reachable(pool, [a, b], [a, b], every) == [b]  # type: ignore[arg-type]
     pool.left["a"] = PROBING  # a connect to it is under way: joining it is quickest
-    assert _reachable(pool, [a, b], [a, b]) == [a]  # type: ignore[arg-type]
+    assert _reachable(pool, [a, b], [a, b], every) == [a]  # type: ignore[arg-type]
 
 
 def test_backoff_entries_are_forgotten_after_a_quiet_minute_and_on_close(tmp_path: Path) -> None:
@@ -424,5 +426,77 @@ def test_backoff_entries_are_forgotten_after_a_quiet_minute_and_on_close(tmp_pat
                 else:
                     raise AssertionError("a connection was opened by a closed pool")
                 assert pool.opened == 0 and not pool._conns
+
+    run(go())
+
+
+def test_an_ejected_endpoint_is_used_before_waiting_on_one_that_backs_off() -> None:
+    a, b = _eps("a", "b")
+    pool = _Backoffs({"a": 0.5, "b": 0.0})
+    # b is ejected (not available), a backs off: b is tried rather than waiting for a
+    assert _reachable(pool, [a], [a], [a, b]) == [b]  # type: ignore[arg-type]
+
+
+def test_a_failed_connect_is_scored_with_the_policy_in_force_when_it_fails(tmp_path: Path) -> None:
+    """The policy changes while a connect hangs: its failure is judged by the new thresholds (one
+    failed connect ejects), not by those of the request that started it (five)."""
+
+    async def go() -> Endpoint:
+        async with mesh(tmp_path, pool_kwargs={"connect_timeout": 0.5}) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw, switch(up.port, up=True) as good:
+                sw.hang = True
+                eps = [endpoint("orders-a", sw), endpoint("orders-b", good)]
+                rig.update({"orders": eps}, {"orders": traffic(timeout="200ms", retries={"attempts": 0})})
+                ep_a = next(e for e in rig.client.endpoints.get("orders") if e.id == "orders-a")
+                start = asyncio.create_task(
+                    rig.client._try(
+                        rig.client.upstream("orders"), [ep_a], ep_a, get(), 0.1, 1, (), True, "orders"
+                    )
+                )
+                await asyncio.sleep(0.05)
+                strict = traffic(timeout="200ms", outlierDetection={"consecutiveConnectFailures": 1})
+                rig.update({"orders": eps}, {"orders": strict})
+                await start
+                await asyncio.sleep(0.6)  # the connect times out (0.5 s) and is scored
+                return ep_a
+
+    ep = run(go())
+    assert ep.ejections == 1 and ep.ejected_until > 0
+
+
+def test_backing_off_is_false_once_every_backoff_ended(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path, pool_kwargs={"connect_backoff": 0.05, "connect_backoff_max": 0.05}) as rig:
+            up = await rig.upstream(ok_app())
+            async with switch(up.port, up=False) as sw:
+                rig.update({"orders": [endpoint("orders-a", sw)]})
+                ep = rig.client.endpoints.get("orders")[0]
+                with contextlib.suppress(UpstreamError):
+                    await rig.pool.connection(ep)
+                assert rig.pool.backing_off
+                await asyncio.sleep(0.1)
+                # remembered (the next failure would wait longer) but no longer in anyone's way
+                assert rig.pool._backoff and not rig.pool.backing_off
+
+    run(go())
+
+
+def test_closed_connections_leave_no_empty_entries(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            rig.update({"orders": [up.endpoint()]})
+            _, body = await rig.call()
+            assert body == b"ok"
+            assert len(rig.pool._conns) == 1
+            for conns in list(rig.pool._conns.values()):
+                for conn in list(conns):
+                    conn.close()
+            for _ in range(100):
+                if not rig.pool._conns:
+                    break
+                await asyncio.sleep(0.01)
+            assert not rig.pool._conns
 
     run(go())

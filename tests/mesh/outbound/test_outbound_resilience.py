@@ -246,3 +246,12 @@ def test_the_ejection_count_decays_even_when_the_next_result_is_a_failure() -> N
     assert not d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=3600.0)
     assert d.record(ep, status=None, connect_failure=True, all_eps=endpoints, now=3600.0)
     assert ep.ejected_until == 3610.0 and ep.ejections == 1
+
+
+def test_a_zero_interval_is_refused_with_a_clear_error() -> None:
+    import pydantic
+    import pytest
+
+    for value in ("0s", 0):
+        with pytest.raises(pydantic.ValidationError, match="interval must be positive"):
+            OutlierDetection.model_validate({"interval": value})

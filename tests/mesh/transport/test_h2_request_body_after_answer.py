@@ -80,3 +80,51 @@ def test_a_request_body_blocked_on_window_stops_when_the_response_has_ended() ->
     assert resets == [8]  # RST_STREAM CANCEL: the rest of the body is not wanted
     assert open_streams == 0
     assert senders_done
+
+
+def test_a_reader_of_an_answered_streams_request_body_is_told_it_ends() -> None:
+    """A handler answers while its request body still streams, and something else (a relay's request
+    pump, on another connection) reads that body: once the answer is complete the stream leaves the
+    table, so no END_STREAM, RST_STREAM or connection loss would reach the reader. It gets a
+    StreamError instead of waiting for ever (two tasks were left per early-answered gRPC stream)."""
+    from h2pair_testlib import close_pair, open_pair
+
+    from mesh.transport.h2conn import StreamError
+    from mesh.transport.messages import body_of
+
+    async def go() -> tuple[str, bytes]:
+        readers: list[asyncio.Task[str]] = []
+
+        async def handler(request: Request, proto: H2Protocol) -> Response:
+            async def relay() -> str:
+                try:
+                    async for _ in request.body:
+                        pass
+                except StreamError as exc:
+                    return f"error: {exc}"
+                return "ended"
+
+            readers.append(asyncio.create_task(relay()))
+            await asyncio.sleep(0.05)
+            return Response(200, [("content-length", "2")], body_of(b"ok"))
+
+        listener, conn, servers = await open_pair(handler)
+        gate = asyncio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first"
+            await gate.wait()
+            yield b"second"
+
+        response = await conn.request(Request("POST", "/", "svc", headers=[], body=body()))
+        data = b"".join([chunk async for chunk in response.body])
+        gate.set()
+        try:
+            outcome = await asyncio.wait_for(readers[0], 2)
+        finally:
+            await close_pair(listener, conn, servers)
+        return outcome, data
+
+    outcome, data = asyncio.run(asyncio.wait_for(go(), 20))
+    assert data == b"ok"
+    assert outcome.startswith("error: request body abandoned")
