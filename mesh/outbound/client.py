@@ -238,13 +238,14 @@ class MeshClient:
                 # a retry goes to an endpoint this request has not tried yet, while there is one, and
                 # an endpoint backing off after failed connects only when every other does too
                 candidates = [e for e in available if e.id not in tried] or available
-                may_wait = True
-                if self.pool.backing_off:
+                backing_off = self.pool.backing_off
+                if backing_off:
                     candidates = _reachable(self.pool, candidates, available, endpoints)
                 endpoint = upstream.balancer.pick(candidates, key)
                 assert endpoint is not None
                 tried.add(endpoint.id)
-                if self.pool.backing_off and self.pool.backoff_left(endpoint) > 0:
+                may_wait = True
+                if backing_off and self.pool.backoff_left(endpoint) > 0:
                     may_wait = not waited
                     waited = True
                 remaining = deadline - loop.time()
@@ -341,7 +342,7 @@ class MeshClient:
         upstream: Upstream,
         endpoint: Endpoint,
         endpoints: Sequence[Endpoint],
-        deadline: float,
+        timeout: float,
         may_wait: bool,
         service: str,
     ) -> H2Protocol:
@@ -349,13 +350,18 @@ class MeshClient:
         ``maxConnections`` to the service, at most ``maxPendingRequests`` waiting for one to open
         (UpstreamError ``circuit_open`` beyond that: answered at once, never queued). A wait for the
         endpoint's reconnect backoff to end (``may_wait``) counts as waiting for a connection; one
-        that leaves no time to connect before ``deadline`` is not begun (the last failure at once,
+        that leaves no time to connect within ``timeout`` is not begun (the last failure at once,
         ``refused``). A connect that fails counts once for outlier detection, here, with the service's
         policy as it is when the connect ends (it may have changed meanwhile)."""
         limits = upstream.breaker.limits
 
         def may_open() -> bool:
             return self.pool.count(endpoints) < limits.max_connections
+
+        conn = self.pool.ready(endpoint, may_open)
+        if conn is not None:
+            return conn
+        deadline = asyncio.get_running_loop().time() + timeout
 
         def failed(error: UpstreamError) -> None:
             current = self.upstream(service) if service else upstream
@@ -369,9 +375,6 @@ class MeshClient:
                 current.stats["ejections"] += 1
                 log.warning("ejected %s after consecutive failed connects", endpoint.id)
 
-        conn = self.pool.ready(endpoint, may_open)
-        if conn is not None:
-            return conn
         if not upstream.breaker.wait_for_connection():
             raise UpstreamError(
                 "circuit_open", f"{limits.max_pending_requests} requests wait for a connection"
@@ -433,8 +436,7 @@ class MeshClient:
                 # one task from choosing the connection to opening the stream: no other request can
                 # take the stream slot the pool found in between (asyncio.wait_for would run a new task)
                 async with asyncio.timeout(timeout):
-                    deadline = asyncio.get_running_loop().time() + timeout
-                    conn = await self._connection(upstream, endpoint, endpoints, deadline, may_wait, service)
+                    conn = await self._connection(upstream, endpoint, endpoints, timeout, may_wait, service)
                     connected = True
                     response = await conn.request(request)
             except UpstreamError as exc:

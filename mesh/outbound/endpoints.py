@@ -24,6 +24,12 @@ class Endpoint:
     ejections: int = 0
     ejected_until: float = 0.0
     ejections_decay_at: float = 0.0  # when ``ejections`` next goes down by one (outlier detection)
+    #: Who connects go to: (id, address, port, identity), the connection pool's key; made once (an
+    #: endpoint whose address or identity changes is replaced, see EndpointTable.update).
+    peer: tuple[str, str, int, str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.peer = (self.id, self.address, self.port, self.identity)
 
     def available(self, now: float) -> bool:
         """False while ejected by outlier detection."""

@@ -51,7 +51,7 @@ OnFailure = Callable[[UpstreamError], None]
 
 def peer_of(endpoint: Endpoint) -> Peer:
     """The key of ``endpoint``'s connections and backoff."""
-    return (endpoint.id, endpoint.address, endpoint.port, endpoint.identity)
+    return endpoint.peer
 
 
 @dataclass(slots=True)
@@ -120,7 +120,7 @@ class H2Pool:
 
     def count(self, endpoints: Iterable[Endpoint]) -> int:
         """Connections open to these endpoints."""
-        return sum(len(self._conns.get(peer_of(e), ())) for e in endpoints)
+        return sum(len(self._conns.get(e.peer, ())) for e in endpoints)
 
     @property
     def backing_off(self) -> bool:
@@ -145,7 +145,7 @@ class H2Pool:
         connect to it after failures is under way."""
         if not self._backoff:
             return 0.0
-        key = peer_of(endpoint)
+        key = endpoint.peer
         state = self._backoff.get(key)
         if state is None or self._usable(key) is not None:
             return 0.0
@@ -155,7 +155,7 @@ class H2Pool:
 
     def ready(self, endpoint: Endpoint, may_open: Callable[[], bool] | None = None) -> H2Protocol | None:
         """The connection :meth:`connection` would return at once, without waiting, else None."""
-        key = peer_of(endpoint)
+        key = endpoint.peer
         conn = self._usable(key)
         if conn is None or conn.endpoint.open_streams == 0:
             return conn
@@ -184,7 +184,7 @@ class H2Pool:
         ``circuit_open`` when every connection is full and no other may be opened. ``refused`` is set
         when no connect was made (the backoff).
         """
-        key = peer_of(endpoint)
+        key = endpoint.peer
         while True:
             conn = self._usable(key)
             if conn is not None and conn.endpoint.open_streams == 0:
