@@ -27,8 +27,10 @@ async def admin_response(
     metrics: Callable[[], str],
     describe: Callable[[], dict[str, Any]],
     quit: Callable[[], None] | None = None,
+    why_not_ready: Callable[[], str] | None = None,
 ) -> Response:
-    """Answer one admin request (the body, if any, is read and dropped)."""
+    """Answer one admin request (the body, if any, is read and dropped). ``why_not_ready`` says
+    what ``/readyz`` answers when not ready."""
     path = target_path(request.path)
     async for _ in request.body:
         pass
@@ -37,7 +39,8 @@ async def admin_response(
     if path == "/readyz":
         if ready():
             return text_response(200, "ready\n")
-        return text_response(503, "not ready: no certificate or configuration\n")
+        why = why_not_ready() if why_not_ready is not None else "no certificate or configuration"
+        return text_response(503, f"not ready: {why}\n")
     if path == "/metrics":
         return text_response(200, metrics(), CONTENT_TYPE)
     if path == "/config":

@@ -158,17 +158,24 @@ def cmd_wait_ready(args: argparse.Namespace) -> int:
         return 2
     deadline = time.monotonic() + args.timeout
     url = args.admin.rstrip("/") + "/readyz"
+    seen = "no answer"  # what the last try saw, for the error
     while True:  # at least one try, even with --timeout 0s
         left = deadline - time.monotonic()
         try:
             with urllib.request.urlopen(url, timeout=min(2.0, max(left, 0.1))) as response:
                 if response.status == 200:
                     return 0
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
+                seen = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:  # the sidecar answered: its body says why not ready
+            body = exc.read(200).decode("utf-8", "replace").strip()
+            seen = f"HTTP {exc.code}" + (f" {body!r}" if body else "")
+        except urllib.error.URLError as exc:
+            seen = str(exc.reason)  # e.g. [Errno 111] Connection refused: no sidecar listening
+        except (OSError, ValueError) as exc:
+            seen = str(exc) or type(exc).__name__
         left = deadline - time.monotonic()
         if left <= 0:
             break
         time.sleep(min(0.2, left))
-    print(f"meshgate wait-ready: {url} not ready after {args.timeout:g}s", file=sys.stderr)
+    print(f"meshgate wait-ready: {url} not ready after {args.timeout:g}s (last: {seen})", file=sys.stderr)
     return 1

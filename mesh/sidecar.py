@@ -95,9 +95,24 @@ class Sidecar:
 
     @property
     def ready(self) -> bool:
-        """Ready with a certificate that has not expired and a configuration."""
+        """Ready with a certificate that has not expired and a configuration, and not stopping."""
+        return self.why_not_ready() == ""
+
+    def why_not_ready(self) -> str:
+        """Why ``/readyz`` says not ready ("" when ready)."""
+        if self.stopping.is_set():
+            return "stopping"
         certs = self.registry.certs
-        return certs is not None and certs.seconds_to_expiry() > 0 and self.engine is not None
+        if certs is None:
+            return "no certificate yet"
+        if certs.seconds_to_expiry() <= 0:
+            return (
+                "the certificate has expired and could not be renewed (is the control plane "
+                "reachable? see the sidecar's log)"
+            )
+        if self.engine is None:
+            return "no configuration yet"
+        return ""
 
     def _on_snapshot(self, snapshot: dict[str, Any]) -> None:
         bundle = snapshot.get("bundle") or {}
@@ -243,6 +258,7 @@ class Sidecar:
             metrics=self.metrics,
             describe=self.describe,
             quit=self.stopping.set,
+            why_not_ready=self.why_not_ready,
         )
 
     def describe(self) -> dict[str, Any]:

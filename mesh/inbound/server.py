@@ -4,7 +4,9 @@ handshake, then HTTP/2 requests handed to :class:`~mesh.inbound.handler.InboundH
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
@@ -101,7 +103,16 @@ class InboundServer:
             )
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port."""
+        """Listen; returns the bound port. OSError (EADDRINUSE) when something listens there already:
+        the listener binds with SO_REUSEPORT (so that :meth:`renew_listener` can rebind), which would
+        otherwise let a second sidecar share the port and take half of the first one's connections."""
+        if port:
+            taken = _in_use(host, port)
+            if taken is not None:
+                raise OSError(
+                    errno.EADDRINUSE,
+                    f"the inbound port {host}:{port} is in use (another sidecar's?): {taken.strerror}",
+                )
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self._protocol, host, port, ssl=switching_context(self.context), backlog=1024, reuse_port=True
@@ -137,3 +148,21 @@ class InboundServer:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+
+
+def _in_use(host: str, port: int) -> OSError | None:
+    """The error binding ``host:port`` without SO_REUSEPORT gives (a listener is there), else None."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's listeners do
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc
+    return None

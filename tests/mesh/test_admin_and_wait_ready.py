@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 from mesh.admin import admin_response
 from mesh.cli import cmd_wait_ready
 from mesh.transport.messages import Request, Response, body_of
@@ -86,3 +88,44 @@ def test_wait_ready_keeps_to_its_timeout_against_a_port_that_never_answers() -> 
         started = time.monotonic()
         assert wait_ready(f"http://127.0.0.1:{silent.getsockname()[1]}", 0.3) == 1
         assert time.monotonic() - started < 1.5  # each try was bounded by the time left, not 2 s
+
+
+def test_readyz_answers_the_reason_it_is_given() -> None:
+    async def go() -> tuple[int, bytes]:
+        response = await admin_response(
+            Request("GET", "/readyz", "admin", body=body_of(b"")),
+            ready=lambda: False,
+            metrics=lambda: "",
+            describe=dict,
+            why_not_ready=lambda: "stopping",
+        )
+        return response.status, b"".join([chunk async for chunk in response.body])
+
+    assert asyncio.run(go()) == (503, b"not ready: stopping\n")
+
+
+class NotReady(Ready):
+    def do_GET(self) -> None:
+        body = b"not ready: no configuration yet\n"
+        self.send_response(503)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_wait_ready_says_what_it_saw_last(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said only "not ready after 6s": whether nothing listened or the sidecar said why not was lost."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotReady)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert wait_ready(f"http://127.0.0.1:{server.server_address[1]}", 0.3) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "(last: HTTP 503 'not ready: no configuration yet')" in capsys.readouterr().err
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, not listening: connections are refused
+        assert wait_ready(f"http://127.0.0.1:{port}", 0.2) == 1
+    assert "refused" in capsys.readouterr().err.lower()
