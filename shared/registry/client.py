@@ -178,6 +178,16 @@ class RegistryClient:
         assert self.bundle is not None
         identity = workload_id(self.bundle.trust_domain, self.service, self.namespace)
         key = ec.generate_private_key(ec.SECP256R1())
+        chain = await self._token_sign(make_csr(key, identity))
+        self.identity = identity
+        self.certs = CertificateManager(
+            identity, self._sign_renewal, self.bundle, chain=chain, key=key, on_renewed=self._save_renewed
+        )
+        log.info("joined the mesh as %s", identity)
+
+    async def _token_sign(self, csr_pem: bytes) -> list[x509.Certificate]:
+        """``POST /v1/sign`` authenticated by the join token (server-authenticated TLS only)."""
+        assert self.bundle is not None and self.token
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -190,21 +200,32 @@ class RegistryClient:
                 response = await http.request(
                     "POST",
                     "/v1/sign",
-                    json={"csr": make_csr(key, identity).decode()},
+                    json={"csr": csr_pem.decode()},
                     headers={"authorization": f"Bearer {self.token}"},
                 )
             except HttpError as exc:
                 raise ControlPlaneUnavailable(f"cannot reach {self.url}: {exc}") from exc
         if response.status_code != 200:
             raise ControlPlaneUnavailable(f"join refused ({response.status_code}): {_message(response)}")
-        chain = load_chain_pem(response.json()["chain"].encode())
-        self.identity = identity
-        self.certs = CertificateManager(
-            identity, self._sign_renewal, self.bundle, chain=chain, key=key, on_renewed=self._save_renewed
-        )
-        log.info("joined the mesh as %s", identity)
+        return list(load_chain_pem(response.json()["chain"].encode()))
 
     async def _sign_renewal(self, csr_pem: bytes) -> Sequence[x509.Certificate]:
+        """A renewal, authenticated by the current SVID; once that has expired (the control plane was
+        away past its end) the control plane refuses it, so the join token signs instead when there is
+        one (a reusable token), and the error says what to do when there is none or it is spent."""
+        if self.certs is not None and self.certs.seconds_to_expiry() <= 0:
+            if not self.token:
+                raise ControlPlaneUnavailable(
+                    "the certificate has expired (the control plane was unreachable past its end) and "
+                    "it cannot be renewed with itself: restart the sidecar with a new join token"
+                )
+            try:
+                return await self._token_sign(csr_pem)
+            except ControlPlaneUnavailable as exc:
+                raise ControlPlaneUnavailable(
+                    f"the certificate has expired, so only the join token can get a new one, and: {exc}; "
+                    "restart the sidecar with a new join token (or give it a reusable one)"
+                ) from exc
         data = await self._call("POST", "/v1/sign", json={"csr": csr_pem.decode()})
         chain = load_chain_pem(data["chain"].encode())
         return chain

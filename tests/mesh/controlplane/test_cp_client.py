@@ -271,3 +271,35 @@ def test_without_cache_or_control_plane_the_client_says_what_is_missing(tmp_path
             await client.close()
 
     asyncio.run(scenario())
+
+
+def test_an_expired_certificate_is_renewed_with_a_reusable_join_token(ep: Endpoint, tmp_path: Path) -> None:
+    """The control plane was away past the certificate's end: it refuses the expired SVID's mTLS,
+    so renewals failed for ever and the sidecar never recovered (a restart failed too: its
+    single-use token was spent). A reusable token now signs the renewal; a spent one says what to do."""
+
+    async def scenario(reusable: bool) -> str:
+        client = RegistryClient(
+            ep.url,
+            service="orders",
+            token=ep.token("orders", reusable=reusable),
+            cache_dir=tmp_path / f"cache-{reusable}",
+        )
+        try:
+            await client.bootstrap()
+            assert client.certs is not None
+            before = client.certs.chain[0]
+            client.certs.seconds_to_expiry = lambda: -5.0  # type: ignore[method-assign]
+            try:
+                await client.certs.renew()
+            except Exception as exc:
+                return str(exc)
+            assert client.certs.chain[0].serial_number != before.serial_number
+            return "renewed"
+        finally:
+            await client.close()
+
+    assert asyncio.run(scenario(True)) == "renewed"
+    message = asyncio.run(scenario(False))
+    assert "certificate has expired" in message and "already used" in message
+    assert "new join token" in message
