@@ -496,15 +496,10 @@ def _reachable(
     the other ``available`` endpoints that do not back off (tried already), then those of ``every``
     endpoint (ejected ones too: one ejected for 5xx may well answer, the backing-off ones cannot);
     when every one backs off, the one whose backoff ends first (one being probed ranks first)."""
-    ready = [e for e in candidates if pool.backoff_left(e) <= 0]
-    if ready:
-        return ready
-    ready = [e for e in available if pool.backoff_left(e) <= 0]
-    if ready:
-        return ready
-    ready = [e for e in every if pool.backoff_left(e) <= 0]
-    if ready:
-        return ready
+    for group in (candidates, available, every):
+        ready = [e for e in group if pool.backoff_left(e) <= 0]
+        if ready:
+            return ready
     return [min(candidates, key=pool.backoff_left)]
 
 
