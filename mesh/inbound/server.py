@@ -106,13 +106,10 @@ class InboundServer:
         """Listen; returns the bound port. OSError (EADDRINUSE) when something listens there already:
         the listener binds with SO_REUSEPORT (so that :meth:`renew_listener` can rebind), which would
         otherwise let a second sidecar share the port and take half of the first one's connections."""
-        if port:
-            taken = _in_use(host, port)
-            if taken is not None:
-                raise OSError(
-                    errno.EADDRINUSE,
-                    f"the inbound port {host}:{port} is in use (another sidecar's?): {taken.strerror}",
-                )
+        if port and _in_use(host, port):
+            taken = OSError(f"the inbound port {host}:{port} is in use (another sidecar's?)")
+            taken.errno = errno.EADDRINUSE
+            raise taken
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self._protocol, host, port, ssl=switching_context(self.context), backlog=1024, reuse_port=True
@@ -150,12 +147,14 @@ class InboundServer:
             conn.close()
 
 
-def _in_use(host: str, port: int) -> OSError | None:
-    """The error binding ``host:port`` without SO_REUSEPORT gives (a listener is there), else None."""
+def _in_use(host: str, port: int) -> bool:
+    """True when binding ``host:port`` without SO_REUSEPORT fails with EADDRINUSE (a listener is
+    there). Any other failure (an unknown host, an address not on this machine) is left to the real
+    bind, which reports it as it is."""
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        return exc
+    except OSError:
+        return False
     for family, kind, proto, _, address in infos:
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's listeners do
@@ -164,5 +163,6 @@ def _in_use(host: str, port: int) -> OSError | None:
             try:
                 probe.bind(address)
             except OSError as exc:
-                return exc
-    return None
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False

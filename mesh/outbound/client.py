@@ -493,10 +493,12 @@ def _reachable(
     pool: H2Pool, candidates: list[Endpoint], available: list[Endpoint], every: list[Endpoint]
 ) -> list[Endpoint]:
     """``candidates`` without the endpoints backing off after failed connects; when that leaves none,
-    the other ``available`` endpoints that do not back off (tried already), then those of ``every``
-    endpoint (ejected ones too: one ejected for 5xx may well answer, the backing-off ones cannot);
-    when every one backs off, the one whose backoff ends first (one being probed ranks first)."""
-    for group in (candidates, available, every):
+    the other ``available`` endpoints that do not back off (tried already), then the endpoints
+    ejected for 5xx (one may well answer, a backing-off one cannot; one ejected for failed connects
+    is probably down); when every one backs off, the one whose backoff ends first (one being probed
+    ranks first)."""
+    ejected_for_5xx = [e for e in every if not e.ejected_for_connects]
+    for group in (candidates, available, ejected_for_5xx):
         ready = [e for e in group if pool.backoff_left(e) <= 0]
         if ready:
             return ready

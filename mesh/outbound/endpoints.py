@@ -24,6 +24,7 @@ class Endpoint:
     ejections: int = 0
     ejected_until: float = 0.0
     ejections_decay_at: float = 0.0  # when ``ejections`` next goes down by one (outlier detection)
+    ejected_for_connects: bool = False  # the last ejection was for failed connects (not 5xx)
     #: Who connects go to: (id, address, port, identity), the connection pool's key; made once (an
     #: endpoint whose address or identity changes is replaced, see EndpointTable.update).
     peer: tuple[str, str, int, str] = field(init=False, repr=False)

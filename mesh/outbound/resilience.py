@@ -207,6 +207,7 @@ class OutlierDetector:
             s.base_ejection_time.total_seconds() * endpoint.ejections, s.max_ejection_time.total_seconds()
         )
         endpoint.ejected_until = now + duration
+        endpoint.ejected_for_connects = connect_failure
         endpoint.ejections_decay_at = endpoint.ejected_until + s.interval.total_seconds()
         endpoint.consecutive_5xx = 0
         endpoint.consecutive_connect_failures = 0

@@ -44,6 +44,9 @@ _END = object()
 
 #: Seconds a peer may go on sending a request body nobody reads before RST_STREAM(NO_ERROR).
 ABANDON_GRACE = 0.5
+#: A request body still sending after its response ended is reset when it has waited this long for
+#: flow-control window (the peer neither reads it nor asks to stop with RST_STREAM NO_ERROR).
+SENDER_GRACE = 1.0
 #: Keepalive (client side): seconds a PING may go unanswered before the connection is dropped.
 PING_TIMEOUT = 10.0
 #: ... seconds of silence while requests wait before a PING is sent (instead of the keepalive period).
@@ -131,6 +134,7 @@ class _Stream:
     headers_only: bool = False  # the peer ended the stream on its HEADERS (e.g. gRPC Trailers-Only)
     body_done: bool = False  # the consumer read the body to its end
     expect: bool = False  # server side: the client waits for "100" before its body (Expect: 100-continue)
+    blocked: bool = False  # a body sender waits for flow-control window
 
 
 def _text(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -522,7 +526,11 @@ class H2Protocol(asyncio.Protocol):
                 self._flush_soon()
                 data = memoryview(data)[sent:]
                 if data:
-                    await stream.window.wait()
+                    stream.blocked = True
+                    try:
+                        await stream.window.wait()
+                    finally:
+                        stream.blocked = False
         if ended:
             self._flush()
             return
@@ -607,18 +615,25 @@ class H2Protocol(asyncio.Protocol):
         RFC 9113 section 8.1), so that a connection's window is never lost to unread bodies; a reader
         still waiting for the body gets a StreamError."""
         ended = False
+        dropped = False
+        last: object = None
         while not stream.chunks.empty():
             item = stream.chunks.get_nowait()
             if item is _END or isinstance(item, StreamError):
                 ended = True
+                last = item
             else:
+                dropped = True
                 self.endpoint.ack(stream.stream_id, item[1])
-        if not ended:
+        if not stream.body_done:
             # whoever still reads the body (a relay's request pump: another connection's task) learns
-            # now that no more comes: the stream leaves the table, nothing else would ever reach it
-            stream.chunks.put_nowait(
-                StreamError("request body abandoned: the response is complete", ErrorCode.CANCEL)
-            )
+            # now how it ends: the stream leaves the table, nothing else would ever reach it
+            if ended and not dropped:
+                stream.chunks.put_nowait(last)  # nothing lost: its end (or error) as it came
+            else:
+                stream.chunks.put_nowait(
+                    StreamError("request body abandoned: the response is complete", ErrorCode.CANCEL)
+                )
         if not ended and stream.error is None and not stream.body_done:
             # a moment's grace first: a short body is usually on its way, and some clients (curl 7.88)
             # report an error for RST_STREAM that arrives while they are still sending, even after a
@@ -633,6 +648,34 @@ class H2Protocol(asyncio.Protocol):
 
             asyncio.get_running_loop().call_later(ABANDON_GRACE, stop)
         self._flush()
+
+    def _forget(self, stream: _Stream) -> None:
+        """Drop ``stream`` from the table if it is still there (its id is never reused)."""
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+
+    def _watch_sender(self, stream: _Stream) -> None:
+        """Reset ``stream`` if its body sender is still waiting for window SENDER_GRACE from now."""
+        since = [-1.0]  # when the sender was first seen blocked
+
+        def check() -> None:
+            task = stream.task
+            if task is None or task.done() or self.streams.get(stream.stream_id) is not stream:
+                return
+            now = loop.time()
+            if stream.blocked:
+                if since[0] < 0:
+                    since[0] = now
+                elif now - since[0] >= SENDER_GRACE:
+                    self._stop_sender(stream)
+                    self._reset(stream.stream_id, ErrorCode.CANCEL)
+                    return
+            else:
+                since[0] = -1.0
+            loop.call_later(SENDER_GRACE / 2, check)
+
+        loop = asyncio.get_running_loop()
+        loop.call_later(SENDER_GRACE / 2, check)
 
     def _stop_sender(self, stream: _Stream) -> None:
         """Wake the task sending ``stream``'s body with an error: the stream is going away."""
@@ -769,13 +812,17 @@ class H2Protocol(asyncio.Protocol):
             raise
 
         def done() -> None:
-            self.streams.pop(sid, None)
-            if stream.task is not None and not stream.task.done():
-                # the response ended while the request body still streams: its rest is not wanted,
-                # and a sender waiting for window would wait for ever (the stream left the table its
-                # WINDOW_UPDATEs are looked up in) with the stream open in the core
-                self._stop_sender(stream)
-                self._reset(sid, ErrorCode.CANCEL)
+            task = stream.task
+            if task is None or task.done():
+                self.streams.pop(sid, None)
+                return
+            # the response ended while the request body still streams: the stream stays in the table
+            # until the sender ends, so that the peer's WINDOW_UPDATE (it reads on) or RST_STREAM
+            # NO_ERROR (it asks us to stop, RFC 9113 section 8.1) reach the sender; a peer that does
+            # neither gets a CANCEL once the sender has waited SENDER_GRACE for window (no reset
+            # otherwise: a reset per early answer would trip a peer's rapid-reset guard)
+            task.add_done_callback(lambda _: self._forget(stream))
+            self._watch_sender(stream)
 
         response = Response(status, headers, self._client_body(stream, done), stream.trailers)
         response.headers_only = stream.headers_only

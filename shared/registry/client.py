@@ -217,14 +217,14 @@ class RegistryClient:
             if not self.token:
                 raise ControlPlaneUnavailable(
                     "the certificate has expired (the control plane was unreachable past its end) and "
-                    "it cannot be renewed with itself: restart the sidecar with a new join token"
+                    "it cannot be renewed with itself: restart with a new join token"
                 )
             try:
                 return await self._token_sign(csr_pem)
             except ControlPlaneUnavailable as exc:
                 raise ControlPlaneUnavailable(
                     f"the certificate has expired, so only the join token can get a new one, and: {exc}; "
-                    "restart the sidecar with a new join token (or give it a reusable one)"
+                    "restart with a new join token (or a reusable one)"
                 ) from exc
         data = await self._call("POST", "/v1/sign", json={"csr": csr_pem.decode()})
         chain = load_chain_pem(data["chain"].encode())

@@ -23,9 +23,22 @@ def test_a_second_listener_on_a_held_port_is_refused(tmp_path: Path) -> None:
             with pytest.raises(OSError) as caught:
                 await second.start("127.0.0.1", up.port)
             assert caught.value.errno == errno.EADDRINUSE
-            assert f"the inbound port 127.0.0.1:{up.port} is in use" in str(caught.value)
+            assert str(caught.value) == f"the inbound port 127.0.0.1:{up.port} is in use (another sidecar's?)"
             assert second.server is None
             # the first one still rebinds itself on rotation (SO_REUSEPORT kept for that)
             await up.inbound.renew_listener()
+
+    run(go())
+
+
+def test_other_bind_failures_are_reported_as_they_are(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with mesh(tmp_path) as rig:
+            up = await rig.upstream(ok_app())
+            ctx = rig.pki.server("orders")
+            other = InboundServer(up.handler, lambda: ctx, TD)
+            with pytest.raises(OSError) as caught:
+                await other.start("192.0.2.1", 15999)  # TEST-NET-1: not an address of this machine
+            assert caught.value.errno != errno.EADDRINUSE and "in use" not in str(caught.value)
 
     run(go())

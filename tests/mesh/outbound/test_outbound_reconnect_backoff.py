@@ -435,6 +435,9 @@ def test_an_ejected_endpoint_is_used_before_waiting_on_one_that_backs_off() -> N
     pool = _Backoffs({"a": 0.5, "b": 0.0})
     # b is ejected (not available), a backs off: b is tried rather than waiting for a
     assert _reachable(pool, [a], [a], [a, b]) == [b]  # type: ignore[arg-type]
+    # but not when b was ejected for failed connects: it is probably down, a's wait is short
+    b.ejected_for_connects = True
+    assert _reachable(pool, [a], [a], [a, b]) == [a]  # type: ignore[arg-type]
 
 
 def test_a_failed_connect_is_scored_with_the_policy_in_force_when_it_fails(tmp_path: Path) -> None:

@@ -65,8 +65,13 @@ def test_a_request_body_blocked_on_window_stops_when_the_response_has_ended() ->
         await asyncio.sleep(0.1)  # the sender sent 100 bytes and waits for the window
         assert not streams[0].task.done()
         data = b"".join([chunk async for chunk in response.body])
-        await asyncio.sleep(0.3)
-        # the sender task of the stream has ended (it was waiting on the window before the fix)
+        # the sender task of the stream ends (it was waiting on the window for ever before the fix):
+        # reset once it has waited SENDER_GRACE (1 s) after the answer
+        for _ in range(60):
+            if all(s.task is not None and s.task.done() for s in streams):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
         senders_done = all(s.task is not None and s.task.done() for s in streams)
         open_streams = conn.endpoint.open_streams
         conn.close()
@@ -127,4 +132,80 @@ def test_a_reader_of_an_answered_streams_request_body_is_told_it_ends() -> None:
 
     outcome, data = asyncio.run(asyncio.wait_for(go(), 20))
     assert data == b"ok"
+    assert outcome.startswith("error: request body abandoned")
+
+
+def test_early_answers_while_the_body_streams_send_no_resets() -> None:
+    """260 gRPC-like calls on one connection, each answered in full while the client's body is still
+    open (it ends a moment later): no RST_STREAM from the client, so the peer's rapid-reset guard
+    (200 resets in 10 s) is never tripped (a CANCEL per early answer got the connection closed after
+    201 calls)."""
+    from h2pair_testlib import close_pair, open_pair
+
+    from mesh.transport.messages import body_of
+
+    async def go() -> tuple[int, bool]:
+        async def handler(request: Request, proto: H2Protocol) -> Response:
+            return Response(200, [("content-type", "application/grpc")], body_of(b"reply"))
+
+        listener, conn, servers = await open_pair(handler)
+        answered = 0
+        try:
+            for _ in range(260):
+                gate = asyncio.Event()
+
+                async def body(gate: asyncio.Event = gate) -> AsyncIterator[bytes]:
+                    yield b"msg"
+                    await gate.wait()  # the client half-closes after it saw the answer
+
+                response = await conn.request(Request("POST", "/svc/M", "svc", headers=[], body=body()))
+                if b"".join([chunk async for chunk in response.body]) == b"reply":
+                    answered += 1
+                gate.set()
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
+            return answered, conn.draining
+        finally:
+            await close_pair(listener, conn, servers)
+
+    answered, draining = asyncio.run(asyncio.wait_for(go(), 30))
+    assert answered == 260
+    assert not draining
+
+
+def test_a_late_reader_of_a_body_that_had_fully_arrived_is_not_left_waiting() -> None:
+    """The body and its END_STREAM had arrived, unread, when the answer completed: they were dropped
+    (their window given back) and nothing told a reader that came later, which then waited for ever."""
+    from h2pair_testlib import close_pair, open_pair
+
+    from mesh.transport.h2conn import StreamError
+    from mesh.transport.messages import body_of
+
+    async def go() -> str:
+        readers: list[asyncio.Task[str]] = []
+
+        async def handler(request: Request, proto: H2Protocol) -> Response:
+            async def late() -> str:
+                await asyncio.sleep(0.2)  # reads only after the answer is complete
+                try:
+                    async for _ in request.body:
+                        pass
+                except StreamError as exc:
+                    return f"error: {exc}"
+                return "ended"
+
+            readers.append(asyncio.create_task(late()))
+            await asyncio.sleep(0.05)  # the whole body arrives meanwhile
+            return Response(200, [("content-length", "2")], body_of(b"ok"))
+
+        listener, conn, servers = await open_pair(handler)
+        try:
+            request = Request("POST", "/", "svc", headers=[("content-length", "5")], body=body_of(b"hello"))
+            response = await conn.request(request)
+            assert b"".join([chunk async for chunk in response.body]) == b"ok"
+            return await asyncio.wait_for(readers[0], 2)
+        finally:
+            await close_pair(listener, conn, servers)
+
+    outcome = asyncio.run(asyncio.wait_for(go(), 20))
     assert outcome.startswith("error: request body abandoned")
