@@ -44,8 +44,9 @@ _END = object()
 
 #: Seconds a peer may go on sending a request body nobody reads before RST_STREAM(NO_ERROR).
 ABANDON_GRACE = 0.5
-#: A request body still sending after its response ended is reset when it has waited this long for
-#: flow-control window (the peer neither reads it nor asks to stop with RST_STREAM NO_ERROR).
+#: A request body still sending after its response ended is reset (CANCEL) once it has sent nothing
+#: for this long (the peer neither reads it nor asks to stop with RST_STREAM NO_ERROR, or its source
+#: stalls or failed).
 SENDER_GRACE = 1.0
 #: Keepalive (client side): seconds a PING may go unanswered before the connection is dropped.
 PING_TIMEOUT = 10.0
@@ -134,7 +135,9 @@ class _Stream:
     headers_only: bool = False  # the peer ended the stream on its HEADERS (e.g. gRPC Trailers-Only)
     body_done: bool = False  # the consumer read the body to its end
     expect: bool = False  # server side: the client waits for "100" before its body (Expect: 100-continue)
-    blocked: bool = False  # a body sender waits for flow-control window
+    sent: int = 0  # body bytes handed to the core so far (the sender's progress)
+    answered: bool = False  # client side: the response was read to its end (or dropped)
+    body_failed: bool = False  # client side: the request body's source failed
 
 
 def _text(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], Headers]:
@@ -524,13 +527,10 @@ class H2Protocol(asyncio.Protocol):
                     ended = True
                     break
                 self._flush_soon()
+                stream.sent += sent
                 data = memoryview(data)[sent:]
                 if data:
-                    stream.blocked = True
-                    try:
-                        await stream.window.wait()
-                    finally:
-                        stream.blocked = False
+                    await stream.window.wait()
         if ended:
             self._flush()
             return
@@ -616,12 +616,13 @@ class H2Protocol(asyncio.Protocol):
         still waiting for the body gets a StreamError."""
         ended = False
         dropped = False
-        last: object = None
+        last: object = None  # the first end marker: what a reader would have met first
         while not stream.chunks.empty():
             item = stream.chunks.get_nowait()
             if item is _END or isinstance(item, StreamError):
+                if not ended:
+                    last = item
                 ended = True
-                last = item
             else:
                 dropped = True
                 self.endpoint.ack(stream.stream_id, item[1])
@@ -649,32 +650,43 @@ class H2Protocol(asyncio.Protocol):
             asyncio.get_running_loop().call_later(ABANDON_GRACE, stop)
         self._flush()
 
-    def _forget(self, stream: _Stream) -> None:
-        """Drop ``stream`` from the table if it is still there (its id is never reused)."""
-        if self.streams.get(stream.stream_id) is stream:
+    def _body_failed(self, stream: _Stream, exc: Exception) -> None:
+        """A request body's source failed while it was being sent: before the answer, the stream is
+        reset and the wait for the answer fails; after it, the stream is left to
+        :meth:`_watch_sender` (a reset per early answer would trip a peer's rapid-reset guard)."""
+        log.debug("request body on stream %d failed: %s", stream.stream_id, exc)
+        stream.body_failed = True
+        if stream.answered:
+            return
+        self._fail(
+            stream, StreamError(f"request body failed: {exc}", ErrorCode.CANCEL, "request_body_failed")
+        )
+        self._reset(stream.stream_id, ErrorCode.CANCEL)
+
+    def _sender_ended(self, stream: _Stream) -> None:
+        """The body sender of an answered stream ended: the stream leaves the table, unless its body
+        failed (the stream is still open: :meth:`_watch_sender` resets it)."""
+        if not stream.body_failed and self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
 
     def _watch_sender(self, stream: _Stream) -> None:
-        """Reset ``stream`` if its body sender is still waiting for window SENDER_GRACE from now."""
-        since = [-1.0]  # when the sender was first seen blocked
+        """Reset ``stream`` (CANCEL) once its body sender has sent nothing for SENDER_GRACE, checked
+        every SENDER_GRACE / 2 while the stream is in the table."""
+        loop = asyncio.get_running_loop()
+        progress = [stream.sent, loop.time()]  # bytes sent at the last change, and when
 
         def check() -> None:
-            task = stream.task
-            if task is None or task.done() or self.streams.get(stream.stream_id) is not stream:
-                return
+            if self.streams.get(stream.stream_id) is not stream:
+                return  # gone: ended, reset by the peer, or the connection closed
             now = loop.time()
-            if stream.blocked:
-                if since[0] < 0:
-                    since[0] = now
-                elif now - since[0] >= SENDER_GRACE:
-                    self._stop_sender(stream)
-                    self._reset(stream.stream_id, ErrorCode.CANCEL)
-                    return
-            else:
-                since[0] = -1.0
+            if stream.sent != progress[0]:
+                progress[0], progress[1] = stream.sent, now
+            elif now - progress[1] >= SENDER_GRACE:
+                self._stop_sender(stream)
+                self._reset(stream.stream_id, ErrorCode.CANCEL)
+                return
             loop.call_later(SENDER_GRACE / 2, check)
 
-        loop = asyncio.get_running_loop()
         loop.call_later(SENDER_GRACE / 2, check)
 
     def _stop_sender(self, stream: _Stream) -> None:
@@ -789,15 +801,11 @@ class H2Protocol(asyncio.Protocol):
                 try:
                     # request trailers (if any) are awaited after the body: never buffer a stream
                     await self._send_body(stream, remaining(), trailers, later)
-                except StreamError:
-                    pass
-                except Exception as exc:  # the caller's body failed: cancel the stream, fail the wait
-                    log.debug("request body on stream %d failed: %s", sid, exc)
-                    failed = StreamError(
-                        f"request body failed: {exc}", ErrorCode.CANCEL, "request_body_failed"
-                    )
-                    self._fail(stream, failed)
-                    self._reset(sid, ErrorCode.CANCEL)
+                except StreamError as exc:
+                    if exc is not stream.error:  # not this stream's own end: its body's source failed
+                        self._body_failed(stream, exc)
+                except Exception as exc:
+                    self._body_failed(stream, exc)
 
             stream.task = loop.create_task(pump())
         assert stream.response is not None
@@ -812,16 +820,19 @@ class H2Protocol(asyncio.Protocol):
             raise
 
         def done() -> None:
+            if stream.answered:  # once (the body's end, then its on_close)
+                return
+            stream.answered = True
             task = stream.task
             if task is None or task.done():
                 self.streams.pop(sid, None)
                 return
             # the response ended while the request body still streams: the stream stays in the table
             # until the sender ends, so that the peer's WINDOW_UPDATE (it reads on) or RST_STREAM
-            # NO_ERROR (it asks us to stop, RFC 9113 section 8.1) reach the sender; a peer that does
-            # neither gets a CANCEL once the sender has waited SENDER_GRACE for window (no reset
-            # otherwise: a reset per early answer would trip a peer's rapid-reset guard)
-            task.add_done_callback(lambda _: self._forget(stream))
+            # NO_ERROR (it asks us to stop, RFC 9113 section 8.1) reach the sender; one that sends
+            # nothing for SENDER_GRACE (no window, its source stalled or failed) is reset with CANCEL.
+            # No reset at once: one per early answer would trip a peer's rapid-reset guard.
+            task.add_done_callback(lambda _: self._sender_ended(stream))
             self._watch_sender(stream)
 
         response = Response(status, headers, self._client_body(stream, done), stream.trailers)

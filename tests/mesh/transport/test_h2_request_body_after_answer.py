@@ -10,6 +10,7 @@ without reading the request body and without WINDOW_UPDATE or RST_STREAM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import h2.config
@@ -21,28 +22,131 @@ from mesh.transport.h2conn import H2Protocol
 from mesh.transport.messages import Request, Response
 
 
-async def _answering_server(resets: list[int]) -> asyncio.Server:
+async def _answering_server(
+    resets: list[int], *, read_every: float | None = None, seen: list[str] | None = None
+) -> asyncio.Server:
+    """A raw h2 server with a 100-byte stream window that answers each request at once, in full. With
+    ``read_every`` it gives 100 bytes of window back that often (a slow reader), else never; ``seen``
+    collects ``data:N`` and ``end`` as the request body arrives."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
         writer.write(conn.data_to_send())
+        open_streams: list[int] = []
+
+        async def slow_reader() -> None:
+            while read_every is not None:
+                await asyncio.sleep(read_every)
+                for sid in open_streams:
+                    with contextlib.suppress(Exception):
+                        conn.increment_flow_control_window(100, stream_id=sid)
+                        conn.increment_flow_control_window(100)
+                writer.write(conn.data_to_send())
+
+        reading = asyncio.create_task(slow_reader())
         try:
             while data := await reader.read(65536):
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
                         sid = event.stream_id
+                        open_streams.append(sid)
                         conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
                         conn.send_data(sid, b"ok", end_stream=True)
+                    elif isinstance(event, h2.events.DataReceived) and seen is not None:
+                        seen.append(f"data:{len(event.data)}")
+                    elif isinstance(event, h2.events.StreamEnded) and seen is not None:
+                        seen.append("end")
                     elif isinstance(event, h2.events.StreamReset):
                         resets.append(int(event.error_code))
                 writer.write(conn.data_to_send())
         except (ConnectionError, OSError):
             pass
         finally:
+            reading.cancel()
             writer.close()
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _answered(
+    resets: list[int], body: AsyncIterator[bytes], **server: object
+) -> tuple[bytes, list[object], H2Protocol, asyncio.Server]:
+    """One request with ``body`` to an :func:`_answering_server`; its answer read to the end."""
+    srv = await _answering_server(resets, **server)  # type: ignore[arg-type]
+    port = srv.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: H2Protocol(client_side=True), "127.0.0.1", port)
+    await asyncio.wait_for(conn.ready, 5)
+    response = await asyncio.wait_for(conn.request(Request("POST", "/", "peer", headers=[], body=body)), 5)
+    streams: list[object] = list(conn.streams.values())
+    data = b"".join([chunk async for chunk in response.body])
+    return data, streams, conn, srv
+
+
+async def _until(condition: object, seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not condition() and loop.time() < end:  # type: ignore[operator]
+        await asyncio.sleep(0.05)
+
+
+def test_a_peer_that_reads_on_slowly_gets_the_whole_body() -> None:
+    """Window comes back 100 bytes per 0.2 s after the answer: the upload makes progress, so it is not
+    cancelled (a check of "blocked on window" at 0.5 s intervals cancelled it after 1.5 s)."""
+
+    async def go() -> tuple[list[int], list[str]]:
+        resets: list[int] = []
+        seen: list[str] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            await asyncio.sleep(0)
+            yield b"x" * 1500
+
+        data, _, conn, srv = await _answered(resets, body(), read_every=0.2, seen=seen)
+        assert data == b"ok"
+        await _until(lambda: "end" in seen, 8)
+        conn.close()
+        srv.close()
+        await srv.wait_closed()
+        return resets, seen
+
+    resets, seen = asyncio.run(asyncio.wait_for(go(), 20))
+    assert resets == []
+    assert seen[-1] == "end" and sum(int(x[5:]) for x in seen if x.startswith("data:")) == 1500
+
+
+def test_an_answered_stream_whose_body_source_fails_or_stalls_is_reset_not_left_open() -> None:
+    """After the answer, the body's source fails (a relayed body abandoned upstream: a StreamError) or
+    never yields again: the stream is reset (CANCEL) after SENDER_GRACE instead of staying open in the
+    core with no owner (the peer never learnt the request ended)."""
+    from mesh.transport.h2conn import StreamError
+
+    async def case(kind: str) -> tuple[list[int], int, int]:
+        resets: list[int] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 50
+            await asyncio.sleep(0.1)
+            if kind == "fails":
+                raise StreamError("request body abandoned: the response is complete", 8)
+            await asyncio.sleep(60)  # stalls
+            yield b"y"
+
+        data, _, conn, srv = await _answered(resets, body())
+        assert data == b"ok"
+        await _until(lambda: resets, 4)
+        await asyncio.sleep(0.05)
+        result = resets, conn.endpoint.open_streams, len(conn.streams)
+        conn.close()
+        srv.close()
+        await srv.wait_closed()
+        return result
+
+    for kind in ("fails", "stalls"):
+        resets, open_streams, table = asyncio.run(asyncio.wait_for(case(kind), 20))
+        assert (resets, open_streams, table) == ([8], 0, 0), kind
 
 
 def test_a_request_body_blocked_on_window_stops_when_the_response_has_ended() -> None:
