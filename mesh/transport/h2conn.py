@@ -658,10 +658,11 @@ class H2Protocol(asyncio.Protocol):
         stream.body_failed = True
         if stream.answered:
             return
-        self._fail(
-            stream, StreamError(f"request body failed: {exc}", ErrorCode.CANCEL, "request_body_failed")
-        )
+        failed = StreamError(f"request body failed: {exc}", ErrorCode.CANCEL, "request_body_failed")
+        # reset first (it empties the inbox), then fail: a reader of the response body already
+        # waiting must find the error, or it waits for ever on a stream nothing reaches any more
         self._reset(stream.stream_id, ErrorCode.CANCEL)
+        self._fail(stream, failed)
 
     def _sender_ended(self, stream: _Stream) -> None:
         """The body sender of an answered stream ended: the stream leaves the table, unless its body

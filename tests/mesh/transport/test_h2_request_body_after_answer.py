@@ -313,3 +313,66 @@ def test_a_late_reader_of_a_body_that_had_fully_arrived_is_not_left_waiting() ->
 
     outcome = asyncio.run(asyncio.wait_for(go(), 20))
     assert outcome.startswith("error: request body abandoned")
+
+
+def test_a_body_that_fails_while_the_answer_streams_fails_the_answer_not_hangs_it() -> None:
+    """The request body's source fails after the response headers, while the response body is still
+    coming: its reader gets the error (the reset emptied the inbox after the error was put in, so the
+    reader waited for ever)."""
+    from mesh.transport.h2conn import StreamError
+
+    async def go(kind: str) -> tuple[list[bytes], str]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            writer.write(conn.data_to_send())
+            try:
+                while data := await reader.read(65536):
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            conn.send_headers(event.stream_id, [(":status", "200")])
+                            conn.send_data(event.stream_id, b"part1")  # the rest never comes in time
+                    writer.write(conn.data_to_send())
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: H2Protocol(client_side=True), "127.0.0.1", srv.sockets[0].getsockname()[1]
+        )
+        await asyncio.wait_for(conn.ready, 5)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x"
+            await asyncio.sleep(0.2)
+            if kind == "stream":
+                raise StreamError("request body abandoned: the response is complete", 8)
+            raise RuntimeError("source broke")
+
+        request = Request("POST", "/", "peer", headers=[], body=body())
+        response = await asyncio.wait_for(conn.request(request), 5)
+        got: list[bytes] = []
+        outcome = "ended"
+
+        async def read() -> None:
+            async for chunk in response.body:
+                got.append(chunk)
+
+        try:
+            await asyncio.wait_for(read(), 3)
+        except TimeoutError:
+            outcome = "hang"
+        except StreamError as exc:
+            outcome = f"error: {exc}"
+        conn.close()
+        srv.close()
+        await srv.wait_closed()
+        return got, outcome
+
+    for kind in ("stream", "runtime"):
+        got, outcome = asyncio.run(asyncio.wait_for(go(kind), 20))
+        assert got == [b"part1"], kind
+        assert outcome.startswith("error: request body failed"), (kind, outcome)
