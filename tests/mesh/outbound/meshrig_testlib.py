@@ -239,6 +239,19 @@ async def mesh(
         await asyncio.sleep(0.01)  # let closing transports finish
 
 
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until EOF or a broken connection, then close ``writer`` (one
+    direction of a loopback relay)."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
 def ok_app(text: bytes = b"ok") -> AppHandler:
     """An app answering 200 with ``text`` after reading the request body."""
 

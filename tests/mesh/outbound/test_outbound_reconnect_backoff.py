@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from meshrig_testlib import mesh, ok_app, read_all, run, spiffe, traffic
+from meshrig_testlib import mesh, ok_app, pipe, read_all, run, spiffe, traffic
 
 from mesh.measure import upstream_families
 from mesh.outbound.client import _reachable
@@ -48,22 +48,11 @@ class Switch:
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
             self._writers.append(up_writer)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         except asyncio.CancelledError:
             pass
         finally:
             writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
 
 
 @contextlib.asynccontextmanager

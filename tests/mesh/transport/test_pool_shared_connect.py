@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from meshrig_testlib import mesh, ok_app, read_all, run, spiffe, traffic
+from meshrig_testlib import mesh, ok_app, pipe, read_all, run, spiffe, traffic
 
 from mesh.outbound.endpoints import Endpoint
 from mesh.transport.messages import Request, Response, body_of
@@ -25,16 +25,6 @@ async def slow_handshake(target: int, delay: float, *, refuse: bool = False) -> 
     seconds (so the TLS handshake waits that long); with ``refuse`` it closes instead."""
     writers: list[asyncio.StreamWriter] = []
     handlers: set[asyncio.Task[None]] = set()
-
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
