@@ -364,7 +364,7 @@ class MeshClient:
         deadline = asyncio.get_running_loop().time() + timeout
 
         def failed(error: UpstreamError) -> None:
-            current = self.upstream(service) if service else upstream
+            current = self.upstream(service)
             if current.outliers.record(
                 endpoint,
                 status=503,
@@ -394,9 +394,9 @@ class MeshClient:
         request: Request,
         timeout: float,
         attempt: int,
-        trace_parent: Sequence[tuple[str, str]] = (),
-        may_wait: bool = True,
-        service: str = "",
+        trace_parent: Sequence[tuple[str, str]],
+        may_wait: bool,
+        service: str,
     ) -> tuple[_Failure | None, Response | None]:
         endpoint.active += 1
         done = False

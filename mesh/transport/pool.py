@@ -49,11 +49,6 @@ Peer = tuple[str, str, int, str]
 OnFailure = Callable[[UpstreamError], None]
 
 
-def peer_of(endpoint: Endpoint) -> Peer:
-    """The key of ``endpoint``'s connections and backoff."""
-    return endpoint.peer
-
-
 @dataclass(slots=True)
 class _Backoff:
     """Consecutive failed connects to one peer; no new connect before ``until`` (monotonic)."""

@@ -1,10 +1,11 @@
-"""A request body still waiting for flow-control window when the response has ended: the sender
-stops and the stream is reset (RST_STREAM CANCEL), instead of waiting for a window that can no longer
-come (the stream had left the connection's table, so its WINDOW_UPDATEs found no one) and keeping the
-stream open in the HTTP/2 core, one of the peer's MAX_CONCURRENT_STREAMS, until the connection closed.
+"""Request bodies and answers that end at different times. Client side: a request body still
+sending when its answer has ended keeps its stream while it makes progress and is reset (RST_STREAM
+CANCEL) after SENDER_GRACE without progress, never once per early answer; a body that fails while
+the answer streams fails the answer's reader. Server side: a reader of an answered stream's request
+body learns how it ends.
 
-The peer is a raw ``h2`` server with a 100-byte initial stream window that answers at once, in full,
-without reading the request body and without WINDOW_UPDATE or RST_STREAM.
+Most peers here are raw ``h2`` servers with a 100-byte initial stream window that answer at once, in
+full, without reading the request body.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from h2pair_testlib import close_pair, open_pair
 
-from mesh.transport.h2conn import H2Protocol
-from mesh.transport.messages import Request, Response
+from mesh.transport.h2conn import H2Protocol, StreamError
+from mesh.transport.messages import Request, Response, body_of
 
 
 async def _answering_server(
@@ -68,6 +70,22 @@ async def _answering_server(
             writer.close()
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _read_body_later(request: Request, delay: float) -> asyncio.Task[str]:
+    """A task that reads ``request``'s body after ``delay`` (as a relay's pump in another task
+    would): "ended", or "error: ..." for a StreamError."""
+
+    async def read() -> str:
+        await asyncio.sleep(delay)
+        try:
+            async for _ in request.body:
+                pass
+        except StreamError as exc:
+            return f"error: {exc}"
+        return "ended"
+
+    return asyncio.create_task(read())
 
 
 async def _answered(
@@ -121,7 +139,6 @@ def test_an_answered_stream_whose_body_source_fails_or_stalls_is_reset_not_left_
     """After the answer, the body's source fails (a relayed body abandoned upstream: a StreamError) or
     never yields again: the stream is reset (CANCEL) after SENDER_GRACE instead of staying open in the
     core with no owner (the peer never learnt the request ended)."""
-    from mesh.transport.h2conn import StreamError
 
     async def case(kind: str) -> tuple[list[int], int, int]:
         resets: list[int] = []
@@ -196,24 +213,12 @@ def test_a_reader_of_an_answered_streams_request_body_is_told_it_ends() -> None:
     pump, on another connection) reads that body: once the answer is complete the stream leaves the
     table, so no END_STREAM, RST_STREAM or connection loss would reach the reader. It gets a
     StreamError instead of waiting for ever (two tasks were left per early-answered gRPC stream)."""
-    from h2pair_testlib import close_pair, open_pair
-
-    from mesh.transport.h2conn import StreamError
-    from mesh.transport.messages import body_of
 
     async def go() -> tuple[str, bytes]:
         readers: list[asyncio.Task[str]] = []
 
         async def handler(request: Request, proto: H2Protocol) -> Response:
-            async def relay() -> str:
-                try:
-                    async for _ in request.body:
-                        pass
-                except StreamError as exc:
-                    return f"error: {exc}"
-                return "ended"
-
-            readers.append(asyncio.create_task(relay()))
+            readers.append(_read_body_later(request, 0))
             await asyncio.sleep(0.05)
             return Response(200, [("content-length", "2")], body_of(b"ok"))
 
@@ -244,9 +249,6 @@ def test_early_answers_while_the_body_streams_send_no_resets() -> None:
     open (it ends a moment later): no RST_STREAM from the client, so the peer's rapid-reset guard
     (200 resets in 10 s) is never tripped (a CANCEL per early answer got the connection closed after
     201 calls)."""
-    from h2pair_testlib import close_pair, open_pair
-
-    from mesh.transport.messages import body_of
 
     async def go() -> tuple[int, bool]:
         async def handler(request: Request, proto: H2Protocol) -> Response:
@@ -280,25 +282,12 @@ def test_early_answers_while_the_body_streams_send_no_resets() -> None:
 def test_a_late_reader_of_a_body_that_had_fully_arrived_is_not_left_waiting() -> None:
     """The body and its END_STREAM had arrived, unread, when the answer completed: they were dropped
     (their window given back) and nothing told a reader that came later, which then waited for ever."""
-    from h2pair_testlib import close_pair, open_pair
-
-    from mesh.transport.h2conn import StreamError
-    from mesh.transport.messages import body_of
 
     async def go() -> str:
         readers: list[asyncio.Task[str]] = []
 
         async def handler(request: Request, proto: H2Protocol) -> Response:
-            async def late() -> str:
-                await asyncio.sleep(0.2)  # reads only after the answer is complete
-                try:
-                    async for _ in request.body:
-                        pass
-                except StreamError as exc:
-                    return f"error: {exc}"
-                return "ended"
-
-            readers.append(asyncio.create_task(late()))
+            readers.append(_read_body_later(request, 0.2))  # reads only after the answer is complete
             await asyncio.sleep(0.05)  # the whole body arrives meanwhile
             return Response(200, [("content-length", "2")], body_of(b"ok"))
 
@@ -319,7 +308,6 @@ def test_a_body_that_fails_while_the_answer_streams_fails_the_answer_not_hangs_i
     """The request body's source fails after the response headers, while the response body is still
     coming: its reader gets the error (the reset emptied the inbox after the error was put in, so the
     reader waited for ever)."""
-    from mesh.transport.h2conn import StreamError
 
     async def go(kind: str) -> tuple[list[bytes], str]:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -13,7 +13,6 @@ from mesh.outbound.endpoints import Endpoint
 from mesh.transport.h1 import ClientInfo, UpstreamError
 from mesh.transport.h2conn import StreamError
 from mesh.transport.messages import Request, Response, body_of
-from mesh.transport.pool import peer_of
 
 
 def endpoint(port: int, identity: str = spiffe("orders"), eid: str = "orders-1") -> Endpoint:
@@ -107,7 +106,7 @@ def test_goaway_lets_in_flight_finish_and_new_requests_use_a_new_connection(tmp_
             (server_conn,) = up.inbound.connections
             server_conn.endpoint.goaway(0)  # what InboundServer.drain sends, without closing the listener
             server_conn._flush()
-            (client_conn,) = rig.pool._conns[peer_of(rig.client.endpoints.get("orders")[0])]
+            (client_conn,) = rig.pool._conns[rig.client.endpoints.get("orders")[0].peer]
             for _ in range(100):
                 if client_conn.draining:
                     break
@@ -233,7 +232,7 @@ def test_connection_lost_fails_the_open_streams(tmp_path: Path) -> None:
                 await asyncio.wait_for(pending, 2)
             assert caught.value.code == "upstream_reset"
             await asyncio.wait_for(conn.closed, 2)
-            assert not rig.pool._conns.get(peer_of(endpoint(up.port)))
+            assert not rig.pool._conns.get(endpoint(up.port).peer)
             for _ in range(100):  # the inbound side gave up on the app request too
                 if active[0] == 0:
                     break
